@@ -10,6 +10,8 @@
 
 mod error;
 pub mod ram;
+pub mod virtqueue;
 
 pub use error::{QueueError, RamError, TransportError};
 pub use ram::GuestRam;
+pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
