@@ -78,7 +78,7 @@ impl GuestRam {
                 return Err(RamError::BadHugePageSize(hps));
             }
         }
-        if size == 0 || !size.is_multiple_of(granule) || usize::try_from(size).is_err() {
+        if size == 0 || size % granule != 0 || usize::try_from(size).is_err() {
             return Err(RamError::BadSize { size, granule });
         }
 
@@ -414,7 +414,7 @@ impl GuestRam {
 
     fn check_atomic(&self, gpa: u64, align: u64) -> Result<(), RamError> {
         self.check(gpa, align)?;
-        if !gpa.is_multiple_of(align) {
+        if gpa % align != 0 {
             return Err(RamError::Misaligned { gpa, align });
         }
         Ok(())

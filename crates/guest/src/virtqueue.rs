@@ -73,7 +73,7 @@ impl RingLayout {
     /// Lays a queue of `size` out contiguously at `base`: descriptors, avail ring, used ring.
     pub fn new(size: u16, base: u64) -> Result<Self, QueueError> {
         check_size(size)?;
-        if !base.is_multiple_of(RING_ALIGN) {
+        if base % RING_ALIGN != 0 {
             return Err(QueueError::Misaligned {
                 gpa: base,
                 align: RING_ALIGN,
@@ -518,8 +518,10 @@ mod tests {
         dev
     }
 
-    /// What the device sees of one chain: (gpa, len, writable) per descriptor.
-    fn pop_chain(dev: &mut Queue, ram: &GuestRam) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    /// What the device sees of one chain: its head and (gpa, len, writable) per descriptor.
+    type DeviceChain = (u16, Vec<(u64, u32, bool)>);
+
+    fn pop_chain(dev: &mut Queue, ram: &GuestRam) -> Option<DeviceChain> {
         let chain = dev.pop_descriptor_chain(ram.memory())?;
         let head = chain.head_index();
         let descs = chain
