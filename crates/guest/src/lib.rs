@@ -8,10 +8,14 @@
 //! driver is built on top.
 #![deny(missing_docs)]
 
+mod backend_channel;
 mod error;
+mod poll;
 pub mod ram;
+pub mod vhost_user;
 pub mod virtqueue;
 
 pub use error::{QueueError, RamError, TransportError};
 pub use ram::GuestRam;
+pub use vhost_user::{Events, VhostUserTransport};
 pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
