@@ -1,0 +1,233 @@
+//! The peer comparison (`prezero bench linux`): the same `alloc-free` workload (idle, allocate
+//! and touch 256 MiB, hold, free, wait for reporting) under QEMU with its own virtio-balloon and
+//! under UML attached to `prezero serve`, measured the same way (see [`crate::measure`]).
+//!
+//! [`measure_alloc_free`] is the common part: it samples a running VM while following the
+//! workload's console events, then analyses the curve. [`bench_qemu`] and [`bench_uml`] boot the
+//! respective VM and call it; [`comparison_chart`] draws both curves, aligned at the allocation.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::console::{Event, Line};
+use crate::error::{Error, Result};
+use crate::measure::{analyze, AnalysisOptions, CpuAccounting, Marks, PeerResult, Sampler};
+use crate::procs::{threads_cpu, CpuProbe, MemoryProbe, ThreadCpu};
+use crate::qemu::{Qemu, QemuConfig};
+use crate::scenario::Scenario;
+use crate::svg::Chart;
+use crate::uml::{Uml, UmlConfig};
+use crate::vm::GuestProcess;
+
+/// The `alloc-free` workload's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AllocFree {
+    /// MiB to allocate and touch (256).
+    pub mib: u64,
+    /// Idle seconds before allocating (the idle baseline; 4).
+    pub idle_s: f64,
+    /// Seconds to hold the memory (1).
+    pub hold_s: f64,
+    /// Seconds to wait after the free (15; Linux reports ~2 s after frees, in passes).
+    pub wait_s: f64,
+    /// Seconds between the guest's meminfo lines (1).
+    pub interval_s: f64,
+}
+
+impl Default for AllocFree {
+    fn default() -> Self {
+        AllocFree { mib: 256, idle_s: 4.0, hold_s: 1.0, wait_s: 15.0, interval_s: 1.0 }
+    }
+}
+
+impl AllocFree {
+    /// The scenario.
+    pub fn scenario(&self) -> Scenario {
+        Scenario::alloc_free(self.mib)
+            .param("idle", self.idle_s)
+            .param("hold", self.hold_s)
+            .param("wait", self.wait_s)
+            .param("interval", self.interval_s)
+    }
+}
+
+/// Benchmark options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchOptions {
+    /// The workload.
+    pub workload: AllocFree,
+    /// Host sampling interval (100 ms).
+    pub sample_interval: Duration,
+    /// Analysis parameters.
+    pub analysis: AnalysisOptions,
+    /// Deadline for the whole run (boot to `done`; 600 s).
+    pub timeout: Duration,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            workload: AllocFree::default(),
+            sample_interval: Duration::from_millis(100),
+            analysis: AnalysisOptions::default(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One measured run of a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerRun {
+    /// Which peer (`qemu`, `uml+prezero`, ...).
+    pub peer: String,
+    /// The figures and the series.
+    pub result: PeerResult,
+    /// Workload phase times.
+    pub marks: Marks,
+    /// How the CPU figure was obtained.
+    pub cpu: CpuAccounting,
+    /// Seconds from the VM's start to the workload's first event (boot time).
+    pub boot_s: f64,
+    /// The guest's own first-touch speed for the allocation, MiB/s.
+    pub guest_touch_mib_per_s: Option<f64>,
+    /// What the memory figure measures.
+    pub memory_probe: String,
+    /// What the CPU figure measures.
+    pub cpu_probe: String,
+    /// CPU seconds per thread of the device process from the free to the end of the wait
+    /// (shows which thread did the reporting work).
+    pub threads_after_free: Vec<ThreadCpu>,
+    /// The guest's meminfo events.
+    pub guest_meminfo: Vec<Event>,
+    /// The whole console.
+    pub console: Vec<Line>,
+}
+
+fn thread_delta(before: &[ThreadCpu], after: &[ThreadCpu]) -> Vec<ThreadCpu> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.tid == a.tid).map_or(0.0, |b| b.cpu_s);
+            ThreadCpu { tid: a.tid, name: a.name.clone(), cpu_s: a.cpu_s - b }
+        })
+        .filter(|t| t.cpu_s > 0.0)
+        .collect()
+}
+
+/// Follows a VM running [`AllocFree::scenario`] while sampling `mem` and `cpu`, waits for the
+/// workload's `done`, and analyses. `device_pid` (for the per-thread breakdown) is the process
+/// serving the device, if known.
+pub fn measure_alloc_free(
+    peer: &str,
+    vm: &mut GuestProcess,
+    mem: Box<dyn MemoryProbe>,
+    cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+) -> Result<PeerRun> {
+    let (memory_probe, cpu_probe) = (mem.describe(), cpu.describe());
+    let sampler = Sampler::start(vm.t0(), opts.sample_interval, mem, cpu);
+    let deadline = Instant::now() + opts.timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let c = vm.console();
+    let first = c.wait_event("init", left())?;
+    let idle = c.wait_event("idle-start", left())?;
+    let alloc = c.wait_event("alloc-start", left())?;
+    let done_alloc = c.wait_event("alloc-done", left())?;
+    let freed = c.wait_event("freed", left())?;
+    let threads_before = device_pid.and_then(|p| threads_cpu(p).ok()).unwrap_or_default();
+    let done = c.wait_event("done", left())?;
+    let threads_after = device_pid.and_then(|p| threads_cpu(p).ok()).unwrap_or_default();
+    // One more interval so the last phase has samples up to `done`.
+    std::thread::sleep(opts.sample_interval);
+    let series = sampler.stop();
+    let marks = Marks { idle_start_s: idle.t_s, alloc_start_s: alloc.t_s, freed_s: freed.t_s, end_s: done.t_s };
+    let (result, cpu) = analyze(&series, &marks, &opts.analysis)?;
+    let console = vm.console().log().to_vec();
+    let guest_meminfo = crate::console::events_of(&console).into_iter().filter(|e| e.name == "meminfo").collect();
+    Ok(PeerRun {
+        peer: peer.to_owned(),
+        result,
+        marks,
+        cpu,
+        boot_s: first.t_s,
+        guest_touch_mib_per_s: done_alloc.num("mib_per_s"),
+        memory_probe,
+        cpu_probe,
+        threads_after_free: thread_delta(&threads_before, &threads_after),
+        guest_meminfo,
+        console,
+    })
+}
+
+/// The QEMU peer: boots `cfg` with the `alloc-free` workload of `opts` and measures QEMU's RSS
+/// and CPU.
+pub fn bench_qemu(cfg: &QemuConfig, opts: &BenchOptions) -> Result<PeerRun> {
+    let cfg = cfg.clone().scenario(opts.workload.scenario());
+    let mut vm = Qemu::boot(&cfg)?;
+    let (mem, cpu, pid) = (vm.memory_probe(), vm.cpu_probe(), vm.pid());
+    let run = measure_alloc_free("qemu", &mut vm, Box::new(mem), Box::new(cpu), Some(pid), opts);
+    let _ = vm.wait_exit(Duration::from_secs(30));
+    vm.shutdown();
+    run
+}
+
+/// The UML side: boots `cfg` (attach the daemon with [`UmlConfig::balloon_socket`]) with the
+/// `alloc-free` workload and measures the UML memory file's allocated blocks; `device_cpu`
+/// measures the daemon (e.g. `ProcessCpu { pid: daemon }`), `device_pid` gives its per-thread
+/// breakdown.
+pub fn bench_uml(cfg: &UmlConfig, device_cpu: Box<dyn CpuProbe>, device_pid: Option<i32>, opts: &BenchOptions) -> Result<PeerRun> {
+    let cfg = cfg.clone().scenario(opts.workload.scenario());
+    let peer = if cfg.balloon_socket.is_some() { "uml+prezero" } else { "uml (no balloon)" };
+    let mut vm = Uml::boot(&cfg)?;
+    let mem = vm.memory_probe();
+    let run = measure_alloc_free(peer, &mut vm, Box::new(mem), device_cpu, device_pid, opts);
+    let _ = vm.wait_exit(Duration::from_secs(30));
+    vm.shutdown();
+    run
+}
+
+/// Host memory over time of several runs in one chart, each shifted so that its allocation
+/// starts at 0 s; a marker at each run's free.
+pub fn comparison_chart(runs: &[&PeerRun]) -> Chart {
+    let mut chart = Chart::new(
+        "Host memory of the guest: allocate, free, free page reporting",
+        "seconds since the guest started allocating",
+        "host memory (MiB)",
+    );
+    for r in runs {
+        let t0 = r.marks.alloc_start_s;
+        let pts = r.result.series.iter().map(|s| (s.t_s - t0, s.mib)).collect();
+        chart = chart.series(&r.peer, pts);
+        chart = chart.marker(&format!("{} free", r.peer), r.marks.freed_s - t0);
+    }
+    chart
+}
+
+/// Writes [`comparison_chart`] of `runs` to `path`.
+pub fn write_comparison_svg(path: &Path, runs: &[&PeerRun]) -> Result<()> {
+    std::fs::write(path, comparison_chart(runs).to_svg()).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_of_the_workload() {
+        let s = AllocFree::default().scenario();
+        let args = s.kernel_args().unwrap();
+        assert!(args.contains(&"prezero.scenario=alloc-free".to_owned()));
+        assert!(args.contains(&"prezero.mib=256".to_owned()));
+        assert!(args.contains(&"prezero.wait=15".to_owned()));
+    }
+
+    #[test]
+    fn thread_deltas() {
+        let t = |tid, cpu_s| ThreadCpu { tid, name: format!("t{tid}"), cpu_s };
+        let d = thread_delta(&[t(1, 1.0), t(2, 2.0)], &[t(1, 1.5), t(2, 2.0), t(3, 0.25)]);
+        assert_eq!(d, [t(1, 0.5), t(3, 0.25)]);
+    }
+}

@@ -1,0 +1,288 @@
+//! A small hand-written SVG line chart: several named series of (seconds, MiB) in one plot,
+//! with axes, "nice" ticks, grid lines, a legend and optional vertical markers (e.g. "free").
+//! No dependencies; the output is standalone SVG 1.1.
+
+use std::fmt::Write as _;
+
+/// One named curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend label.
+    pub name: String,
+    /// Points (x, y), drawn in order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A labelled vertical line at an x position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    /// Label.
+    pub label: String,
+    /// x position.
+    pub x: f64,
+}
+
+/// A chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chart {
+    /// Title above the plot.
+    pub title: String,
+    /// x axis label.
+    pub x_label: String,
+    /// y axis label.
+    pub y_label: String,
+    /// Curves.
+    pub series: Vec<Series>,
+    /// Vertical markers.
+    pub markers: Vec<Marker>,
+    /// Size in pixels.
+    pub width: u32,
+    /// Size in pixels.
+    pub height: u32,
+}
+
+const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+/// Escapes text for XML content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Tick positions covering `[lo, hi]` with a 1/2/5 x 10^k step, about `n` of them.
+pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() * step;
+    let mut ticks = Vec::new();
+    let mut i = 0;
+    loop {
+        let t = first + i as f64 * step;
+        if t > hi + step * 1e-9 || i > 1000 {
+            break;
+        }
+        ticks.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+        i += 1;
+    }
+    ticks
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+impl Chart {
+    /// An empty 900x500 chart.
+    pub fn new(title: &str, x_label: &str, y_label: &str) -> Chart {
+        Chart {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series: Vec::new(),
+            markers: Vec::new(),
+            width: 900,
+            height: 500,
+        }
+    }
+
+    /// Adds a curve.
+    pub fn series(mut self, name: &str, points: Vec<(f64, f64)>) -> Chart {
+        self.series.push(Series { name: name.into(), points });
+        self
+    }
+
+    /// Adds a vertical marker.
+    pub fn marker(mut self, label: &str, x: f64) -> Chart {
+        self.markers.push(Marker { label: label.into(), x });
+        self
+    }
+
+    fn bounds(&self) -> (f64, f64, f64, f64) {
+        let pts = self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for &(x, y) in pts {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y1 = y1.max(y);
+        }
+        for m in &self.markers {
+            if m.x.is_finite() {
+                x0 = x0.min(m.x);
+                x1 = x1.max(m.x);
+            }
+        }
+        if !x0.is_finite() {
+            (x0, x1, y1) = (0.0, 1.0, 1.0);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        if !(y1 > 0.0) {
+            y1 = 1.0;
+        }
+        // y starts at 0 (memory); a little headroom on top, rounded to a tick.
+        let ticks = nice_ticks(0.0, y1 * 1.05, 6);
+        let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { y1 };
+        let y_top = (y1 * 1.05 / step).ceil() * step;
+        (x0, x1, 0.0, y_top)
+    }
+
+    /// Renders the chart as an SVG document.
+    pub fn to_svg(&self) -> String {
+        let (w, h) = (self.width.max(200) as f64, self.height.max(150) as f64);
+        let (left, right, top, bottom) = (70.0, 180.0, 40.0, 50.0);
+        let (pw, ph) = (w - left - right, h - top - bottom);
+        let (x0, x1, y0, y1) = self.bounds();
+        let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
+        let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
+        let mut s = String::new();
+        let _ = writeln!(s, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, left + pw / 2.0, escape(&self.title));
+        // Grid and ticks.
+        let _ = writeln!(s, r##"<g class="grid" stroke="#dddddd" stroke-width="1">"##);
+        let xt = nice_ticks(x0, x1, 8);
+        let yt = nice_ticks(y0, y1, 6);
+        for &t in &xt {
+            let _ = writeln!(s, r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}"/>"#, sx(t), top, top + ph);
+        }
+        for &t in &yt {
+            let _ = writeln!(s, r#"<line x1="{1:.1}" y1="{0:.1}" x2="{2:.1}" y2="{0:.1}"/>"#, sy(t), left, left + pw);
+        }
+        let _ = writeln!(s, "</g>");
+        let _ = writeln!(s, r#"<g class="axes" stroke="black" stroke-width="1" fill="none">"#);
+        let _ = writeln!(s, r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}"/>"#);
+        let _ = writeln!(s, "</g>");
+        let _ = writeln!(s, r#"<g class="ticks" fill="black">"#);
+        for &t in &xt {
+            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, sx(t), top + ph + 16.0, fmt_tick(t));
+        }
+        for &t in &yt {
+            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, sy(t) + 4.0, fmt_tick(t));
+        }
+        let _ = writeln!(s, "</g>");
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, left + pw / 2.0, h - 12.0, escape(&self.x_label));
+        let _ = writeln!(
+            s,
+            r#"<text x="16" y="{0:.1}" text-anchor="middle" transform="rotate(-90 16 {0:.1})">{1}</text>"#,
+            top + ph / 2.0,
+            escape(&self.y_label)
+        );
+        // Markers.
+        for m in self.markers.iter().filter(|m| m.x.is_finite()) {
+            let x = sx(m.x);
+            let _ = writeln!(
+                s,
+                r##"<g class="marker"><line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#888888" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#555555">{}</text></g>"##,
+                top + ph,
+                x + 3.0,
+                top + 12.0,
+                escape(&m.label)
+            );
+        }
+        // Curves and legend.
+        for (i, ser) in self.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let mut pts = String::new();
+            for &(x, y) in ser.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+                let _ = write!(pts, "{:.2},{:.2} ", sx(x), sy(y));
+            }
+            let _ = writeln!(
+                s,
+                r#"<polyline class="series" data-name="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                escape(&ser.name),
+                pts.trim_end()
+            );
+            let ly = top + 10.0 + i as f64 * 20.0;
+            let lx = left + pw + 15.0;
+            let _ = writeln!(
+                s,
+                r#"<g class="legend"><line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text></g>"#,
+                lx + 25.0,
+                lx + 30.0,
+                ly + 4.0,
+                escape(&ser.name)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_nice() {
+        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(nice_ticks(0.0, 1000.0, 4), vec![0.0, 500.0, 1000.0]);
+        let t = nice_ticks(-3.3, 7.1, 10);
+        assert_eq!(t.first(), Some(&-2.0));
+        assert_eq!(t.last(), Some(&6.0));
+        assert_eq!(nice_ticks(1.0, 1.0, 5), vec![1.0]);
+        assert_eq!(fmt_tick(2.5), "2.5");
+        assert_eq!(fmt_tick(300.0), "300");
+    }
+
+    #[test]
+    fn svg_is_valid_xml_with_every_series() {
+        let chart = Chart::new("Host memory <QEMU & UML>", "seconds", "MiB")
+            .series("qemu \"tcg\"", vec![(0.0, 280.0), (1.0, 540.0), (5.0, 290.0)])
+            .series("uml+prezero", vec![(0.0, 40.0), (1.5, 300.0), (4.0, f64::NAN), (6.0, 45.0)])
+            .series("empty", vec![])
+            .marker("free", 2.0);
+        let svg = chart.to_svg();
+        let doc = roxmltree::Document::parse(&svg).expect("valid XML");
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
+        let lines: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("polyline")).collect();
+        let names: Vec<_> = lines.iter().map(|n| n.attribute("data-name").unwrap()).collect();
+        assert_eq!(names, ["qemu \"tcg\"", "uml+prezero", "empty"]);
+        assert_eq!(lines[0].attribute("points").unwrap().split(' ').count(), 3);
+        // The NaN point is dropped.
+        assert_eq!(lines[1].attribute("points").unwrap().split(' ').count(), 3);
+        let texts: Vec<_> = doc.descendants().filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"Host memory <QEMU & UML>"));
+        assert!(texts.contains(&"free"));
+        assert!(texts.contains(&"uml+prezero"));
+        // Points lie inside the plot area.
+        for n in &lines {
+            for p in n.attribute("points").unwrap().split_whitespace() {
+                let (x, y) = p.split_once(',').unwrap();
+                let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+                assert!((70.0..=720.0 + 1e-6).contains(&x) && (40.0..=450.0 + 1e-6).contains(&y), "{x},{y}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_chart_still_renders() {
+        let svg = Chart::new("t", "x", "y").to_svg();
+        roxmltree::Document::parse(&svg).unwrap();
+    }
+}
