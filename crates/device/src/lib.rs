@@ -1,1 +1,102 @@
-//! placeholder
+//! The host side of virtio-balloon: a transport-agnostic device core that processes the
+//! inflate, deflate, stats and free page reporting queues over guest memory, discards the
+//! memory the guest gives back with the syscall its backing needs, and tells the guest which
+//! pages now read zero (`DEVICE_INIT_REPORTED`, `DEVICE_INIT_ON_INFLATE`).
+//!
+//! A vhost-user daemon, a VMM or a test drives it through `virtio_queue` queues and a
+//! `vm-memory` guest memory map; it owns neither.
+//!
+//! # Driving it (e.g. from a `vhost-user-backend` `VhostUserBackendMut`)
+//!
+//! | transport event | call |
+//! |---|---|
+//! | `num_queues()` | [`BalloonDevice::max_queues`] (queues of every offered feature) |
+//! | `max_queue_size()` | [`BalloonDevice::queue_max_size`] |
+//! | `features()` | [`BalloonDevice::offered_features`] (+ `VHOST_USER_F_PROTOCOL_FEATURES`) |
+//! | `acked_features(f)` | [`BalloonDevice::ack_features`]: roles become dense over `f` |
+//! | `get_config(offset, size)` | [`BalloonDevice::read_config`] into a `size`-byte buffer |
+//! | `set_config(offset, buf)` | [`BalloonDevice::write_config`] |
+//! | `handle_event(i, ..)` | [`BalloonDevice::process_queue`]`(i, vring.get_queue_mut(), &mem.memory())`; signal the used queue if it returns `true` |
+//! | `reset_device()` | [`BalloonDevice::reset`] |
+//! | host: new target | [`BalloonDevice::set_target_pages`]; if `true`, send a config-change notification |
+//! | host: fresh stats | [`BalloonDevice::request_stats`] on the stats queue; signal it if `true` |
+//! | host: read stats / metrics | [`BalloonDevice::latest_stats`], [`BalloonDevice::metrics`] or the lock-free [`BalloonDevice::metrics_handle`] |
+//!
+//! With `GuestMemoryAtomic<GuestMemoryMmap<B>>`, use [`HostDiscard<B>`](HostDiscard) as the
+//! discard backend.
+//!
+//! # Decisions
+//!
+//! - **Element = descriptor chain** (QEMU's `VirtQueueElement`). The reporting used length is per
+//!   chain: the sum of its buffer lengths only if `DEVICE_INIT_REPORTED` was negotiated and every
+//!   buffer was wholly discarded by a zeroing discard (and poison allows), else 0. Reporting
+//!   buffers must all be device-writable. See [`reporting`].
+//! - **Inflate/deflate**: device-readable arrays of little-endian `u32` PFNs (4 KiB pages).
+//!   With `DEVICE_INIT_ON_INFLATE`, exactly one device-writable bitmap of at least
+//!   `ceil(n / 8)` bytes follows, LSB-first; the device writes all `ceil(n / 8)` bytes. A short
+//!   bitmap is zero-filled (used length < `ceil(n / 8)`); a missing or duplicated one gets
+//!   nothing. No bit is ever set outside the buffer or for a page not really zeroed. See
+//!   [`inflate`].
+//! - **Hostile input**: a chain whose shape is broken (empty, truncated by a loop or a bad
+//!   `next`, too long, wrong direction) is rejected whole: nothing discarded, nothing written,
+//!   used length 0, error counted, queue goes on. Individual bad ranges are skipped and counted.
+//!   Every range is resolved through the guest memory map with checked arithmetic; a range
+//!   crossing a hole or the end of RAM is rejected, never clamped or extended. See [`memory`]
+//!   and [`ErrorKind`].
+//! - **Discard per region** ([`HostDiscard`]): private anonymous -> `MADV_DONTNEED`; shared
+//!   anonymous -> `MADV_REMOVE`; shared file / memfd -> `fallocate(PUNCH_HOLE|KEEP_SIZE)`;
+//!   hugetlbfs -> the same punch with the huge page as the host page; private file mapping ->
+//!   `MADV_DONTNEED` but never claimed. Only whole host pages are discarded and claimed; a
+//!   failed discard claims nothing. Adjacent ranges are merged: one syscall per contiguous
+//!   range. Discarded ranges are marked in the region's dirty bitmap (migration must resend the
+//!   zeros).
+//! - **Partial host pages**: only assembled within one inflate request (as QEMU does); pages of
+//!   a huge host page inflated across requests are not tracked, because a deflate in between
+//!   could otherwise let the device discard a page the guest uses again.
+//! - **`PAGE_POISON`**: `poison_val` is driver-written (the spec says so and Linux writes it at
+//!   probe), so the driver may write `actual` and, once `PAGE_POISON` is negotiated,
+//!   `poison_val`; `num_pages` is set only through the host API. With a non-zero `poison_val`,
+//!   reported pages are not discarded and nothing is ever claimed zeroed (inflated pages are
+//!   still discarded: their contents are the host's until deflate).
+//! - **`FREE_PAGE_HINT`** (a migration aid) and `ACCESS_PLATFORM` are not supported and cannot
+//!   be offered. `DEFLATE_ON_OOM` and `MUST_TELL_HOST` are offered; neither needs device work
+//!   beyond acknowledging deflates promptly.
+//! - **Stats**: exactly one buffer held; a second one makes the device give back the first.
+//!   Each buffer replaces all values; unknown tags are skipped; values carry their arrival time.
+//!   See [`stats`].
+//! - **Endianness**: the device assumes little-endian guests (modern devices are LE; a legacy
+//!   big-endian guest's PFNs and stats would be misread).
+#![deny(missing_docs)]
+
+pub mod bench;
+mod chain;
+mod config_space;
+mod device;
+pub mod discard;
+pub mod error;
+pub mod host_discard;
+pub mod inflate;
+pub mod memory;
+pub mod metrics;
+pub mod options;
+mod queue;
+mod recording;
+pub mod reporting;
+mod ring;
+pub mod stats;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use config_space::ConfigWriteOutcome;
+pub use device::BalloonDevice;
+pub use discard::{DiscardBackend, DiscardError, DiscardMode, RegionPolicy};
+pub use error::{DeviceError, ErrorKind};
+pub use host_discard::HostDiscard;
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use options::{DeviceOptions, Limits};
+pub use recording::{DiscardOp, RecordingDiscard};
+pub use stats::GuestStats;
+
+pub use prezero_balloon as protocol;
