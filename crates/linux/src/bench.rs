@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::console::{Event, Line};
 use crate::error::{Error, Result};
-use crate::measure::{analyze, AnalysisOptions, CpuAccounting, Marks, PeerResult, Sampler};
+use crate::measure::{analyze, AnalysisOptions, Details, Marks, PeerResult, Sampler};
 use crate::procs::{threads_cpu, CpuProbe, MemoryProbe, ThreadCpu};
 use crate::qemu::{Qemu, QemuConfig};
 use crate::scenario::Scenario;
@@ -26,7 +26,7 @@ use crate::vm::GuestProcess;
 pub struct AllocFree {
     /// MiB to allocate and touch (256).
     pub mib: u64,
-    /// Idle seconds before allocating (the idle baseline; 4).
+    /// Idle seconds before allocating (the idle baseline is its last 2 s; 5).
     pub idle_s: f64,
     /// Seconds to hold the memory (1).
     pub hold_s: f64,
@@ -38,7 +38,7 @@ pub struct AllocFree {
 
 impl Default for AllocFree {
     fn default() -> Self {
-        AllocFree { mib: 256, idle_s: 4.0, hold_s: 1.0, wait_s: 15.0, interval_s: 1.0 }
+        AllocFree { mib: 256, idle_s: 5.0, hold_s: 1.0, wait_s: 15.0, interval_s: 1.0 }
     }
 }
 
@@ -86,8 +86,8 @@ pub struct PeerRun {
     pub result: PeerResult,
     /// Workload phase times.
     pub marks: Marks,
-    /// How the CPU figure was obtained.
-    pub cpu: CpuAccounting,
+    /// How the figures were obtained, plus `seconds_to_settle`.
+    pub details: Details,
     /// Seconds from the VM's start to the workload's first event (boot time).
     pub boot_s: f64,
     /// The guest's own first-touch speed for the allocation, MiB/s.
@@ -144,14 +144,14 @@ pub fn measure_alloc_free(
     std::thread::sleep(opts.sample_interval);
     let series = sampler.stop();
     let marks = Marks { idle_start_s: idle.t_s, alloc_start_s: alloc.t_s, freed_s: freed.t_s, end_s: done.t_s };
-    let (result, cpu) = analyze(&series, &marks, &opts.analysis)?;
+    let (result, details) = analyze(&series, &marks, &opts.analysis)?;
     let console = vm.console().log().to_vec();
     let guest_meminfo = crate::console::events_of(&console).into_iter().filter(|e| e.name == "meminfo").collect();
     Ok(PeerRun {
         peer: peer.to_owned(),
         result,
         marks,
-        cpu,
+        details,
         boot_s: first.t_s,
         guest_touch_mib_per_s: done_alloc.num("mib_per_s"),
         memory_probe,

@@ -6,22 +6,32 @@
 //! prezero daemon) every interval, timestamped on the same clock as the console lines. The
 //! guest's events give the [`Marks`]. [`analyze`] then computes, all in MiB of host memory:
 //!
-//! - `idle_mib`: median of the samples in the idle phase `[idle_start, alloc_start)`;
+//! - `idle_mib`: median of the samples in the last `idle_window_s` (2 s) of the idle phase
+//!   `[idle_start, alloc_start)` (the start of the idle phase still sees the kernel report what
+//!   it freed while booting);
 //! - `peak_mib`: maximum from `alloc_start` to `end`;
-//! - `after_mib`: median of the samples in the last `settle_s` seconds before `end` (the end of
+//! - `after_mib`: median of the samples in the last `settle_s` (1 s) before `end` (the end of
 //!   the guest's wait after the free);
 //! - `seconds_to_return`: from the guest's `freed` event until host memory first falls within
 //!   `tolerance` (10%) of idle, i.e. to `<= idle_mib * (1 + tolerance)`, interpolated linearly
 //!   between the two samples around the crossing; `None` if it never does before `end`;
-//! - `device_cpu_s_per_gib`: the device process's CPU time over the return window
-//!   (`freed .. freed + seconds_to_return`, or `freed .. end` if memory never returned) minus
-//!   its idle-phase CPU rate times the window length, divided by the GiB returned
-//!   (`peak_mib - after_mib`). `None` when less than 16 MiB came back.
+//! - `device_cpu_s_per_gib`: CPU seconds of the device process spent returning memory, per GiB
+//!   returned (`peak_mib - after_mib`); `None` when less than 16 MiB came back. The CPU is
+//!   measured over the *return window* `[freed, freed + seconds_to_settle + cpu_margin_s]`
+//!   (or `[freed, end]` if memory never settled), minus a baseline: the device process's CPU
+//!   rate in the quiet tail after the window (`[window end, end]`, if at least 1 s long; else the
+//!   idle window) times the window length.
 //!
-//! For QEMU under TCG the device emulation runs in the vCPU thread (no ioeventfd without KVM), so
-//! its CPU cannot be told apart from the guest's by thread: the figure is the whole QEMU process's
-//! extra CPU while reporting, i.e. device plus the guest's own reporting work (an upper bound on
-//! the device cost). For UML + prezero the CPU probe is the daemon process alone.
+//! [`Details`] adds `seconds_to_settle`, the time from the free until host memory is within
+//! `tolerance` of the drop it ends up making (`<= after + tolerance * (peak - after)`): how fast
+//! a device returns what it returns, even when some memory never comes back (e.g. the cloud
+//! kernel keeps freed THPs on its per-cpu free lists, where reporting never sees them).
+//!
+//! For QEMU under TCG, virtio notifications are handled synchronously in the vCPU thread (QEMU
+//! uses ioeventfd only with KVM), so device CPU cannot be separated from guest CPU by thread: the
+//! QEMU figure is the whole process's extra CPU while memory returns, i.e. the device plus the
+//! guest's own reporting work (an upper bound on the device cost). For UML + prezero the CPU
+//! probe is the daemon process alone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,15 +132,19 @@ pub struct Marks {
 /// Analysis parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisOptions {
-    /// "Returned" means within this fraction of idle (0.10).
+    /// "Returned" means within this fraction of idle (0.10); also the settle band.
     pub tolerance: f64,
     /// `after_mib` is the median of this many final seconds (1.0).
     pub settle_s: f64,
+    /// `idle_mib` is the median of this many final seconds of the idle phase (2.0).
+    pub idle_window_s: f64,
+    /// Seconds added after settling to the CPU window (1.0).
+    pub cpu_margin_s: f64,
 }
 
 impl Default for AnalysisOptions {
     fn default() -> Self {
-        AnalysisOptions { tolerance: 0.10, settle_s: 1.0 }
+        AnalysisOptions { tolerance: 0.10, settle_s: 1.0, idle_window_s: 2.0, cpu_margin_s: 1.0 }
     }
 }
 
@@ -151,21 +165,29 @@ pub struct PeerResult {
     pub series: Vec<Sample>,
 }
 
-/// How `device_cpu_s_per_gib` was obtained (for reports).
+/// How the figures were obtained, and `seconds_to_settle` (for reports).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CpuAccounting {
-    /// Start of the return window, s.
-    pub window_start_s: f64,
-    /// End of the return window, s.
-    pub window_end_s: f64,
+pub struct Details {
+    /// The samples `idle_mib` is the median of: `[start, end)` in s.
+    pub idle_window_s: (f64, f64),
+    /// `idle_mib * (1 + tolerance)`.
+    pub return_threshold_mib: f64,
+    /// Seconds from the free until host memory is within `tolerance` of its final drop.
+    pub seconds_to_settle: Option<f64>,
+    /// `peak_mib - after_mib`.
+    pub returned_mib: f64,
+    /// Start of the CPU window, s.
+    pub cpu_window_start_s: f64,
+    /// End of the CPU window, s.
+    pub cpu_window_end_s: f64,
     /// Device-process CPU seconds in the window.
-    pub window_cpu_s: f64,
-    /// Its idle-phase CPU rate (CPU s per s).
-    pub idle_cpu_rate: f64,
-    /// `window_cpu_s - idle_cpu_rate * window length`, floored at 0.
+    pub cpu_window_s: f64,
+    /// The baseline CPU rate (CPU s per s) subtracted.
+    pub cpu_baseline_rate: f64,
+    /// Whether the baseline came from the quiet tail after the window (else the idle window).
+    pub cpu_baseline_from_tail: bool,
+    /// `cpu_window_s - cpu_baseline_rate * window length`, floored at 0.
     pub device_cpu_s: f64,
-    /// `peak_mib - after_mib`, in GiB.
-    pub returned_gib: f64,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -194,8 +216,25 @@ pub fn cpu_at(series: &[Sample], t: f64) -> Option<f64> {
     series.last().map(|s| s.cpu_s)
 }
 
+/// First time at or after `from` (up to `end`) when the series falls to `<= threshold`,
+/// interpolated between the samples around the crossing.
+fn first_below(series: &[Sample], from: f64, end: f64, threshold: f64) -> Option<f64> {
+    let mut prev: Option<Sample> = None;
+    for s in series.iter().filter(|s| s.t_s <= end) {
+        if s.t_s >= from && s.mib <= threshold {
+            let t = match prev {
+                Some(p) if p.mib > threshold && s.mib < p.mib => p.t_s + (s.t_s - p.t_s) * (p.mib - threshold) / (p.mib - s.mib),
+                _ => s.t_s,
+            };
+            return Some(t.max(from));
+        }
+        prev = Some(*s);
+    }
+    None
+}
+
 /// Computes the figures from `series` (sorted by time) and `marks`.
-pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Result<(PeerResult, CpuAccounting)> {
+pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Result<(PeerResult, Details)> {
     let bad = |d: String| Error::invalid("measurement series", d);
     let m = marks;
     if !(m.idle_start_s <= m.alloc_start_s && m.alloc_start_s <= m.freed_s && m.freed_s <= m.end_s) {
@@ -205,8 +244,9 @@ pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Resu
         return Err(bad("samples not sorted by time".into()));
     }
     let in_range = |a: f64, b: f64| series.iter().filter(move |s| s.t_s >= a && s.t_s <= b);
-    let idle_mib = median(series.iter().filter(|s| s.t_s >= m.idle_start_s && s.t_s < m.alloc_start_s).map(|s| s.mib).collect())
-        .ok_or_else(|| bad(format!("no sample in the idle phase {:.2}..{:.2} s", m.idle_start_s, m.alloc_start_s)))?;
+    let idle_from = m.idle_start_s.max(m.alloc_start_s - opts.idle_window_s);
+    let idle_mib = median(series.iter().filter(|s| s.t_s >= idle_from && s.t_s < m.alloc_start_s).map(|s| s.mib).collect())
+        .ok_or_else(|| bad(format!("no sample in the idle window {idle_from:.2}..{:.2} s", m.alloc_start_s)))?;
     let peak_mib = in_range(m.alloc_start_s, m.end_s)
         .map(|s| s.mib)
         .max_by(|a, b| a.total_cmp(b))
@@ -216,35 +256,43 @@ pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Resu
         .or_else(|| in_range(m.freed_s, m.end_s).last().map(|s| s.mib))
         .ok_or_else(|| bad(format!("no sample between the free {:.2} s and end {:.2} s", m.freed_s, m.end_s)))?;
 
-    let threshold = idle_mib * (1.0 + opts.tolerance);
-    let mut returned_at = None;
-    let mut prev: Option<Sample> = None;
-    for s in series.iter().filter(|s| s.t_s <= m.end_s) {
-        if s.t_s >= m.freed_s && s.mib <= threshold {
-            let t = match prev {
-                Some(p) if p.mib > threshold && s.mib < p.mib => p.t_s + (s.t_s - p.t_s) * (p.mib - threshold) / (p.mib - s.mib),
-                _ => s.t_s,
-            };
-            returned_at = Some(t.max(m.freed_s));
-            break;
-        }
-        prev = Some(*s);
-    }
-    let seconds_to_return = returned_at.map(|t| t - m.freed_s);
+    let return_threshold_mib = idle_mib * (1.0 + opts.tolerance);
+    let seconds_to_return = first_below(series, m.freed_s, m.end_s, return_threshold_mib).map(|t| t - m.freed_s);
+    let returned_mib = (peak_mib - after_mib).max(0.0);
+    let returned_enough = returned_mib >= 16.0;
+    let seconds_to_settle = if returned_enough {
+        first_below(series, m.freed_s, m.end_s, after_mib + opts.tolerance * returned_mib).map(|t| t - m.freed_s)
+    } else {
+        None
+    };
 
-    let idle_len = m.alloc_start_s - m.idle_start_s;
-    let idle_cpu_rate = match (cpu_at(series, m.idle_start_s), cpu_at(series, m.alloc_start_s)) {
-        (Some(a), Some(b)) if idle_len > 0.0 => ((b - a) / idle_len).max(0.0),
+    let (ws, we) = match seconds_to_settle {
+        Some(st) => (m.freed_s, (m.freed_s + st + opts.cpu_margin_s).min(m.end_s)),
+        None => (m.freed_s, m.end_s),
+    };
+    let rate = |a: f64, b: f64| match (cpu_at(series, a), cpu_at(series, b)) {
+        (Some(x), Some(y)) if b > a => ((y - x) / (b - a)).max(0.0),
         _ => 0.0,
     };
-    let (ws, we) = (m.freed_s, returned_at.unwrap_or(m.end_s));
-    let window_cpu_s = cpu_at(series, we).unwrap_or(0.0) - cpu_at(series, ws).unwrap_or(0.0);
-    let device_cpu_s = (window_cpu_s - idle_cpu_rate * (we - ws)).max(0.0);
-    let returned_gib = ((peak_mib - after_mib) / 1024.0).max(0.0);
-    let device_cpu_s_per_gib = (returned_gib >= 16.0 / 1024.0).then(|| device_cpu_s / returned_gib);
+    let cpu_baseline_from_tail = m.end_s - we >= 1.0;
+    let cpu_baseline_rate = if cpu_baseline_from_tail { rate(we, m.end_s) } else { rate(idle_from, m.alloc_start_s) };
+    let cpu_window_s = cpu_at(series, we).unwrap_or(0.0) - cpu_at(series, ws).unwrap_or(0.0);
+    let device_cpu_s = (cpu_window_s - cpu_baseline_rate * (we - ws)).max(0.0);
+    let device_cpu_s_per_gib = returned_enough.then(|| device_cpu_s / (returned_mib / 1024.0));
     Ok((
         PeerResult { idle_mib, peak_mib, after_mib, seconds_to_return, device_cpu_s_per_gib, series: series.to_vec() },
-        CpuAccounting { window_start_s: ws, window_end_s: we, window_cpu_s, idle_cpu_rate, device_cpu_s, returned_gib },
+        Details {
+            idle_window_s: (idle_from, m.alloc_start_s),
+            return_threshold_mib,
+            seconds_to_settle,
+            returned_mib,
+            cpu_window_start_s: ws,
+            cpu_window_end_s: we,
+            cpu_window_s,
+            cpu_baseline_rate,
+            cpu_baseline_from_tail,
+            device_cpu_s,
+        },
     ))
 }
 
@@ -253,10 +301,10 @@ mod tests {
     use super::*;
 
     /// Idle at 100 MiB (CPU 0.1 s/s) until 2 s; allocation to 356 MiB by 3 s; freed at 4 s;
-    /// memory drops from 5 s to 6 s back to 102 MiB while CPU runs at 0.6 s/s; end at 8 s.
+    /// memory drops from 5 s to 6 s back to 102 MiB while CPU runs at 0.6 s/s; end at 10 s.
     fn synthetic() -> (Vec<Sample>, Marks) {
         let mut v = Vec::new();
-        for i in 0..=80 {
+        for i in 0..=100 {
             let t = i as f64 * 0.1;
             let mib = if t < 2.0 {
                 100.0
@@ -272,26 +320,41 @@ mod tests {
             let cpu = 0.1 * t + if t < 5.0 { 0.0 } else if t < 6.0 { 0.5 * (t - 5.0) } else { 0.5 };
             v.push(Sample { t_s: t, mib, cpu_s: cpu });
         }
-        (v, Marks { idle_start_s: 0.5, alloc_start_s: 2.0, freed_s: 4.0, end_s: 8.0 })
+        (v, Marks { idle_start_s: 0.5, alloc_start_s: 2.0, freed_s: 4.0, end_s: 10.0 })
     }
 
     #[test]
     fn figures_of_a_synthetic_curve() {
         let (s, m) = synthetic();
-        let (r, cpu) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
+        let (r, d) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
         assert_eq!(r.idle_mib, 100.0);
+        assert_eq!(d.idle_window_s, (0.5, 2.0));
         assert!((r.peak_mib - 356.0).abs() < 1e-9);
         assert_eq!(r.after_mib, 102.0);
         // 110 MiB (idle + 10%) is crossed at 5 + 246/254 s, i.e. 1.968 s after the free.
         let str_ = r.seconds_to_return.unwrap();
         assert!((str_ - (1.0 + 246.0 / 254.0)).abs() < 1e-6, "{str_}");
-        // Window CPU = 0.1 * 1.968 + 0.5 * 0.968..; minus idle rate 0.1 * window.
-        assert!((cpu.idle_cpu_rate - 0.1).abs() < 1e-9);
-        let expect_dev = 0.5 * (246.0 / 254.0);
-        assert!((cpu.device_cpu_s - expect_dev).abs() < 1e-6, "{cpu:?}");
+        // Settled (within 10% of the 254 MiB drop above 102) at 356 - 254 * 0.9: 5.9 s.
+        assert!((d.seconds_to_settle.unwrap() - 1.9).abs() < 1e-6, "{d:?}");
+        // CPU window 4 .. 6.9 s; baseline from the tail 6.9 .. 10 s is 0.1 s/s; the extra
+        // 0.5 s of CPU is all device work.
+        assert!((d.cpu_window_end_s - 6.9).abs() < 1e-6 && d.cpu_baseline_from_tail);
+        assert!((d.cpu_baseline_rate - 0.1).abs() < 1e-9, "{d:?}");
+        assert!((d.device_cpu_s - 0.5).abs() < 1e-6, "{d:?}");
         let gib = 254.0 / 1024.0;
-        assert!((r.device_cpu_s_per_gib.unwrap() - expect_dev / gib).abs() < 1e-6);
+        assert!((r.device_cpu_s_per_gib.unwrap() - 0.5 / gib).abs() < 1e-6);
         assert_eq!(r.series.len(), s.len());
+    }
+
+    #[test]
+    fn idle_window_ignores_early_idle() {
+        let (mut s, m) = synthetic();
+        // Boot-time memory still being reported at the start of the idle phase.
+        for x in s.iter_mut().filter(|x| x.t_s < 0.8) {
+            x.mib = 300.0;
+        }
+        let (r, _) = analyze(&s, &m, &AnalysisOptions { idle_window_s: 1.0, ..Default::default() }).unwrap();
+        assert_eq!(r.idle_mib, 100.0);
     }
 
     #[test]
@@ -300,26 +363,42 @@ mod tests {
         for x in s.iter_mut().filter(|x| x.t_s >= 5.0) {
             x.mib = 356.0;
         }
-        let (r, cpu) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
+        let (r, d) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
         assert_eq!(r.seconds_to_return, None);
+        assert_eq!(d.seconds_to_settle, None);
         assert_eq!(r.after_mib, 356.0);
         assert_eq!(r.device_cpu_s_per_gib, None);
-        assert_eq!(cpu.window_end_s, m.end_s);
+        assert_eq!(d.cpu_window_end_s, m.end_s);
+        assert!(!d.cpu_baseline_from_tail);
     }
 
     #[test]
-    fn tolerance_and_settle_window_apply() {
+    fn partial_return_settles_without_returning() {
+        // Memory comes back to 130 MiB only: 30% above idle, never "returned", but settled.
+        let (mut s, m) = synthetic();
+        for x in s.iter_mut().filter(|x| x.t_s >= 5.0) {
+            x.mib = if x.t_s < 6.0 { 356.0 - 226.0 * (x.t_s - 5.0) } else { 130.0 };
+        }
+        let (r, d) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
+        assert_eq!(r.seconds_to_return, None);
+        assert!(d.seconds_to_settle.is_some());
+        assert!(r.device_cpu_s_per_gib.is_some());
+    }
+
+    #[test]
+    fn tolerance_applies() {
         let (s, m) = synthetic();
         // With 1% tolerance the threshold is 101 MiB: the curve settles at 102 and never gets there.
-        let (r, _) = analyze(&s, &m, &AnalysisOptions { tolerance: 0.01, settle_s: 1.0 }).unwrap();
+        let (r, _) = analyze(&s, &m, &AnalysisOptions { tolerance: 0.01, ..Default::default() }).unwrap();
         assert_eq!(r.seconds_to_return, None);
         // Immediate return (already below threshold at the free) is 0 s.
         let mut flat = s.clone();
         for x in flat.iter_mut() {
             x.mib = 100.0;
         }
-        let (r, _) = analyze(&flat, &m, &AnalysisOptions::default()).unwrap();
+        let (r, d) = analyze(&flat, &m, &AnalysisOptions::default()).unwrap();
         assert_eq!(r.seconds_to_return, Some(0.0));
+        assert_eq!(d.seconds_to_settle, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! qemu-system-x86_64 -M pc -accel tcg -m 2048 -smp 1 -nographic -no-reboot -nic none
-//!     -kernel vmlinuz -initrd qemu.cpio
+//!     -name prezero-peer,debug-threads=on -kernel vmlinuz -initrd qemu.cpio
 //!     -append 'console=ttyS0 panic=-1 quiet prezero.scenario=...'
 //!     -device virtio-balloon-pci,free-page-reporting=on
 //! ```
@@ -107,7 +107,7 @@ impl QemuConfig {
         .to_vec();
         args.push(self.mem_mib.to_string());
         args.extend(["-smp".into(), self.smp.to_string()]);
-        args.extend(["-nographic", "-no-reboot", "-nic", "none"].map(String::from));
+        args.extend(["-nographic", "-no-reboot", "-nic", "none", "-name", "prezero-peer,debug-threads=on"].map(String::from));
         args.extend(["-kernel".into(), self.kernel.display().to_string(), "-initrd".into(), self.initrd.display().to_string()]);
         args.extend(["-append".into(), append.join(" ")]);
         args.extend([
@@ -182,7 +182,7 @@ mod tests {
         let a = cfg.args().unwrap().join(" ");
         assert_eq!(
             a,
-            "-M pc -accel tcg -m 2048 -smp 1 -nographic -no-reboot -nic none -kernel /k/vmlinuz -initrd /i.cpio \
+            "-M pc -accel tcg -m 2048 -smp 1 -nographic -no-reboot -nic none -name prezero-peer,debug-threads=on -kernel /k/vmlinuz -initrd /i.cpio \
              -append console=ttyS0 panic=-1 quiet prezero.scenario=alloc-free prezero.mib=256 \
              -device virtio-balloon-pci,free-page-reporting=on,deflate-on-oom=off"
         );

@@ -47,6 +47,10 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
 
 /// Builds (or reuses) the static workload binary in `cache_dir`; returns its path.
 pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
+    // One build at a time in this process; other processes are kept apart by the unique
+    // scratch directory below (rustc names its intermediate files after the output).
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let rustc = std::env::var_os("RUSTC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("rustc"));
     let version = Command::new(&rustc).arg("-vV").output().map_err(|e| Error::Missing {
         what: format!("the Rust compiler `{}` ({e})", rustc.display()),
@@ -63,7 +67,9 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     let src_tmp = temp_sibling(&src);
     fs::write(&src_tmp, WORKLOAD_SOURCE).map_err(io_err(format!("writing {}", src_tmp.display())))?;
     fs::rename(&src_tmp, &src).map_err(io_err(format!("renaming to {}", src.display())))?;
-    let tmp = temp_sibling(&out);
+    let scratch = temp_sibling(&out);
+    fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
+    let tmp = scratch.join("prezero-workload");
     let cmd = [
         "--edition=2021",
         "--crate-name=prezero_workload",
@@ -78,7 +84,7 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     tracing::info!(out = %out.display(), "building the static guest workload");
     let res = Command::new(&rustc).args(cmd).arg(&src).arg("-o").arg(&tmp).output().map_err(io_err("running rustc"))?;
     if !res.status.success() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_dir_all(&scratch);
         let stderr = String::from_utf8_lossy(&res.stderr);
         let hint = if stderr.contains("cannot find -lc") || stderr.contains("libc.a") {
             " (static glibc is missing: apt-get install libc6-dev)"
@@ -93,9 +99,11 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     }
     let bytes = fs::read(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?;
     if elf::has_interp(&bytes)? {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_dir_all(&scratch);
         return Err(Error::invalid("workload binary", "rustc produced a dynamically linked binary despite +crt-static"));
     }
-    fs::rename(&tmp, &out).map_err(io_err(format!("renaming to {}", out.display())))?;
+    let renamed = fs::rename(&tmp, &out).map_err(io_err(format!("renaming to {}", out.display())));
+    let _ = fs::remove_dir_all(&scratch);
+    renamed?;
     Ok(out)
 }
