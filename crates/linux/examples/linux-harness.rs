@@ -32,7 +32,9 @@ fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {
 }
 
 fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
-    let Some(i) = args.iter().position(|a| a == name) else { return false };
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return false;
+    };
     args.remove(i);
     true
 }
@@ -75,31 +77,47 @@ fn run() -> prezero_linux::Result<()> {
     let mem = take_opt(&mut args, "--mem").and_then(|m| m.parse().ok());
     let peer = cmd != "uml";
     let t = Instant::now();
-    let h = Harness::new(&SetupOptions { peer, ..Default::default() })?;
+    let h = Harness::new(&SetupOptions {
+        peer,
+        ..Default::default()
+    })?;
     eprintln!("setup + workload: {:.2} s", t.elapsed().as_secs_f64());
     match cmd.as_str() {
         "uml" | "qemu" => {
             let t = Instant::now();
-            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux::vm::GuestProcess>> = if cmd == "uml" {
-                let initrd = h.uml_initramfs()?;
-                eprintln!("initramfs {} ({} bytes, modules {:?}) in {:.2} s", initrd.path.display(), initrd.bytes, initrd.modules, t.elapsed().as_secs_f64());
-                let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
-                if let Some(m) = mem {
-                    cfg = cfg.mem_mib(m);
-                }
-                if let Some(s) = &socket {
-                    cfg = cfg.balloon_socket(s);
-                }
-                Box::new(cfg.boot()?)
-            } else {
-                let initrd = h.qemu_initramfs()?;
-                eprintln!("initramfs {} ({} bytes, modules {:?}) in {:.2} s", initrd.path.display(), initrd.bytes, initrd.modules, t.elapsed().as_secs_f64());
-                let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
-                if let Some(m) = mem {
-                    cfg = cfg.mem_mib(m);
-                }
-                Box::new(cfg.boot()?)
-            };
+            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux::vm::GuestProcess>> =
+                if cmd == "uml" {
+                    let initrd = h.uml_initramfs()?;
+                    eprintln!(
+                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                        initrd.path.display(),
+                        initrd.bytes,
+                        initrd.modules,
+                        t.elapsed().as_secs_f64()
+                    );
+                    let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
+                    if let Some(m) = mem {
+                        cfg = cfg.mem_mib(m);
+                    }
+                    if let Some(s) = &socket {
+                        cfg = cfg.balloon_socket(s);
+                    }
+                    Box::new(cfg.boot()?)
+                } else {
+                    let initrd = h.qemu_initramfs()?;
+                    eprintln!(
+                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                        initrd.path.display(),
+                        initrd.bytes,
+                        initrd.modules,
+                        t.elapsed().as_secs_f64()
+                    );
+                    let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
+                    if let Some(m) = mem {
+                        cfg = cfg.mem_mib(m);
+                    }
+                    Box::new(cfg.boot()?)
+                };
             let deadline = Instant::now() + Duration::from_secs(600);
             let c = vm.console();
             while let Some(l) = c.next_line(deadline) {
@@ -125,9 +143,15 @@ fn run() -> prezero_linux::Result<()> {
             if let Some(w) = take_opt(&mut args, "--wait").and_then(|m| m.parse().ok()) {
                 opts.workload.wait_s = w;
             }
-            let out = PathBuf::from(take_opt(&mut args, "--out").unwrap_or_else(|| h.tools.cache_dir.join("bench").display().to_string()));
+            let out = PathBuf::from(
+                take_opt(&mut args, "--out")
+                    .unwrap_or_else(|| h.tools.cache_dir.join("bench").display().to_string()),
+            );
             let with_uml = take_flag(&mut args, "--uml");
-            std::fs::create_dir_all(&out).map_err(|e| prezero_linux::Error::Io { context: format!("creating {}", out.display()), source: e })?;
+            std::fs::create_dir_all(&out).map_err(|e| prezero_linux::Error::Io {
+                context: format!("creating {}", out.display()),
+                source: e,
+            })?;
             let mut runs = Vec::new();
             let initrd = h.qemu_initramfs()?;
             let q = bench_qemu(&h.qemu(&initrd)?, &opts)?;
@@ -147,8 +171,12 @@ fn run() -> prezero_linux::Result<()> {
             let svg = out.join("linux-peers.svg");
             write_comparison_svg(&svg, &refs)?;
             let json = out.join("linux-peers.json");
-            std::fs::write(&json, serde_json::to_string_pretty(&runs).unwrap())
-                .map_err(|e| prezero_linux::Error::Io { context: format!("writing {}", json.display()), source: e })?;
+            std::fs::write(&json, serde_json::to_string_pretty(&runs).unwrap()).map_err(|e| {
+                prezero_linux::Error::Io {
+                    context: format!("writing {}", json.display()),
+                    source: e,
+                }
+            })?;
             eprintln!("wrote {} and {}", svg.display(), json.display());
         }
         other => {

@@ -38,7 +38,13 @@ pub struct AllocFree {
 
 impl Default for AllocFree {
     fn default() -> Self {
-        AllocFree { mib: 256, idle_s: 5.0, hold_s: 1.0, wait_s: 15.0, interval_s: 1.0 }
+        AllocFree {
+            mib: 256,
+            idle_s: 5.0,
+            hold_s: 1.0,
+            wait_s: 15.0,
+            interval_s: 1.0,
+        }
     }
 }
 
@@ -109,8 +115,15 @@ fn thread_delta(before: &[ThreadCpu], after: &[ThreadCpu]) -> Vec<ThreadCpu> {
     after
         .iter()
         .map(|a| {
-            let b = before.iter().find(|b| b.tid == a.tid).map_or(0.0, |b| b.cpu_s);
-            ThreadCpu { tid: a.tid, name: a.name.clone(), cpu_s: a.cpu_s - b }
+            let b = before
+                .iter()
+                .find(|b| b.tid == a.tid)
+                .map_or(0.0, |b| b.cpu_s);
+            ThreadCpu {
+                tid: a.tid,
+                name: a.name.clone(),
+                cpu_s: a.cpu_s - b,
+            }
         })
         .filter(|t| t.cpu_s > 0.0)
         .collect()
@@ -137,16 +150,28 @@ pub fn measure_alloc_free(
     let alloc = c.wait_event("alloc-start", left())?;
     let done_alloc = c.wait_event("alloc-done", left())?;
     let freed = c.wait_event("freed", left())?;
-    let threads_before = device_pid.and_then(|p| threads_cpu(p).ok()).unwrap_or_default();
+    let threads_before = device_pid
+        .and_then(|p| threads_cpu(p).ok())
+        .unwrap_or_default();
     let done = c.wait_event("done", left())?;
-    let threads_after = device_pid.and_then(|p| threads_cpu(p).ok()).unwrap_or_default();
+    let threads_after = device_pid
+        .and_then(|p| threads_cpu(p).ok())
+        .unwrap_or_default();
     // One more interval so the last phase has samples up to `done`.
     std::thread::sleep(opts.sample_interval);
     let series = sampler.stop();
-    let marks = Marks { idle_start_s: idle.t_s, alloc_start_s: alloc.t_s, freed_s: freed.t_s, end_s: done.t_s };
+    let marks = Marks {
+        idle_start_s: idle.t_s,
+        alloc_start_s: alloc.t_s,
+        freed_s: freed.t_s,
+        end_s: done.t_s,
+    };
     let (result, details) = analyze(&series, &marks, &opts.analysis)?;
     let console = vm.console().log().to_vec();
-    let guest_meminfo = crate::console::events_of(&console).into_iter().filter(|e| e.name == "meminfo").collect();
+    let guest_meminfo = crate::console::events_of(&console)
+        .into_iter()
+        .filter(|e| e.name == "meminfo")
+        .collect();
     Ok(PeerRun {
         peer: peer.to_owned(),
         result,
@@ -168,7 +193,14 @@ pub fn bench_qemu(cfg: &QemuConfig, opts: &BenchOptions) -> Result<PeerRun> {
     let cfg = cfg.clone().scenario(opts.workload.scenario());
     let mut vm = Qemu::boot(&cfg)?;
     let (mem, cpu, pid) = (vm.memory_probe(), vm.cpu_probe(), vm.pid());
-    let run = measure_alloc_free("qemu", &mut vm, Box::new(mem), Box::new(cpu), Some(pid), opts);
+    let run = measure_alloc_free(
+        "qemu",
+        &mut vm,
+        Box::new(mem),
+        Box::new(cpu),
+        Some(pid),
+        opts,
+    );
     let _ = vm.wait_exit(Duration::from_secs(30));
     vm.shutdown();
     run
@@ -178,9 +210,18 @@ pub fn bench_qemu(cfg: &QemuConfig, opts: &BenchOptions) -> Result<PeerRun> {
 /// `alloc-free` workload and measures the UML memory file's allocated blocks; `device_cpu`
 /// measures the daemon (e.g. `ProcessCpu { pid: daemon }`), `device_pid` gives its per-thread
 /// breakdown.
-pub fn bench_uml(cfg: &UmlConfig, device_cpu: Box<dyn CpuProbe>, device_pid: Option<i32>, opts: &BenchOptions) -> Result<PeerRun> {
+pub fn bench_uml(
+    cfg: &UmlConfig,
+    device_cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+) -> Result<PeerRun> {
     let cfg = cfg.clone().scenario(opts.workload.scenario());
-    let peer = if cfg.balloon_socket.is_some() { "uml+prezero" } else { "uml (no balloon)" };
+    let peer = if cfg.balloon_socket.is_some() {
+        "uml+prezero"
+    } else {
+        "uml (no balloon)"
+    };
     let mut vm = Uml::boot(&cfg)?;
     let mem = vm.memory_probe();
     let run = measure_alloc_free(peer, &mut vm, Box::new(mem), device_cpu, device_pid, opts);
@@ -199,7 +240,12 @@ pub fn comparison_chart(runs: &[&PeerRun]) -> Chart {
     );
     for r in runs {
         let t0 = r.marks.alloc_start_s;
-        let pts = r.result.series.iter().map(|s| (s.t_s - t0, s.mib)).collect();
+        let pts = r
+            .result
+            .series
+            .iter()
+            .map(|s| (s.t_s - t0, s.mib))
+            .collect();
         chart = chart.series(&r.peer, pts);
         chart = chart.marker(&format!("{} free", r.peer), r.marks.freed_s - t0);
     }
@@ -208,7 +254,10 @@ pub fn comparison_chart(runs: &[&PeerRun]) -> Chart {
 
 /// Writes [`comparison_chart`] of `runs` to `path`.
 pub fn write_comparison_svg(path: &Path, runs: &[&PeerRun]) -> Result<()> {
-    std::fs::write(path, comparison_chart(runs).to_svg()).map_err(|e| Error::Io { context: format!("writing {}", path.display()), source: e })
+    std::fs::write(path, comparison_chart(runs).to_svg()).map_err(|e| Error::Io {
+        context: format!("writing {}", path.display()),
+        source: e,
+    })
 }
 
 #[cfg(test)]
@@ -226,7 +275,11 @@ mod tests {
 
     #[test]
     fn thread_deltas() {
-        let t = |tid, cpu_s| ThreadCpu { tid, name: format!("t{tid}"), cpu_s };
+        let t = |tid, cpu_s| ThreadCpu {
+            tid,
+            name: format!("t{tid}"),
+            cpu_s,
+        };
         let d = thread_delta(&[t(1, 1.0), t(2, 2.0)], &[t(1, 1.5), t(2, 2.0), t(3, 0.25)]);
         assert_eq!(d, [t(1, 0.5), t(3, 0.25)]);
     }

@@ -59,8 +59,15 @@ impl Event {
         if name.is_empty() {
             return None;
         }
-        let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        Some(Event { t_s: 0.0, name, fields })
+        let fields = words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some(Event {
+            t_s: 0.0,
+            name,
+            fields,
+        })
     }
 
     /// A field's text.
@@ -75,7 +82,14 @@ impl Event {
 
     /// The guest's own `/proc/meminfo` of a `meminfo` event (kB values), else `None`.
     pub fn meminfo(&self) -> Option<Meminfo> {
-        (self.name == "meminfo").then(|| Meminfo(self.fields.iter().filter_map(|(k, v)| v.parse().ok().map(|v| (k.clone(), v))).collect()))
+        (self.name == "meminfo").then(|| {
+            Meminfo(
+                self.fields
+                    .iter()
+                    .filter_map(|(k, v)| v.parse().ok().map(|v| (k.clone(), v)))
+                    .collect(),
+            )
+        })
     }
 }
 
@@ -130,7 +144,12 @@ impl Console {
                 .spawn(move || read_lines(t0, stream, reader, tx))
                 .expect("spawning a console reader thread");
         }
-        Console { rx, log: Vec::new(), open_streams: n, t0 }
+        Console {
+            rx,
+            log: Vec::new(),
+            open_streams: n,
+            t0,
+        }
     }
 
     /// The instant timestamps are relative to.
@@ -181,21 +200,39 @@ impl Console {
     }
 
     /// Waits for a line satisfying `pred`, up to `timeout`.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut pred: impl FnMut(&Line) -> bool) -> Result<Line> {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Line) -> bool,
+    ) -> Result<Line> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.next_index(deadline) {
                 Some(i) if pred(&self.log[i]) => return Ok(self.log[i].clone()),
                 Some(_) => {}
-                None if self.is_closed() => return Err(Error::GuestExited { what: what.to_owned(), tail: self.tail(30) }),
-                None => return Err(Error::Timeout { what: what.to_owned(), secs: timeout.as_secs_f64(), tail: self.tail(30) }),
+                None if self.is_closed() => {
+                    return Err(Error::GuestExited {
+                        what: what.to_owned(),
+                        tail: self.tail(30),
+                    })
+                }
+                None => {
+                    return Err(Error::Timeout {
+                        what: what.to_owned(),
+                        secs: timeout.as_secs_f64(),
+                        tail: self.tail(30),
+                    })
+                }
             }
         }
     }
 
     /// Waits for event `name` (see [`Event`]), up to `timeout`.
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
-        let line = self.wait_for(&format!("PREZERO event={name}"), timeout, |l| Event::parse(&l.text).is_some_and(|e| e.name == name))?;
+        let line = self.wait_for(&format!("PREZERO event={name}"), timeout, |l| {
+            Event::parse(&l.text).is_some_and(|e| e.name == name)
+        })?;
         let mut e = Event::parse(&line.text).expect("matched above");
         e.t_s = line.t_s;
         Ok(e)
@@ -214,7 +251,11 @@ impl Console {
     /// The last `n` lines as text (for error messages).
     pub fn tail(&self, n: usize) -> String {
         let start = self.log.len().saturating_sub(n);
-        self.log[start..].iter().map(|l| format!("  [{:8.3}] {}", l.t_s, l.text)).collect::<Vec<_>>().join("\n")
+        self.log[start..]
+            .iter()
+            .map(|l| format!("  [{:8.3}] {}", l.t_s, l.text))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -239,14 +280,20 @@ fn read_lines(t0: Instant, stream: Stream, reader: Box<dyn Read + Send>, tx: Sen
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let t_s = t0.elapsed().as_secs_f64();
-                let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).replace('\r', "");
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .replace('\r', "");
                 if tx.send(Line { t_s, stream, text }).is_err() {
                     return;
                 }
             }
         }
     }
-    let _ = tx.send(Line { t_s: t0.elapsed().as_secs_f64(), stream, text: "\0EOF".into() });
+    let _ = tx.send(Line {
+        t_s: t0.elapsed().as_secs_f64(),
+        stream,
+        text: "\0EOF".into(),
+    });
 }
 
 #[cfg(test)]
@@ -255,7 +302,10 @@ mod tests {
 
     #[test]
     fn parses_events_amid_kernel_noise() {
-        let e = Event::parse("[    1.23] virtio_balloon: x PREZERO event=checksum status=ok mib=32 junk").unwrap();
+        let e = Event::parse(
+            "[    1.23] virtio_balloon: x PREZERO event=checksum status=ok mib=32 junk",
+        )
+        .unwrap();
         assert_eq!(e.name, "checksum");
         assert_eq!(e.get("status"), Some("ok"));
         assert_eq!(e.num::<u64>("mib"), Some(32));
@@ -278,20 +328,33 @@ mod tests {
         assert_eq!(m2.kib("MemTotal"), Some(2012345));
         assert_eq!(m2.kib("Active_anon"), Some(1234));
         assert_eq!(m2.kib("phase"), None);
-        assert!(Event::parse("PREZERO event=done").unwrap().meminfo().is_none());
+        assert!(Event::parse("PREZERO event=done")
+            .unwrap()
+            .meminfo()
+            .is_none());
     }
 
     #[test]
     fn console_reads_lines_and_waits() {
-        let data = b"boot noise\r\nPREZERO event=init kernel=6.1\nPREZERO event=exit rc=0\npartial".to_vec();
-        let mut c = Console::start(Instant::now(), vec![(Stream::Stdout, Box::new(std::io::Cursor::new(data)))]);
+        let data = b"boot noise\r\nPREZERO event=init kernel=6.1\nPREZERO event=exit rc=0\npartial"
+            .to_vec();
+        let mut c = Console::start(
+            Instant::now(),
+            vec![(Stream::Stdout, Box::new(std::io::Cursor::new(data)))],
+        );
         let e = c.wait_event("exit", Duration::from_secs(10)).unwrap();
         assert_eq!(e.num::<i32>("rc"), Some(0));
         assert_eq!(c.log()[0].text, "boot noise");
         let evs = c.events();
-        assert_eq!(evs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["init", "exit"]);
+        assert_eq!(
+            evs.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["init", "exit"]
+        );
         // The last, unterminated line still arrives; then the console closes.
-        assert!(matches!(c.wait_event("never", Duration::from_secs(10)), Err(Error::GuestExited { .. })));
+        assert!(matches!(
+            c.wait_event("never", Duration::from_secs(10)),
+            Err(Error::GuestExited { .. })
+        ));
         assert_eq!(c.log().last().unwrap().text, "partial");
         assert!(c.is_closed());
     }

@@ -38,7 +38,11 @@ pub struct CpioWriter<W: Write> {
 impl<W: Write> CpioWriter<W> {
     /// A writer at the start of an archive.
     pub fn new(w: W) -> Self {
-        CpioWriter { w, ino: 1, offset: 0 }
+        CpioWriter {
+            w,
+            ino: 1,
+            offset: 0,
+        }
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -52,16 +56,44 @@ impl<W: Write> CpioWriter<W> {
         self.put(&[0u8; 3][..pad])
     }
 
-    fn entry(&mut self, name: &str, st_mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        st_mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         if name.is_empty() || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cpio entry name {name:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad cpio entry name {name:?}"),
+            ));
         }
-        let size = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: larger than 4 GiB")))?;
+        let size = u32::try_from(data.len()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: larger than 4 GiB"),
+            )
+        })?;
         let ino = if name == TRAILER { 0 } else { self.ino };
         self.ino += 1;
-        let fields = [ino, st_mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            ino,
+            st_mode,
+            0,
+            0,
+            nlink,
+            0,
+            size,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         for f in fields {
@@ -131,8 +163,10 @@ pub fn read_archive(mut buf: &[u8]) -> Result<Vec<Entry>> {
             return Err(bad(format!("bad magic at offset {off}")));
         }
         let field = |i: usize| -> Result<u32> {
-            let s = std::str::from_utf8(&buf[6 + 8 * i..14 + 8 * i]).map_err(|_| bad(format!("non-ASCII header at {off}")))?;
-            u32::from_str_radix(s, 16).map_err(|_| bad(format!("bad hex field {i} at offset {off}")))
+            let s = std::str::from_utf8(&buf[6 + 8 * i..14 + 8 * i])
+                .map_err(|_| bad(format!("non-ASCII header at {off}")))?;
+            u32::from_str_radix(s, 16)
+                .map_err(|_| bad(format!("bad hex field {i} at offset {off}")))
         };
         let st_mode = field(1)?;
         let size = field(6)? as usize;
@@ -151,7 +185,12 @@ pub fn read_archive(mut buf: &[u8]) -> Result<Vec<Entry>> {
         if name == TRAILER {
             return Ok(out);
         }
-        out.push(Entry { name, mode: st_mode, rdev, data: buf[data_start..data_end].to_vec() });
+        out.push(Entry {
+            name,
+            mode: st_mode,
+            rdev,
+            data: buf[data_start..data_end].to_vec(),
+        });
         let next = ((data_end + 3) & !3).min(buf.len());
         off += next;
         buf = &buf[next..];
@@ -165,7 +204,8 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut w = CpioWriter::new(Vec::new());
         w.dir("bin", 0o755).unwrap();
-        w.file("/bin/hello", 0o755, b"#!/bin/sh\necho hi\n").unwrap();
+        w.file("/bin/hello", 0o755, b"#!/bin/sh\necho hi\n")
+            .unwrap();
         w.file("empty", 0o644, b"").unwrap();
         w.symlink("bin/sh", "busybox").unwrap();
         w.char_dev("dev/console", 0o600, 5, 1).unwrap();
@@ -179,7 +219,10 @@ mod tests {
         assert_eq!(&bytes[..6], b"070701");
         let entries = read_archive(&bytes).unwrap();
         let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/hello", "empty", "bin/sh", "dev/console"]);
+        assert_eq!(
+            names,
+            ["bin", "bin/hello", "empty", "bin/sh", "dev/console"]
+        );
         assert_eq!(entries[1].data, b"#!/bin/sh\necho hi\n");
         assert_eq!(entries[1].mode, mode::REG | 0o755);
         assert_eq!(entries[0].mode & mode::TYPE, mode::DIR);
@@ -231,6 +274,9 @@ mod tests {
         assert!(out.status.success());
         let listed = String::from_utf8_lossy(&out.stdout);
         let names: Vec<_> = listed.lines().collect();
-        assert_eq!(names, ["bin", "bin/hello", "empty", "bin/sh", "dev/console"]);
+        assert_eq!(
+            names,
+            ["bin", "bin/hello", "empty", "bin/sh", "dev/console"]
+        );
     }
 }

@@ -9,13 +9,19 @@ fn bad(detail: impl Into<String>) -> Error {
 }
 
 fn u16_at(d: &[u8], off: usize) -> Result<u16> {
-    d.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]])).ok_or_else(|| bad("truncated"))
+    d.get(off..off + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or_else(|| bad("truncated"))
 }
 fn u32_at(d: &[u8], off: usize) -> Result<u32> {
-    d.get(off..off + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| bad("truncated"))
+    d.get(off..off + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| bad("truncated"))
 }
 fn u64_at(d: &[u8], off: usize) -> Result<u64> {
-    d.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| bad("truncated"))
+    d.get(off..off + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| bad("truncated"))
 }
 fn usize_at(d: &[u8], off: usize) -> Result<usize> {
     usize::try_from(u64_at(d, off)?).map_err(|_| bad("offset out of range"))
@@ -45,17 +51,26 @@ pub fn section<'a>(d: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
         return Err(bad("bad section header table"));
     }
     let sh = |i: usize| -> Result<(u32, usize, usize)> {
-        let base = shoff.checked_add(i.checked_mul(shentsize).ok_or_else(|| bad("overflow"))?).ok_or_else(|| bad("overflow"))?;
-        Ok((u32_at(d, base)?, usize_at(d, base + 0x18)?, usize_at(d, base + 0x20)?))
+        let base = shoff
+            .checked_add(i.checked_mul(shentsize).ok_or_else(|| bad("overflow"))?)
+            .ok_or_else(|| bad("overflow"))?;
+        Ok((
+            u32_at(d, base)?,
+            usize_at(d, base + 0x18)?,
+            usize_at(d, base + 0x20)?,
+        ))
     };
     let slice = |off: usize, size: usize| -> Result<&'a [u8]> {
-        d.get(off..off.checked_add(size).ok_or_else(|| bad("overflow"))?).ok_or_else(|| bad("section out of file"))
+        d.get(off..off.checked_add(size).ok_or_else(|| bad("overflow"))?)
+            .ok_or_else(|| bad("section out of file"))
     };
     let (_, stroff, strsize) = sh(shstrndx)?;
     let strtab = slice(stroff, strsize)?;
     for i in 0..shnum {
         let (name_off, off, size) = sh(i)?;
-        let Some(rest) = strtab.get(name_off as usize..) else { continue };
+        let Some(rest) = strtab.get(name_off as usize..) else {
+            continue;
+        };
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         if &rest[..end] == name.as_bytes() {
             return slice(off, size).map(Some);

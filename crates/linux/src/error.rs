@@ -66,7 +66,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Invalid`].
     pub fn invalid(what: impl Into<String>, detail: impl Into<String>) -> Error {
-        Error::Invalid { what: what.into(), detail: detail.into() }
+        Error::Invalid {
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
 }
 

@@ -79,7 +79,10 @@ pub struct InitramfsBuilder {
 
 /// The applet names a busybox binary provides (`busybox --list`).
 pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
-    let out = Command::new(busybox).arg("--list").output().map_err(io_err(format!("running {} --list", busybox.display())))?;
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(io_err(format!("running {} --list", busybox.display())))?;
     if !out.status.success() {
         return Err(Error::Command {
             command: format!("{} --list", busybox.display()),
@@ -95,7 +98,10 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .collect();
     for needed in ["sh", "mount", "insmod", "poweroff", "cat"] {
         if !applets.iter().any(|a| a == needed) {
-            return Err(Error::invalid("busybox", format!("{} lacks the `{needed}` applet", busybox.display())));
+            return Err(Error::invalid(
+                "busybox",
+                format!("{} lacks the `{needed}` applet", busybox.display()),
+            ));
         }
     }
     Ok(applets)
@@ -104,7 +110,12 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
 impl InitramfsBuilder {
     /// An image with `busybox` (static) and the static `workload` binary.
     pub fn new(busybox: &Path, workload: &Path) -> Self {
-        InitramfsBuilder { busybox: busybox.to_path_buf(), workload: workload.to_path_buf(), modules: Vec::new(), applets: None }
+        InitramfsBuilder {
+            busybox: busybox.to_path_buf(),
+            workload: workload.to_path_buf(),
+            modules: Vec::new(),
+            applets: None,
+        }
     }
 
     /// Adds modules (already in dependency order, see [`crate::modules::ModuleTree::resolve`]).
@@ -125,11 +136,25 @@ impl InitramfsBuilder {
             Some(a) => a.clone(),
             None => busybox_applets(&self.busybox)?,
         };
-        let busybox = fs::read(&self.busybox).map_err(io_err(format!("reading {}", self.busybox.display())))?;
-        let workload = fs::read(&self.workload).map_err(io_err(format!("reading {}", self.workload.display())))?;
+        let busybox = fs::read(&self.busybox)
+            .map_err(io_err(format!("reading {}", self.busybox.display())))?;
+        let workload = fs::read(&self.workload)
+            .map_err(io_err(format!("reading {}", self.workload.display())))?;
         let w = || -> std::io::Result<Vec<u8>> {
-            let mut w = CpioWriter::new(Vec::with_capacity(busybox.len() + workload.len() + (1 << 20)));
-            for d in ["bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "root"] {
+            let mut w = CpioWriter::new(Vec::with_capacity(
+                busybox.len() + workload.len() + (1 << 20),
+            ));
+            for d in [
+                "bin",
+                "dev",
+                "etc",
+                "lib",
+                "lib/modules",
+                "proc",
+                "sys",
+                "tmp",
+                "root",
+            ] {
                 w.dir(d, 0o755)?;
             }
             w.symlink("sbin", "bin")?;
@@ -162,7 +187,11 @@ impl InitramfsBuilder {
         let tmp = temp_sibling(out);
         fs::write(&tmp, &bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
         fs::rename(&tmp, out).map_err(io_err(format!("renaming to {}", out.display())))?;
-        Ok(Initramfs { path: out.to_path_buf(), modules: self.modules.iter().map(|m| m.name.clone()).collect(), bytes: bytes.len() as u64 })
+        Ok(Initramfs {
+            path: out.to_path_buf(),
+            modules: self.modules.iter().map(|m| m.name.clone()).collect(),
+            bytes: bytes.len() as u64,
+        })
     }
 }
 
@@ -173,12 +202,18 @@ mod tests {
 
     #[test]
     fn image_layout() {
-        let dir = std::env::temp_dir().join(format!("prezero-linux-initramfs-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("prezero-linux-initramfs-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let (bb, wl) = (dir.join("busybox"), dir.join("workload"));
         fs::write(&bb, b"BUSYBOX").unwrap();
         fs::write(&wl, b"WORKLOAD").unwrap();
-        let m = Module { name: "virtio_balloon".into(), source: "x".into(), data: b"\x7fELFko".to_vec(), depends: vec![] };
+        let m = Module {
+            name: "virtio_balloon".into(),
+            source: "x".into(),
+            data: b"\x7fELFko".to_vec(),
+            depends: vec![],
+        };
         let img = InitramfsBuilder::new(&bb, &wl)
             .applets(vec!["sh".into(), "insmod".into()])
             .modules(vec![m])
@@ -186,7 +221,12 @@ mod tests {
             .unwrap();
         assert_eq!(img.modules, ["virtio_balloon"]);
         let entries = read_archive(&fs::read(&img.path).unwrap()).unwrap();
-        let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("no {n}"));
+        let get = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == n)
+                .unwrap_or_else(|| panic!("no {n}"))
+        };
         assert_eq!(get("init").data, INIT_SCRIPT.as_bytes());
         assert_eq!(get("init").mode, mode::REG | 0o755);
         assert_eq!(get("bin/busybox").data, b"BUSYBOX");
@@ -197,7 +237,10 @@ mod tests {
         assert_eq!(get("dev/console").rdev, (5, 1));
         // Directories come before their contents.
         let pos = |n: &str| entries.iter().position(|e| e.name == n).unwrap();
-        assert!(pos("bin") < pos("bin/busybox") && pos("lib/modules") < pos("lib/modules/virtio_balloon.ko"));
+        assert!(
+            pos("bin") < pos("bin/busybox")
+                && pos("lib/modules") < pos("lib/modules/virtio_balloon.ko")
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,7 +14,7 @@
 //! | [`initramfs`], [`cpio`], [`modules`], [`elf`] | a newc initramfs with busybox, kernel modules (+ dependencies), the workload and `/init` |
 //! | [`scenario`] | what the guest runs, chosen on the kernel command line (`prezero.scenario=...`) |
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
-//! | [`procs`], [`measure`], [`bench`], [`svg`] | host memory / CPU probes, sampling, curve analysis, the peer comparison and its chart |
+//! | [`procs`], [`measure`], [`mod@bench`], [`svg`] | host memory / CPU probes, sampling, curve analysis, the peer comparison and its chart |
 //!
 //! ## Use
 //!
@@ -90,8 +90,14 @@ impl Harness {
     pub fn uml_initramfs(&self) -> Result<Initramfs> {
         let tree = ModuleTree::open(&self.tools.uml_modules)?;
         let modules = tree.resolve(&["virtio_balloon"])?;
-        let out = self.tools.cache_dir.join("initramfs").join(format!("uml-{}.cpio", self.tools.uml_release));
-        InitramfsBuilder::new(&self.tools.busybox, &self.workload).modules(modules).write_to(&out)
+        let out = self
+            .tools
+            .cache_dir
+            .join("initramfs")
+            .join(format!("uml-{}.cpio", self.tools.uml_release));
+        InitramfsBuilder::new(&self.tools.busybox, &self.workload)
+            .modules(modules)
+            .write_to(&out)
     }
 
     /// Builds `<cache>/initramfs/qemu-<release>.cpio` for the cloud kernel: busybox, the workload,
@@ -103,8 +109,14 @@ impl Harness {
         })?;
         let tree = ModuleTree::open(&kernel.modules)?;
         let modules = tree.resolve(QEMU_GUEST_MODULES)?;
-        let out = self.tools.cache_dir.join("initramfs").join(format!("qemu-{}.cpio", kernel.release));
-        InitramfsBuilder::new(&self.tools.busybox, &self.workload).modules(modules).write_to(&out)
+        let out = self
+            .tools
+            .cache_dir
+            .join("initramfs")
+            .join(format!("qemu-{}.cpio", kernel.release));
+        InitramfsBuilder::new(&self.tools.busybox, &self.workload)
+            .modules(modules)
+            .write_to(&out)
     }
 
     /// A UML configuration with defaults (256 MiB, scenario `boot`, no balloon).

@@ -64,7 +64,12 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling every `interval`; timestamps are relative to `t0`. A failing probe read
     /// (e.g. the process exited) skips that sample.
-    pub fn start(t0: Instant, interval: Duration, mut mem: Box<dyn MemoryProbe>, mut cpu: Box<dyn CpuProbe>) -> Sampler {
+    pub fn start(
+        t0: Instant,
+        interval: Duration,
+        mut mem: Box<dyn MemoryProbe>,
+        mut cpu: Box<dyn CpuProbe>,
+    ) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (stop2, samples2) = (stop.clone(), samples.clone());
@@ -88,7 +93,11 @@ impl Sampler {
                 }
             })
             .expect("spawning the sampler thread");
-        Sampler { stop, samples, handle: Some(handle) }
+        Sampler {
+            stop,
+            samples,
+            handle: Some(handle),
+        }
     }
 
     /// The samples so far.
@@ -144,7 +153,12 @@ pub struct AnalysisOptions {
 
 impl Default for AnalysisOptions {
     fn default() -> Self {
-        AnalysisOptions { tolerance: 0.10, settle_s: 1.0, idle_window_s: 2.0, cpu_margin_s: 1.0 }
+        AnalysisOptions {
+            tolerance: 0.10,
+            settle_s: 1.0,
+            idle_window_s: 2.0,
+            cpu_margin_s: 1.0,
+        }
     }
 }
 
@@ -196,7 +210,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// Cumulative CPU at time `t`, linearly interpolated between samples (clamped at the ends).
@@ -223,7 +241,9 @@ fn first_below(series: &[Sample], from: f64, end: f64, threshold: f64) -> Option
     for s in series.iter().filter(|s| s.t_s <= end) {
         if s.t_s >= from && s.mib <= threshold {
             let t = match prev {
-                Some(p) if p.mib > threshold && s.mib < p.mib => p.t_s + (s.t_s - p.t_s) * (p.mib - threshold) / (p.mib - s.mib),
+                Some(p) if p.mib > threshold && s.mib < p.mib => {
+                    p.t_s + (s.t_s - p.t_s) * (p.mib - threshold) / (p.mib - s.mib)
+                }
                 _ => s.t_s,
             };
             return Some(t.max(from));
@@ -234,10 +254,15 @@ fn first_below(series: &[Sample], from: f64, end: f64, threshold: f64) -> Option
 }
 
 /// Computes the figures from `series` (sorted by time) and `marks`.
-pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Result<(PeerResult, Details)> {
+pub fn analyze(
+    series: &[Sample],
+    marks: &Marks,
+    opts: &AnalysisOptions,
+) -> Result<(PeerResult, Details)> {
     let bad = |d: String| Error::invalid("measurement series", d);
     let m = marks;
-    if !(m.idle_start_s <= m.alloc_start_s && m.alloc_start_s <= m.freed_s && m.freed_s <= m.end_s) {
+    if !(m.idle_start_s <= m.alloc_start_s && m.alloc_start_s <= m.freed_s && m.freed_s <= m.end_s)
+    {
         return Err(bad(format!("marks out of order: {m:?}")));
     }
     if series.windows(2).any(|w| w[1].t_s < w[0].t_s) {
@@ -245,23 +270,51 @@ pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Resu
     }
     let in_range = |a: f64, b: f64| series.iter().filter(move |s| s.t_s >= a && s.t_s <= b);
     let idle_from = m.idle_start_s.max(m.alloc_start_s - opts.idle_window_s);
-    let idle_mib = median(series.iter().filter(|s| s.t_s >= idle_from && s.t_s < m.alloc_start_s).map(|s| s.mib).collect())
-        .ok_or_else(|| bad(format!("no sample in the idle window {idle_from:.2}..{:.2} s", m.alloc_start_s)))?;
+    let idle_mib = median(
+        series
+            .iter()
+            .filter(|s| s.t_s >= idle_from && s.t_s < m.alloc_start_s)
+            .map(|s| s.mib)
+            .collect(),
+    )
+    .ok_or_else(|| {
+        bad(format!(
+            "no sample in the idle window {idle_from:.2}..{:.2} s",
+            m.alloc_start_s
+        ))
+    })?;
     let peak_mib = in_range(m.alloc_start_s, m.end_s)
         .map(|s| s.mib)
         .max_by(|a, b| a.total_cmp(b))
-        .ok_or_else(|| bad(format!("no sample between alloc-start {:.2} s and end {:.2} s", m.alloc_start_s, m.end_s)))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no sample between alloc-start {:.2} s and end {:.2} s",
+                m.alloc_start_s, m.end_s
+            ))
+        })?;
     let settle_from = m.freed_s.max(m.end_s - opts.settle_s);
     let after_mib = median(in_range(settle_from, m.end_s).map(|s| s.mib).collect())
-        .or_else(|| in_range(m.freed_s, m.end_s).last().map(|s| s.mib))
-        .ok_or_else(|| bad(format!("no sample between the free {:.2} s and end {:.2} s", m.freed_s, m.end_s)))?;
+        .or_else(|| in_range(m.freed_s, m.end_s).next_back().map(|s| s.mib))
+        .ok_or_else(|| {
+            bad(format!(
+                "no sample between the free {:.2} s and end {:.2} s",
+                m.freed_s, m.end_s
+            ))
+        })?;
 
     let return_threshold_mib = idle_mib * (1.0 + opts.tolerance);
-    let seconds_to_return = first_below(series, m.freed_s, m.end_s, return_threshold_mib).map(|t| t - m.freed_s);
+    let seconds_to_return =
+        first_below(series, m.freed_s, m.end_s, return_threshold_mib).map(|t| t - m.freed_s);
     let returned_mib = (peak_mib - after_mib).max(0.0);
     let returned_enough = returned_mib >= 16.0;
     let seconds_to_settle = if returned_enough {
-        first_below(series, m.freed_s, m.end_s, after_mib + opts.tolerance * returned_mib).map(|t| t - m.freed_s)
+        first_below(
+            series,
+            m.freed_s,
+            m.end_s,
+            after_mib + opts.tolerance * returned_mib,
+        )
+        .map(|t| t - m.freed_s)
     } else {
         None
     };
@@ -275,12 +328,23 @@ pub fn analyze(series: &[Sample], marks: &Marks, opts: &AnalysisOptions) -> Resu
         _ => 0.0,
     };
     let cpu_baseline_from_tail = m.end_s - we >= 1.0;
-    let cpu_baseline_rate = if cpu_baseline_from_tail { rate(we, m.end_s) } else { rate(idle_from, m.alloc_start_s) };
+    let cpu_baseline_rate = if cpu_baseline_from_tail {
+        rate(we, m.end_s)
+    } else {
+        rate(idle_from, m.alloc_start_s)
+    };
     let cpu_window_s = cpu_at(series, we).unwrap_or(0.0) - cpu_at(series, ws).unwrap_or(0.0);
     let device_cpu_s = (cpu_window_s - cpu_baseline_rate * (we - ws)).max(0.0);
     let device_cpu_s_per_gib = returned_enough.then(|| device_cpu_s / (returned_mib / 1024.0));
     Ok((
-        PeerResult { idle_mib, peak_mib, after_mib, seconds_to_return, device_cpu_s_per_gib, series: series.to_vec() },
+        PeerResult {
+            idle_mib,
+            peak_mib,
+            after_mib,
+            seconds_to_return,
+            device_cpu_s_per_gib,
+            series: series.to_vec(),
+        },
         Details {
             idle_window_s: (idle_from, m.alloc_start_s),
             return_threshold_mib,
@@ -317,10 +381,29 @@ mod tests {
             } else {
                 102.0
             };
-            let cpu = 0.1 * t + if t < 5.0 { 0.0 } else if t < 6.0 { 0.5 * (t - 5.0) } else { 0.5 };
-            v.push(Sample { t_s: t, mib, cpu_s: cpu });
+            let cpu = 0.1 * t
+                + if t < 5.0 {
+                    0.0
+                } else if t < 6.0 {
+                    0.5 * (t - 5.0)
+                } else {
+                    0.5
+                };
+            v.push(Sample {
+                t_s: t,
+                mib,
+                cpu_s: cpu,
+            });
         }
-        (v, Marks { idle_start_s: 0.5, alloc_start_s: 2.0, freed_s: 4.0, end_s: 10.0 })
+        (
+            v,
+            Marks {
+                idle_start_s: 0.5,
+                alloc_start_s: 2.0,
+                freed_s: 4.0,
+                end_s: 10.0,
+            },
+        )
     }
 
     #[test]
@@ -353,7 +436,15 @@ mod tests {
         for x in s.iter_mut().filter(|x| x.t_s < 0.8) {
             x.mib = 300.0;
         }
-        let (r, _) = analyze(&s, &m, &AnalysisOptions { idle_window_s: 1.0, ..Default::default() }).unwrap();
+        let (r, _) = analyze(
+            &s,
+            &m,
+            &AnalysisOptions {
+                idle_window_s: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.idle_mib, 100.0);
     }
 
@@ -377,7 +468,11 @@ mod tests {
         // Memory comes back to 130 MiB only: 30% above idle, never "returned", but settled.
         let (mut s, m) = synthetic();
         for x in s.iter_mut().filter(|x| x.t_s >= 5.0) {
-            x.mib = if x.t_s < 6.0 { 356.0 - 226.0 * (x.t_s - 5.0) } else { 130.0 };
+            x.mib = if x.t_s < 6.0 {
+                356.0 - 226.0 * (x.t_s - 5.0)
+            } else {
+                130.0
+            };
         }
         let (r, d) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
         assert_eq!(r.seconds_to_return, None);
@@ -389,7 +484,15 @@ mod tests {
     fn tolerance_applies() {
         let (s, m) = synthetic();
         // With 1% tolerance the threshold is 101 MiB: the curve settles at 102 and never gets there.
-        let (r, _) = analyze(&s, &m, &AnalysisOptions { tolerance: 0.01, ..Default::default() }).unwrap();
+        let (r, _) = analyze(
+            &s,
+            &m,
+            &AnalysisOptions {
+                tolerance: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.seconds_to_return, None);
         // Immediate return (already below threshold at the free) is 0 s.
         let mut flat = s.clone();
@@ -416,7 +519,18 @@ mod tests {
 
     #[test]
     fn cpu_interpolation() {
-        let s = [Sample { t_s: 0.0, mib: 0.0, cpu_s: 1.0 }, Sample { t_s: 2.0, mib: 0.0, cpu_s: 3.0 }];
+        let s = [
+            Sample {
+                t_s: 0.0,
+                mib: 0.0,
+                cpu_s: 1.0,
+            },
+            Sample {
+                t_s: 2.0,
+                mib: 0.0,
+                cpu_s: 3.0,
+            },
+        ];
         assert_eq!(cpu_at(&s, -1.0), Some(1.0));
         assert_eq!(cpu_at(&s, 1.0), Some(2.0));
         assert_eq!(cpu_at(&s, 5.0), Some(3.0));
@@ -429,7 +543,14 @@ mod tests {
         let (r, _) = analyze(&s, &m, &AnalysisOptions::default()).unwrap();
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        for k in ["idle_mib", "peak_mib", "after_mib", "seconds_to_return", "device_cpu_s_per_gib", "series"] {
+        for k in [
+            "idle_mib",
+            "peak_mib",
+            "after_mib",
+            "seconds_to_return",
+            "device_cpu_s_per_gib",
+            "series",
+        ] {
             assert!(keys.contains(&k), "{keys:?}");
         }
         assert_eq!(keys.len(), 6);

@@ -42,7 +42,9 @@ pub fn canonical_name(name: &str) -> String {
 }
 
 fn module_name_of(file: &str) -> Option<&str> {
-    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file.strip_suffix(ext))
+    [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))
 }
 
 impl ModuleTree {
@@ -57,7 +59,12 @@ impl ModuleTree {
         let builtin = fs::read_to_string(root.join("modules.builtin"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.rsplit('/').next().and_then(module_name_of).map(canonical_name))
+            .filter_map(|l| {
+                l.rsplit('/')
+                    .next()
+                    .and_then(module_name_of)
+                    .map(canonical_name)
+            })
             .collect();
         let mut files = BTreeMap::new();
         let mut stack = vec![root.to_path_buf()];
@@ -65,15 +72,25 @@ impl ModuleTree {
             let rd = fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))?;
             for entry in rd.flatten() {
                 let path = entry.path();
-                let ft = entry.file_type().map_err(io_err(format!("stat {}", path.display())))?;
+                let ft = entry
+                    .file_type()
+                    .map_err(io_err(format!("stat {}", path.display())))?;
                 if ft.is_dir() {
                     stack.push(path);
-                } else if let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(module_name_of) {
+                } else if let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(module_name_of)
+                {
                     files.entry(canonical_name(name)).or_insert(path);
                 }
             }
         }
-        Ok(ModuleTree { root: root.to_path_buf(), builtin, files })
+        Ok(ModuleTree {
+            root: root.to_path_buf(),
+            builtin,
+            files,
+        })
     }
 
     /// The tree's root directory.
@@ -99,8 +116,14 @@ impl ModuleTree {
             fix: "check the kernel package (is the module built in? see modules.builtin)".into(),
         })?;
         let data = read_module_file(path)?;
-        let depends = depends_of(&data).map_err(|e| Error::invalid(format!("module {}", path.display()), e.to_string()))?;
-        Ok(Module { name, source: path.to_path_buf(), data, depends })
+        let depends = depends_of(&data)
+            .map_err(|e| Error::invalid(format!("module {}", path.display()), e.to_string()))?;
+        Ok(Module {
+            name,
+            source: path.to_path_buf(),
+            data,
+            depends,
+        })
     }
 
     /// `names` and everything they depend on, dependencies first (the order to `insmod` them).
@@ -114,12 +137,21 @@ impl ModuleTree {
         Ok(out)
     }
 
-    fn visit(&self, name: &str, done: &mut BTreeSet<String>, path: &mut Vec<String>, out: &mut Vec<Module>) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+        out: &mut Vec<Module>,
+    ) -> Result<()> {
         if done.contains(name) || self.is_builtin(name) {
             return Ok(());
         }
         if path.iter().any(|p| p == name) {
-            return Err(Error::invalid("module dependencies", format!("cycle through {}", path.join(" -> "))));
+            return Err(Error::invalid(
+                "module dependencies",
+                format!("cycle through {}", path.join(" -> ")),
+            ));
         }
         let module = self.load(name)?;
         path.push(name.to_owned());
@@ -139,7 +171,12 @@ pub fn depends_of(ko: &[u8]) -> Result<Vec<String>> {
     Ok(info
         .iter()
         .filter(|(k, _)| k == "depends")
-        .flat_map(|(_, v)| v.split(',').filter(|s| !s.is_empty()).map(canonical_name).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(canonical_name)
+                .collect::<Vec<_>>()
+        })
         .collect())
 }
 
@@ -158,13 +195,23 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>> {
     let Some((tool, package)) = tool else {
         return fs::read(path).map_err(io_err(format!("reading {}", path.display())));
     };
-    let out = Command::new(tool).arg("-dc").arg(path).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Missing { what: format!("`{tool}` (to decompress {})", path.display()), fix: format!("apt-get install {package}") }
-        } else {
-            Error::Io { context: format!("running {tool} -dc {}", path.display()), source: e }
-        }
-    })?;
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Missing {
+                    what: format!("`{tool}` (to decompress {})", path.display()),
+                    fix: format!("apt-get install {package}"),
+                }
+            } else {
+                Error::Io {
+                    context: format!("running {tool} -dc {}", path.display()),
+                    source: e,
+                }
+            }
+        })?;
     if !out.status.success() {
         return Err(Error::Command {
             command: format!("{tool} -dc {}", path.display()),
@@ -182,7 +229,10 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(canonical_name("virtio-pci"), "virtio_pci");
-        assert_eq!(module_name_of("virtio_balloon.ko.zst"), Some("virtio_balloon"));
+        assert_eq!(
+            module_name_of("virtio_balloon.ko.zst"),
+            Some("virtio_balloon")
+        );
         assert_eq!(module_name_of("virtio_balloon.ko"), Some("virtio_balloon"));
         assert_eq!(module_name_of("modules.dep"), None);
     }
@@ -190,7 +240,11 @@ mod tests {
     /// Against the installed UML modules, when present: virtio_balloon needs nothing else there.
     #[test]
     fn uml_balloon_module_resolves() {
-        let Some(root) = std::fs::read_dir("/usr/lib/uml/modules").ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path())
+        let Some(root) = std::fs::read_dir("/usr/lib/uml/modules")
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path())
         else {
             eprintln!("skipping: /usr/lib/uml/modules is absent (apt-get install user-mode-linux)");
             return;

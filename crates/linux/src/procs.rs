@@ -73,12 +73,17 @@ pub fn is_alive(id: ProcId) -> bool {
 }
 
 fn environ_has(pid: i32, needle: &[u8]) -> bool {
-    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle))
+    fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle))
 }
 
 fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -94,8 +99,15 @@ impl PidSet {
     /// Starts with the VM's main process and its tag value.
     pub fn new(root_pid: i32, tag: &str) -> PidSet {
         let start = stat(root_pid).map_or(0, |s| s.start);
-        let root = ProcId { pid: root_pid, start };
-        PidSet { root, tag: format!("{TAG_VAR}={tag}"), seen: BTreeSet::from([root]) }
+        let root = ProcId {
+            pid: root_pid,
+            start,
+        };
+        PidSet {
+            root,
+            tag: format!("{TAG_VAR}={tag}"),
+            seen: BTreeSet::from([root]),
+        }
     }
 
     /// The main process.
@@ -106,20 +118,37 @@ impl PidSet {
     /// Scans `/proc` and records descendants and tagged processes; returns the number added.
     pub fn refresh(&mut self) -> usize {
         let before = self.seen.len();
-        let procs: Vec<(i32, ProcStat)> = all_pids().into_iter().filter_map(|p| stat(p).map(|s| (p, s))).collect();
+        let procs: Vec<(i32, ProcStat)> = all_pids()
+            .into_iter()
+            .filter_map(|p| stat(p).map(|s| (p, s)))
+            .collect();
         let my_pid = std::process::id() as i32;
         // Tagged processes (environ is readable for our own processes).
         for (pid, s) in &procs {
             if *pid != my_pid && s.state != 'Z' && environ_has(*pid, self.tag.as_bytes()) {
-                self.seen.insert(ProcId { pid: *pid, start: s.start });
+                self.seen.insert(ProcId {
+                    pid: *pid,
+                    start: s.start,
+                });
             }
         }
         // Descendants of anything recorded, to a fixed point.
         loop {
-            let known: BTreeSet<i32> = self.seen.iter().filter(|id| is_alive(**id)).map(|id| id.pid).collect();
+            let known: BTreeSet<i32> = self
+                .seen
+                .iter()
+                .filter(|id| is_alive(**id))
+                .map(|id| id.pid)
+                .collect();
             let mut added = false;
             for (pid, s) in &procs {
-                if known.contains(&s.ppid) && *pid != my_pid && self.seen.insert(ProcId { pid: *pid, start: s.start }) {
+                if known.contains(&s.ppid)
+                    && *pid != my_pid
+                    && self.seen.insert(ProcId {
+                        pid: *pid,
+                        start: s.start,
+                    })
+                {
                     added = true;
                 }
             }
@@ -137,7 +166,11 @@ impl PidSet {
 
     /// The recorded processes that still run.
     pub fn alive(&self) -> Vec<ProcId> {
-        self.seen.iter().copied().filter(|id| is_alive(*id)).collect()
+        self.seen
+            .iter()
+            .copied()
+            .filter(|id| is_alive(*id))
+            .collect()
     }
 
     /// SIGKILLs every recorded live process (re-checking its identity first), rescans, repeats
@@ -179,12 +212,17 @@ pub fn clock_ticks() -> f64 {
 /// else utime + stime from `stat` (clock ticks).
 fn task_cpu_seconds(dir: &Path) -> io::Result<f64> {
     if let Ok(s) = fs::read_to_string(dir.join("schedstat")) {
-        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(ns) = s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             return Ok(ns as f64 / 1e9);
         }
     }
     let s = fs::read_to_string(dir.join("stat"))?;
-    let st = parse_stat(&s).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable stat"))?;
+    let st = parse_stat(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable stat"))?;
     Ok((st.utime + st.stime) as f64 / clock_ticks())
 }
 
@@ -203,8 +241,12 @@ pub struct ThreadCpu {
 pub fn threads_cpu(pid: i32) -> io::Result<Vec<ThreadCpu>> {
     let mut out = Vec::new();
     for e in fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else { continue };
-        let name = fs::read_to_string(e.path().join("comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let name = fs::read_to_string(e.path().join("comm"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
         if let Ok(cpu_s) = task_cpu_seconds(&e.path()) {
             out.push(ThreadCpu { tid, name, cpu_s });
         }
@@ -242,7 +284,12 @@ pub fn status_mib(pid: i32, key: &str) -> io::Result<f64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
     crate::console::Meminfo::parse(&text)
         .mib(key)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no {key} in /proc/{pid}/status")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {key} in /proc/{pid}/status"),
+            )
+        })
 }
 
 impl MemoryProbe for RssProbe {
@@ -279,12 +326,16 @@ impl UmlMemoryProbe {
 pub fn find_uml_memory_file(pid: i32) -> io::Result<Option<PathBuf>> {
     let mut best: Option<(u64, PathBuf)> = None;
     for e in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-        let Ok(target) = fs::read_link(e.path()) else { continue };
+        let Ok(target) = fs::read_link(e.path()) else {
+            continue;
+        };
         let t = target.to_string_lossy();
         if !t.starts_with('/') || !t.ends_with(" (deleted)") {
             continue;
         }
-        let Ok(md) = fs::metadata(e.path()) else { continue };
+        let Ok(md) = fs::metadata(e.path()) else {
+            continue;
+        };
         if md.is_file() && best.as_ref().map_or(true, |(size, _)| md.len() > *size) {
             best = Some((md.len(), e.path()));
         }
@@ -379,8 +430,14 @@ mod tests {
     fn own_process_is_alive_and_measurable() {
         let me = std::process::id() as i32;
         let st = stat(me).unwrap();
-        assert!(is_alive(ProcId { pid: me, start: st.start }));
-        assert!(!is_alive(ProcId { pid: me, start: st.start + 1 }));
+        assert!(is_alive(ProcId {
+            pid: me,
+            start: st.start
+        }));
+        assert!(!is_alive(ProcId {
+            pid: me,
+            start: st.start + 1
+        }));
         assert!(RssProbe { pid: me }.read_mib().unwrap() > 0.0);
         assert!(ProcessCpu { pid: me }.cpu_seconds().unwrap() >= 0.0);
         assert!(!threads_cpu(me).unwrap().is_empty());

@@ -60,10 +60,17 @@ impl QemuConfig {
     pub fn new(tools: &HostTools, initrd: &Path) -> Result<QemuConfig> {
         let missing = || Error::Missing {
             what: "the QEMU peer (qemu-system-x86_64 and the cloud kernel)".into(),
-            fix: "run scripts/linux-setup.sh --peer (or set up with SetupOptions { peer: true, .. })".into(),
+            fix:
+                "run scripts/linux-setup.sh --peer (or set up with SetupOptions { peer: true, .. })"
+                    .into(),
         };
         let qemu = tools.qemu.clone().ok_or_else(missing)?;
-        let kernel = tools.cloud_kernel.as_ref().ok_or_else(missing)?.vmlinuz.clone();
+        let kernel = tools
+            .cloud_kernel
+            .as_ref()
+            .ok_or_else(missing)?
+            .vmlinuz
+            .clone();
         Ok(QemuConfig {
             qemu,
             kernel,
@@ -100,15 +107,28 @@ impl QemuConfig {
         append.extend(self.extra_append.iter().cloned());
         append.extend(self.scenario.kernel_args()?);
         let onoff = |b: bool| if b { "on" } else { "off" };
-        let mut args: Vec<String> = [
-            "-M", "pc", "-accel", "tcg", "-m",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = ["-M", "pc", "-accel", "tcg", "-m"]
+            .map(String::from)
+            .to_vec();
         args.push(self.mem_mib.to_string());
         args.extend(["-smp".into(), self.smp.to_string()]);
-        args.extend(["-nographic", "-no-reboot", "-nic", "none", "-name", "prezero-peer,debug-threads=on"].map(String::from));
-        args.extend(["-kernel".into(), self.kernel.display().to_string(), "-initrd".into(), self.initrd.display().to_string()]);
+        args.extend(
+            [
+                "-nographic",
+                "-no-reboot",
+                "-nic",
+                "none",
+                "-name",
+                "prezero-peer,debug-threads=on",
+            ]
+            .map(String::from),
+        );
+        args.extend([
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+        ]);
         args.extend(["-append".into(), append.join(" ")]);
         args.extend([
             "-device".into(),
@@ -133,7 +153,9 @@ impl Qemu {
     pub fn boot(cfg: &QemuConfig) -> Result<Qemu> {
         let mut cmd = Command::new(&cfg.qemu);
         cmd.args(cfg.args()?);
-        Ok(Qemu { vm: GuestProcess::spawn("QEMU", cmd, Vec::new())? })
+        Ok(Qemu {
+            vm: GuestProcess::spawn("QEMU", cmd, Vec::new())?,
+        })
     }
 
     /// QEMU's RSS: the host memory backing guest RAM (plus QEMU's own, roughly constant).

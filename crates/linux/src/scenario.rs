@@ -19,12 +19,23 @@ pub struct Scenario {
 }
 
 /// Scenario names the init script and workload understand.
-pub const SCENARIOS: &[&str] = &["boot", "meminfo", "checksum", "alloc-free", "idle", "oom", "shell"];
+pub const SCENARIOS: &[&str] = &[
+    "boot",
+    "meminfo",
+    "checksum",
+    "alloc-free",
+    "idle",
+    "oom",
+    "shell",
+];
 
 impl Scenario {
     /// A scenario by name, no parameters.
     pub fn new(name: &str) -> Scenario {
-        Scenario { name: name.into(), params: BTreeMap::new() }
+        Scenario {
+            name: name.into(),
+            params: BTreeMap::new(),
+        }
     }
 
     /// Sets a parameter.
@@ -92,10 +103,20 @@ mod tests {
     #[test]
     fn kernel_args() {
         let s = Scenario::checksum(32).hold(1.5);
-        assert_eq!(s.kernel_args().unwrap(), ["prezero.scenario=checksum", "prezero.hold=1.5", "prezero.mib=32"]);
+        assert_eq!(
+            s.kernel_args().unwrap(),
+            [
+                "prezero.scenario=checksum",
+                "prezero.hold=1.5",
+                "prezero.mib=32"
+            ]
+        );
         assert!(Scenario::new("a b").kernel_args().is_err());
         assert!(Scenario::boot().param("x", "1 2").kernel_args().is_err());
-        assert!(Scenario::boot().param("scenario", "x").kernel_args().is_err());
+        assert!(Scenario::boot()
+            .param("scenario", "x")
+            .kernel_args()
+            .is_err());
         assert!(SCENARIOS.contains(&Scenario::alloc_free(1).name.as_str()));
     }
 }

@@ -49,7 +49,11 @@ pub struct SetupOptions {
 
 impl Default for SetupOptions {
     fn default() -> Self {
-        SetupOptions { peer: false, install: true, cache_dir: default_cache_dir() }
+        SetupOptions {
+            peer: false,
+            install: true,
+            cache_dir: default_cache_dir(),
+        }
     }
 }
 
@@ -101,7 +105,11 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|d| d.join(name))
-        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// One missing thing: what, and which apt package (or script flag) brings it.
@@ -114,7 +122,12 @@ pub struct Missing {
 }
 
 fn uml_release(linux_uml: &Path) -> Option<String> {
-    let out = Command::new(linux_uml).arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new(linux_uml)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!v.is_empty() && !v.contains(char::is_whitespace)).then_some(v)
 }
@@ -127,13 +140,22 @@ fn uml_modules_dir(release: Option<&str>) -> Option<PathBuf> {
             return Some(d);
         }
     }
-    let mut dirs: Vec<PathBuf> = fs::read_dir(base).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     dirs.pop()
 }
 
 fn is_static_elf(path: &Path) -> bool {
-    fs::read(path).ok().and_then(|d| elf::has_interp(&d).ok()).map(|interp| !interp).unwrap_or(false)
+    fs::read(path)
+        .ok()
+        .and_then(|d| elf::has_interp(&d).ok())
+        .map(|interp| !interp)
+        .unwrap_or(false)
 }
 
 /// The newest cloud kernel unpacked under `<cache>/cloud-kernel/`.
@@ -144,22 +166,34 @@ pub fn find_cloud_kernel(cache_dir: &Path) -> Option<CloudKernel> {
         if package.starts_with('.') {
             continue;
         }
-        for f in fs::read_dir(pkg.path().join("boot")).into_iter().flatten().flatten() {
+        for f in fs::read_dir(pkg.path().join("boot"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = f.file_name().to_string_lossy().into_owned();
             if let Some(release) = name.strip_prefix("vmlinuz-") {
                 let modules = pkg.path().join("lib/modules").join(release);
                 if modules.is_dir() {
-                    found.push(CloudKernel { package: package.clone(), release: release.to_owned(), vmlinuz: f.path(), modules });
+                    found.push(CloudKernel {
+                        package: package.clone(),
+                        release: release.to_owned(),
+                        vmlinuz: f.path(),
+                        modules,
+                    });
                 }
             }
         }
     }
-    found.sort_by(|a, b| version_key(&a.release).cmp(&version_key(&b.release)));
+    found.sort_by_key(|k| version_key(&k.release));
     found.pop()
 }
 
 fn version_key(release: &str) -> Vec<u64> {
-    release.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect()
+    release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 /// Checks everything; returns the tools, or the list of what is missing.
@@ -167,29 +201,54 @@ pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>
     let mut missing = Vec::new();
     let linux_uml = which("linux.uml");
     let release = linux_uml.as_deref().and_then(uml_release);
-    let uml_modules = uml_modules_dir(release.as_deref())
-        .filter(|d| ["kernel/drivers/virtio/virtio_balloon.ko", "kernel/drivers/virtio/virtio_balloon.ko.xz"].iter().any(|m| d.join(m).exists()));
+    let uml_modules = uml_modules_dir(release.as_deref()).filter(|d| {
+        [
+            "kernel/drivers/virtio/virtio_balloon.ko",
+            "kernel/drivers/virtio/virtio_balloon.ko.xz",
+        ]
+        .iter()
+        .any(|m| d.join(m).exists())
+    });
     if linux_uml.is_none() || uml_modules.is_none() {
-        missing.push(Missing { what: "User-Mode Linux (linux.uml and its virtio_balloon.ko)".into(), package: Some("user-mode-linux") });
+        missing.push(Missing {
+            what: "User-Mode Linux (linux.uml and its virtio_balloon.ko)".into(),
+            package: Some("user-mode-linux"),
+        });
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).chain(which("busybox")).find(|p| is_static_elf(p));
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(which("busybox"))
+        .find(|p| is_static_elf(p));
     if busybox.is_none() {
-        missing.push(Missing { what: "a statically linked busybox".into(), package: Some("busybox-static") });
+        missing.push(Missing {
+            what: "a statically linked busybox".into(),
+            package: Some("busybox-static"),
+        });
     }
     let cpio = which("cpio");
     if cpio.is_none() {
-        missing.push(Missing { what: "cpio".into(), package: Some("cpio") });
+        missing.push(Missing {
+            what: "cpio".into(),
+            package: Some("cpio"),
+        });
     }
     let (mut qemu, mut cloud_kernel) = (None, None);
     if opts.peer {
         qemu = which("qemu-system-x86_64");
         if qemu.is_none() {
-            missing.push(Missing { what: "qemu-system-x86_64".into(), package: Some("qemu-system-x86") });
+            missing.push(Missing {
+                what: "qemu-system-x86_64".into(),
+                package: Some("qemu-system-x86"),
+            });
         }
         cloud_kernel = find_cloud_kernel(&opts.cache_dir);
         if cloud_kernel.is_none() {
             missing.push(Missing {
-                what: format!("Debian's cloud kernel under {}/cloud-kernel", opts.cache_dir.display()),
+                what: format!(
+                    "Debian's cloud kernel under {}/cloud-kernel",
+                    opts.cache_dir.display()
+                ),
                 package: None,
             });
         }
@@ -198,7 +257,13 @@ pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>
         return Err(missing);
     }
     let uml_modules = uml_modules.unwrap();
-    let uml_release = release.unwrap_or_else(|| uml_modules.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    let uml_release = release.unwrap_or_else(|| {
+        uml_modules
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
     Ok(HostTools {
         linux_uml: linux_uml.unwrap(),
         uml_release,
@@ -224,21 +289,29 @@ fn script_args(opts: &SetupOptions) -> Vec<String> {
 
 fn missing_error(missing: &[Missing], opts: &SetupOptions) -> Error {
     let pkgs: Vec<&str> = missing.iter().filter_map(|m| m.package).collect();
-    let what = missing.iter().map(|m| m.what.as_str()).collect::<Vec<_>>().join(", ");
+    let what = missing
+        .iter()
+        .map(|m| m.what.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let script = format!("scripts/linux-setup.sh {}", script_args(opts).join(" "));
     let fix = if pkgs.is_empty() {
         format!("run `{script}` (no root needed for the kernel download)")
     } else if is_root() {
         format!("run `{script}` (or `apt-get install {}`)", pkgs.join(" "))
     } else {
-        format!("run `sudo {script}` (or `sudo apt-get install {}`)", pkgs.join(" "))
+        format!(
+            "run `sudo {script}` (or `sudo apt-get install {}`)",
+            pkgs.join(" ")
+        )
     };
     Error::Missing { what, fix }
 }
 
 /// Runs the embedded setup script with `opts` (its progress goes to our stderr).
 pub fn run_setup_script(opts: &SetupOptions) -> Result<()> {
-    fs::create_dir_all(&opts.cache_dir).map_err(io_err(format!("creating {}", opts.cache_dir.display())))?;
+    fs::create_dir_all(&opts.cache_dir)
+        .map_err(io_err(format!("creating {}", opts.cache_dir.display())))?;
     let args = script_args(opts);
     tracing::info!(?args, "running scripts/linux-setup.sh");
     let status = Command::new("bash")
@@ -287,14 +360,24 @@ mod tests {
 
     #[test]
     fn missing_error_names_the_fix() {
-        let opts = SetupOptions { peer: true, install: false, cache_dir: "/tmp/x".into() };
+        let opts = SetupOptions {
+            peer: true,
+            install: false,
+            cache_dir: "/tmp/x".into(),
+        };
         let e = missing_error(
-            &[Missing { what: "qemu-system-x86_64".into(), package: Some("qemu-system-x86") }],
+            &[Missing {
+                what: "qemu-system-x86_64".into(),
+                package: Some("qemu-system-x86"),
+            }],
             &opts,
         )
         .to_string();
         assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
-        assert!(e.contains("scripts/linux-setup.sh --peer --cache /tmp/x"), "{e}");
+        assert!(
+            e.contains("scripts/linux-setup.sh --peer --cache /tmp/x"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -306,7 +389,10 @@ mod tests {
     #[test]
     fn finds_unpacked_cloud_kernel() {
         let dir = std::env::temp_dir().join(format!("prezero-linux-ck-{}", std::process::id()));
-        for (pkg, rel) in [("linux-image-6.1.0-50-cloud-amd64", "6.1.0-50-cloud-amd64"), ("linux-image-6.1.0-56-cloud-amd64", "6.1.0-56-cloud-amd64")] {
+        for (pkg, rel) in [
+            ("linux-image-6.1.0-50-cloud-amd64", "6.1.0-50-cloud-amd64"),
+            ("linux-image-6.1.0-56-cloud-amd64", "6.1.0-56-cloud-amd64"),
+        ] {
             let base = dir.join("cloud-kernel").join(pkg);
             fs::create_dir_all(base.join("boot")).unwrap();
             fs::create_dir_all(base.join("lib/modules").join(rel)).unwrap();

@@ -41,7 +41,9 @@ pub struct Chart {
     pub height: u32,
 }
 
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// Escapes text for XML content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -67,7 +69,11 @@ pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     }
     let raw = (hi - lo) / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
     let first = (lo / step).ceil() * step;
     let mut ticks = Vec::new();
     let mut i = 0;
@@ -86,7 +92,10 @@ fn fmt_tick(v: f64) -> String {
     if v == v.trunc() && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
-        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_owned()
+        format!("{v:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
     }
 }
 
@@ -106,18 +115,28 @@ impl Chart {
 
     /// Adds a curve.
     pub fn series(mut self, name: &str, points: Vec<(f64, f64)>) -> Chart {
-        self.series.push(Series { name: name.into(), points });
+        self.series.push(Series {
+            name: name.into(),
+            points,
+        });
         self
     }
 
     /// Adds a vertical marker.
     pub fn marker(mut self, label: &str, x: f64) -> Chart {
-        self.markers.push(Marker { label: label.into(), x });
+        self.markers.push(Marker {
+            label: label.into(),
+            x,
+        });
         self
     }
 
     fn bounds(&self) -> (f64, f64, f64, f64) {
-        let pts = self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let pts = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, y)| x.is_finite() && y.is_finite());
         let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
         for &(x, y) in pts {
             x0 = x0.min(x);
@@ -136,12 +155,16 @@ impl Chart {
         if x1 <= x0 {
             x1 = x0 + 1.0;
         }
-        if !(y1 > 0.0) {
+        if y1.is_nan() || y1 <= 0.0 {
             y1 = 1.0;
         }
         // y starts at 0 (memory); a little headroom on top, rounded to a tick.
         let ticks = nice_ticks(0.0, y1 * 1.05, 6);
-        let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { y1 };
+        let step = if ticks.len() > 1 {
+            ticks[1] - ticks[0]
+        } else {
+            y1
+        };
         let y_top = (y1 * 1.05 / step).ceil() * step;
         (x0, x1, 0.0, y_top)
     }
@@ -160,31 +183,75 @@ impl Chart {
             s,
             r#"<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
         );
-        let _ = writeln!(s, r#"<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>"#);
-        let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, left + pw / 2.0, escape(&self.title));
+        let _ = writeln!(
+            s,
+            r#"<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            left + pw / 2.0,
+            escape(&self.title)
+        );
         // Grid and ticks.
         let _ = writeln!(s, r##"<g class="grid" stroke="#dddddd" stroke-width="1">"##);
         let xt = nice_ticks(x0, x1, 8);
         let yt = nice_ticks(y0, y1, 6);
         for &t in &xt {
-            let _ = writeln!(s, r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}"/>"#, sx(t), top, top + ph);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}"/>"#,
+                sx(t),
+                top,
+                top + ph
+            );
         }
         for &t in &yt {
-            let _ = writeln!(s, r#"<line x1="{1:.1}" y1="{0:.1}" x2="{2:.1}" y2="{0:.1}"/>"#, sy(t), left, left + pw);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{1:.1}" y1="{0:.1}" x2="{2:.1}" y2="{0:.1}"/>"#,
+                sy(t),
+                left,
+                left + pw
+            );
         }
         let _ = writeln!(s, "</g>");
-        let _ = writeln!(s, r#"<g class="axes" stroke="black" stroke-width="1" fill="none">"#);
-        let _ = writeln!(s, r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<g class="axes" stroke="black" stroke-width="1" fill="none">"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}"/>"#
+        );
         let _ = writeln!(s, "</g>");
         let _ = writeln!(s, r#"<g class="ticks" fill="black">"#);
         for &t in &xt {
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, sx(t), top + ph + 16.0, fmt_tick(t));
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                sx(t),
+                top + ph + 16.0,
+                fmt_tick(t)
+            );
         }
         for &t in &yt {
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, sy(t) + 4.0, fmt_tick(t));
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                left - 6.0,
+                sy(t) + 4.0,
+                fmt_tick(t)
+            );
         }
         let _ = writeln!(s, "</g>");
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, left + pw / 2.0, h - 12.0, escape(&self.x_label));
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            left + pw / 2.0,
+            h - 12.0,
+            escape(&self.x_label)
+        );
         let _ = writeln!(
             s,
             r#"<text x="16" y="{0:.1}" text-anchor="middle" transform="rotate(-90 16 {0:.1})">{1}</text>"#,
@@ -192,14 +259,15 @@ impl Chart {
             escape(&self.y_label)
         );
         // Markers.
-        for m in self.markers.iter().filter(|m| m.x.is_finite()) {
+        for (i, m) in self.markers.iter().filter(|m| m.x.is_finite()).enumerate() {
             let x = sx(m.x);
+            let label_y = top + 12.0 + 14.0 * i as f64;
             let _ = writeln!(
                 s,
                 r##"<g class="marker"><line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#888888" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#555555">{}</text></g>"##,
                 top + ph,
                 x + 3.0,
-                top + 12.0,
+                label_y,
                 escape(&m.label)
             );
         }
@@ -207,7 +275,11 @@ impl Chart {
         for (i, ser) in self.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let mut pts = String::new();
-            for &(x, y) in ser.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+            for &(x, y) in ser
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+            {
                 let _ = write!(pts, "{:.2},{:.2} ", sx(x), sy(y));
             }
             let _ = writeln!(
@@ -238,7 +310,10 @@ mod tests {
 
     #[test]
     fn ticks_are_nice() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
         assert_eq!(nice_ticks(0.0, 1000.0, 4), vec![0.0, 500.0, 1000.0]);
         let t = nice_ticks(-3.3, 7.1, 10);
         assert_eq!(t.first(), Some(&-2.0));
@@ -251,17 +326,32 @@ mod tests {
     #[test]
     fn svg_is_valid_xml_with_every_series() {
         let chart = Chart::new("Host memory <QEMU & UML>", "seconds", "MiB")
-            .series("qemu \"tcg\"", vec![(0.0, 280.0), (1.0, 540.0), (5.0, 290.0)])
-            .series("uml+prezero", vec![(0.0, 40.0), (1.5, 300.0), (4.0, f64::NAN), (6.0, 45.0)])
+            .series(
+                "qemu \"tcg\"",
+                vec![(0.0, 280.0), (1.0, 540.0), (5.0, 290.0)],
+            )
+            .series(
+                "uml+prezero",
+                vec![(0.0, 40.0), (1.5, 300.0), (4.0, f64::NAN), (6.0, 45.0)],
+            )
             .series("empty", vec![])
             .marker("free", 2.0);
         let svg = chart.to_svg();
         let doc = roxmltree::Document::parse(&svg).expect("valid XML");
         let root = doc.root_element();
         assert_eq!(root.tag_name().name(), "svg");
-        assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
-        let lines: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("polyline")).collect();
-        let names: Vec<_> = lines.iter().map(|n| n.attribute("data-name").unwrap()).collect();
+        assert_eq!(
+            root.tag_name().namespace(),
+            Some("http://www.w3.org/2000/svg")
+        );
+        let lines: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .collect();
+        let names: Vec<_> = lines
+            .iter()
+            .map(|n| n.attribute("data-name").unwrap())
+            .collect();
         assert_eq!(names, ["qemu \"tcg\"", "uml+prezero", "empty"]);
         assert_eq!(lines[0].attribute("points").unwrap().split(' ').count(), 3);
         // The NaN point is dropped.
@@ -275,7 +365,10 @@ mod tests {
             for p in n.attribute("points").unwrap().split_whitespace() {
                 let (x, y) = p.split_once(',').unwrap();
                 let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
-                assert!((70.0..=720.0 + 1e-6).contains(&x) && (40.0..=450.0 + 1e-6).contains(&y), "{x},{y}");
+                assert!(
+                    (70.0..=720.0 + 1e-6).contains(&x) && (40.0..=450.0 + 1e-6).contains(&y),
+                    "{x},{y}"
+                );
             }
         }
     }

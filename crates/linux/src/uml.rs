@@ -93,7 +93,11 @@ impl UmlConfig {
         let mut args = Vec::new();
         let program = match &self.setarch {
             Some(setarch) => {
-                args.extend([std::env::consts::ARCH.to_owned(), "-R".to_owned(), self.linux.display().to_string()]);
+                args.extend([
+                    std::env::consts::ARCH.to_owned(),
+                    "-R".to_owned(),
+                    self.linux.display().to_string(),
+                ]);
                 setarch.clone()
             }
             None => self.linux.clone(),
@@ -105,7 +109,10 @@ impl UmlConfig {
         args.push("con=null".into());
         args.push("con0=null,fd:1".into());
         if let Some(sock) = &self.balloon_socket {
-            args.push(format!("virtio_uml.device={}:{VIRTIO_ID_BALLOON}", sock.display()));
+            args.push(format!(
+                "virtio_uml.device={}:{VIRTIO_ID_BALLOON}",
+                sock.display()
+            ));
         }
         args.extend(self.extra_args.iter().cloned());
         args.extend(self.scenario.kernel_args()?);
@@ -124,9 +131,14 @@ impl Uml {
     pub fn boot(cfg: &UmlConfig) -> Result<Uml> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        let umid = format!("prezero-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let umid = format!(
+            "prezero-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let uml_dir = cfg.run_dir.join(&umid);
-        std::fs::create_dir_all(&uml_dir).map_err(io_err(format!("creating {}", uml_dir.display())))?;
+        std::fs::create_dir_all(&uml_dir)
+            .map_err(io_err(format!("creating {}", uml_dir.display())))?;
         let (program, args) = cfg.command(&umid, &uml_dir)?;
         let mut cmd = Command::new(program);
         cmd.args(&args);
@@ -146,7 +158,8 @@ impl Uml {
 
     /// `/proc/<pid>/fd/<n>` of the guest-memory file, once UML created it.
     pub fn memory_file(&self) -> Result<Option<PathBuf>> {
-        find_uml_memory_file(self.vm.pid()).map_err(io_err(format!("reading /proc/{}/fd", self.vm.pid())))
+        find_uml_memory_file(self.vm.pid())
+            .map_err(io_err(format!("reading /proc/{}/fd", self.vm.pid())))
     }
 }
 
@@ -181,7 +194,10 @@ mod tests {
         };
         let (prog, args) = cfg.command("u1", Path::new("/r/u1")).unwrap();
         assert_eq!(prog, Path::new("/usr/bin/setarch"));
-        assert_eq!(&args[..3], [std::env::consts::ARCH, "-R", "/usr/bin/linux.uml"]);
+        assert_eq!(
+            &args[..3],
+            [std::env::consts::ARCH, "-R", "/usr/bin/linux.uml"]
+        );
         let rest = &args[3..];
         assert_eq!(
             rest,
@@ -198,7 +214,13 @@ mod tests {
                 "prezero.mib=8"
             ]
         );
-        let (prog, args) = UmlConfig { setarch: None, balloon_socket: None, ..cfg }.command("u", Path::new("/d")).unwrap();
+        let (prog, args) = UmlConfig {
+            setarch: None,
+            balloon_socket: None,
+            ..cfg
+        }
+        .command("u", Path::new("/d"))
+        .unwrap();
         assert_eq!(prog, Path::new("/usr/bin/linux.uml"));
         assert!(!args.iter().any(|a| a.starts_with("virtio_uml")));
     }

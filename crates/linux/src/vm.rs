@@ -70,30 +70,64 @@ impl RunOutcome {
 fn unique_tag() -> String {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl GuestProcess {
     /// Spawns `cmd`. `kind` names the VM in messages; `scratch` directories are removed at
     /// shutdown.
-    pub fn spawn(kind: &'static str, mut cmd: Command, scratch: Vec<PathBuf>) -> Result<GuestProcess> {
+    pub fn spawn(
+        kind: &'static str,
+        mut cmd: Command,
+        scratch: Vec<PathBuf>,
+    ) -> Result<GuestProcess> {
         use std::os::unix::process::CommandExt;
         let tag = unique_tag();
-        let command_line = format!("{:?} {}", cmd.get_program(), cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-        cmd.env(TAG_VAR, &tag).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        let command_line = format!(
+            "{:?} {}",
+            cmd.get_program(),
+            cmd.get_args()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        cmd.env(TAG_VAR, &tag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         tracing::info!(%kind, command = %command_line, "starting VM");
         let t0 = Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Missing { what: format!("{kind} binary {:?}", cmd.get_program()), fix: "run scripts/linux-setup.sh (--peer for QEMU)".into() }
+                Error::Missing {
+                    what: format!("{kind} binary {:?}", cmd.get_program()),
+                    fix: "run scripts/linux-setup.sh (--peer for QEMU)".into(),
+                }
             } else {
-                Error::Io { context: format!("starting {kind}: {command_line}"), source: e }
+                Error::Io {
+                    context: format!("starting {kind}: {command_line}"),
+                    source: e,
+                }
             }
         })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let console = Console::start(t0, vec![(Stream::Stdout, Box::new(stdout)), (Stream::Stderr, Box::new(stderr))]);
+        let console = Console::start(
+            t0,
+            vec![
+                (Stream::Stdout, Box::new(stdout)),
+                (Stream::Stderr, Box::new(stderr)),
+            ],
+        );
         let pids = Arc::new(Mutex::new(PidSet::new(child.id() as i32, &tag)));
         let watcher_stop = Arc::new(AtomicBool::new(false));
         let (p2, s2) = (pids.clone(), watcher_stop.clone());
@@ -200,7 +234,11 @@ impl GuestProcess {
     /// The outcome so far (console and events), with `exit_code`.
     pub fn outcome(&self, exit_code: Option<i32>) -> RunOutcome {
         let lines = self.console.log().to_vec();
-        RunOutcome { exit_code, events: events_of(&lines), lines }
+        RunOutcome {
+            exit_code,
+            events: events_of(&lines),
+            lines,
+        }
     }
 
     /// Kills every recorded process of the VM, reaps the main one, removes scratch directories.

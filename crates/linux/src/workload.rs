@@ -51,11 +51,16 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     // scratch directory below (rustc names its intermediate files after the output).
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let rustc = std::env::var_os("RUSTC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("rustc"));
-    let version = Command::new(&rustc).arg("-vV").output().map_err(|e| Error::Missing {
-        what: format!("the Rust compiler `{}` ({e})", rustc.display()),
-        fix: "install Rust (rustup) or set RUSTC to a rustc path".into(),
-    })?;
+    let rustc = std::env::var_os("RUSTC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("rustc"));
+    let version = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .map_err(|e| Error::Missing {
+            what: format!("the Rust compiler `{}` ({e})", rustc.display()),
+            fix: "install Rust (rustup) or set RUSTC to a rustc path".into(),
+        })?;
     let hash = fnv1a(&[WORKLOAD_SOURCE.as_bytes(), &version.stdout]);
     let dir = cache_dir.join("workload");
     let out = dir.join(format!("prezero-workload-{hash:016x}"));
@@ -65,7 +70,8 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let src = dir.join(format!("prezero-workload-{hash:016x}.rs"));
     let src_tmp = temp_sibling(&src);
-    fs::write(&src_tmp, WORKLOAD_SOURCE).map_err(io_err(format!("writing {}", src_tmp.display())))?;
+    fs::write(&src_tmp, WORKLOAD_SOURCE)
+        .map_err(io_err(format!("writing {}", src_tmp.display())))?;
     fs::rename(&src_tmp, &src).map_err(io_err(format!("renaming to {}", src.display())))?;
     let scratch = temp_sibling(&out);
     fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
@@ -82,7 +88,13 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
         "x86_64-unknown-linux-gnu",
     ];
     tracing::info!(out = %out.display(), "building the static guest workload");
-    let res = Command::new(&rustc).args(cmd).arg(&src).arg("-o").arg(&tmp).output().map_err(io_err("running rustc"))?;
+    let res = Command::new(&rustc)
+        .args(cmd)
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(io_err("running rustc"))?;
     if !res.status.success() {
         let _ = fs::remove_dir_all(&scratch);
         let stderr = String::from_utf8_lossy(&res.stderr);
@@ -92,15 +104,31 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
             ""
         };
         return Err(Error::Command {
-            command: format!("{} {} {} -o {}{hint}", rustc.display(), cmd.join(" "), src.display(), tmp.display()),
+            command: format!(
+                "{} {} {} -o {}{hint}",
+                rustc.display(),
+                cmd.join(" "),
+                src.display(),
+                tmp.display()
+            ),
             status: res.status.to_string(),
-            stderr: stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect(),
+            stderr: stderr
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect(),
         });
     }
     let bytes = fs::read(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?;
     if elf::has_interp(&bytes)? {
         let _ = fs::remove_dir_all(&scratch);
-        return Err(Error::invalid("workload binary", "rustc produced a dynamically linked binary despite +crt-static"));
+        return Err(Error::invalid(
+            "workload binary",
+            "rustc produced a dynamically linked binary despite +crt-static",
+        ));
     }
     let renamed = fs::rename(&tmp, &out).map_err(io_err(format!("renaming to {}", out.display())));
     let _ = fs::remove_dir_all(&scratch);

@@ -57,10 +57,20 @@ impl Region {
     fn new(len: usize) -> Result<Region, String> {
         // SAFETY: anonymous mapping request with no address hint; the result is checked.
         let ptr = unsafe {
-            mmap(std::ptr::null_mut(), len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if ptr as isize == -1 || ptr.is_null() {
-            return Err(format!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Region { ptr, len })
     }
@@ -110,8 +120,12 @@ fn meminfo() -> Vec<(String, String)> {
     let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((k, rest)) = line.split_once(':') else { continue };
-        let Some(v) = rest.split_whitespace().next() else { continue };
+        let Some((k, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Some(v) = rest.split_whitespace().next() else {
+            continue;
+        };
         out.push((k.replace('(', "_").replace(')', ""), v.to_owned()));
     }
     out
@@ -141,18 +155,46 @@ fn emit_vmstat(phase: &str) {
     for (k, v) in &kv {
         fields.push((k.as_str(), v.clone()));
     }
+    let (pcp_pages, pcp_high) = pcp_counts();
+    fields.push(("pcp_pages", pcp_pages.to_string()));
+    fields.push(("pcp_high", pcp_high.to_string()));
     emit("vmstat", &fields);
+}
+
+/// Pages sitting on the per-cpu free lists (`count:` under `pagesets` in /proc/zoneinfo), and
+/// the sum of their `high:` limits. Such pages are free but not in the buddy lists, so they are
+/// neither counted in MemFree nor ever reported.
+fn pcp_counts() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    let (mut count, mut high) = (0, 0);
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("count:") {
+            count += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("high:") {
+            high += v.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    (count, high)
 }
 
 /// One `event=virtio` line per device under /sys/bus/virtio/devices (or `count=0`).
 fn emit_virtio() {
     let mut names: Vec<String> = fs::read_dir("/sys/bus/virtio/devices")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     for n in &names {
         let base = format!("/sys/bus/virtio/devices/{n}");
-        let read = |f: &str| fs::read_to_string(format!("{base}/{f}")).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let read = |f: &str| {
+            fs::read_to_string(format!("{base}/{f}"))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
         let driver = fs::read_link(format!("{base}/driver"))
             .ok()
             .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
@@ -196,7 +238,11 @@ impl Params {
             None => Ok(default),
             Some(v) => {
                 let v = v.trim();
-                let parsed = if let Some(h) = v.strip_prefix("0x") { u64::from_str_radix(h, 16) } else { v.parse() };
+                let parsed = if let Some(h) = v.strip_prefix("0x") {
+                    u64::from_str_radix(h, 16)
+                } else {
+                    v.parse()
+                };
                 parsed.map_err(|_| format!("parameter {key}={v} is not a number"))
             }
         }
@@ -251,7 +297,14 @@ fn scenario_checksum(p: &Params) -> Result<bool, String> {
         *w = v;
         sum = fold(sum, v);
     }
-    emit("checksum-filled", &[("mib", mib.to_string()), ("sum", format!("{sum:016x}")), ("secs", format!("{:.3}", t.elapsed().as_secs_f64()))]);
+    emit(
+        "checksum-filled",
+        &[
+            ("mib", mib.to_string()),
+            ("sum", format!("{sum:016x}")),
+            ("secs", format!("{:.3}", t.elapsed().as_secs_f64())),
+        ],
+    );
     sleep_reporting(hold, interval, "hold");
     let words = region.words();
     let mut got = FOLD_INIT;
@@ -280,7 +333,10 @@ fn scenario_checksum(p: &Params) -> Result<bool, String> {
             ("expected", format!("{sum:016x}")),
             ("got", format!("{got:016x}")),
             ("bad_pages", bad_pages.to_string()),
-            ("first_bad_page", first_bad.map_or("none".into(), |p| p.to_string())),
+            (
+                "first_bad_page",
+                first_bad.map_or("none".into(), |p| p.to_string()),
+            ),
         ],
     );
     Ok(pass)
@@ -293,6 +349,7 @@ fn scenario_alloc_free(p: &Params) -> Result<bool, String> {
     let wait = p.secs("wait", 10.0)?;
     let interval = p.secs("interval", 1.0)?;
     emit_meminfo("start");
+    emit_vmstat("start");
     emit("idle-start", &[]);
     sleep_reporting(idle, interval, "idle");
     emit("alloc-start", &[("mib", mib.to_string())]);
@@ -300,12 +357,20 @@ fn scenario_alloc_free(p: &Params) -> Result<bool, String> {
     let mut region = Region::new(mib * MIB)?;
     touch(&mut region, 0x5a5a_5a5a_5a5a_5a5a);
     let secs = t.elapsed().as_secs_f64();
-    emit("alloc-done", &[("mib", mib.to_string()), ("secs", format!("{secs:.3}")), ("mib_per_s", format!("{:.1}", mib as f64 / secs.max(1e-9)))]);
+    emit(
+        "alloc-done",
+        &[
+            ("mib", mib.to_string()),
+            ("secs", format!("{secs:.3}")),
+            ("mib_per_s", format!("{:.1}", mib as f64 / secs.max(1e-9))),
+        ],
+    );
     emit_meminfo("allocated");
     sleep_reporting(hold, interval, "hold");
     drop(region);
     emit("freed", &[("mib", mib.to_string())]);
     emit_meminfo("freed");
+    emit_vmstat("freed");
     sleep_reporting(wait, interval, "wait");
     emit_vmstat("end");
     emit("done", &[]);
@@ -347,8 +412,12 @@ fn cmdline_params() -> (Option<String>, BTreeMap<String, String>) {
     let mut scenario = None;
     let mut map = BTreeMap::new();
     for word in text.split_whitespace() {
-        let Some(rest) = word.strip_prefix("prezero.") else { continue };
-        let Some((k, v)) = rest.split_once('=') else { continue };
+        let Some(rest) = word.strip_prefix("prezero.") else {
+            continue;
+        };
+        let Some((k, v)) = rest.split_once('=') else {
+            continue;
+        };
         if k == "scenario" {
             scenario = Some(v.to_owned());
         } else {
@@ -371,7 +440,10 @@ fn main() {
                 map.insert(k.to_owned(), v.to_owned());
             }
             None => {
-                emit("error", &[("msg", format!("argument '{a}' is not KEY=VALUE"))]);
+                emit(
+                    "error",
+                    &[("msg", format!("argument '{a}' is not KEY=VALUE"))],
+                );
                 std::process::exit(2);
             }
         }
@@ -394,7 +466,9 @@ fn main() {
         "alloc-free" => scenario_alloc_free(&params),
         "idle" => scenario_idle(&params),
         "oom" => scenario_oom(&params),
-        other => Err(format!("unknown scenario '{other}' (boot, meminfo, checksum, alloc-free, idle, oom)")),
+        other => Err(format!(
+            "unknown scenario '{other}' (boot, meminfo, checksum, alloc-free, idle, oom)"
+        )),
     };
     match result {
         Ok(true) => std::process::exit(0),

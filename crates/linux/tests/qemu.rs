@@ -1,0 +1,86 @@
+//! Boots Debian's cloud kernel under QEMU (TCG) with QEMU's own virtio-balloon: the peer.
+//!
+//! A few seconds under TCG, so it is in the default run, but only where the peer is set up
+//! (`scripts/linux-setup.sh --peer`: `qemu-system-x86` and the cloud kernel). Otherwise it is
+//! skipped with the reason printed. The benchmark itself (`bench_qemu`, 256 MiB) is not run here.
+
+use std::time::Duration;
+
+use prezero_linux::setup::{check, SetupOptions};
+use prezero_linux::{Harness, Scenario};
+
+fn harness() -> Option<Harness> {
+    let opts = SetupOptions {
+        peer: true,
+        install: false,
+        ..Default::default()
+    };
+    if let Err(missing) = check(&opts) {
+        let what: Vec<_> = missing.iter().map(|m| m.what.as_str()).collect();
+        eprintln!(
+            "skipping the QEMU peer test: missing {} (fix: scripts/linux-setup.sh --peer)",
+            what.join(", ")
+        );
+        return None;
+    }
+    Some(Harness::new(&opts).expect("setting up the harness"))
+}
+
+#[test]
+fn qemu_peer_boots_binds_the_balloon_and_runs_the_workload() {
+    let Some(h) = harness() else { return };
+    let initrd = h.qemu_initramfs().unwrap();
+    assert_eq!(
+        initrd.modules.last().map(String::as_str),
+        Some("virtio_balloon")
+    );
+    assert!(
+        initrd.modules.iter().any(|m| m == "virtio_pci"),
+        "{:?}",
+        initrd.modules
+    );
+    let cfg = h
+        .qemu(&initrd)
+        .unwrap()
+        .mem_mib(512)
+        .scenario(Scenario::checksum(16));
+    let mut vm = cfg.boot().unwrap();
+    let out = vm.run_to_exit(Duration::from_secs(180)).unwrap();
+    assert_eq!(
+        out.exit_code,
+        Some(0),
+        "console:\n{}",
+        vm.console().tail(40)
+    );
+    for e in out.events_named("insmod") {
+        assert_eq!(e.get("rc"), Some("0"), "{e:?}");
+    }
+    let sum = out.event("checksum").expect("checksum event");
+    assert_eq!(sum.get("status"), Some("ok"), "{sum:?}");
+    assert_eq!(out.guest_rc(), Some(0));
+    let pids = vm.pids();
+    drop(vm);
+    assert!(pids.iter().all(|id| !prezero_linux::procs::is_alive(*id)));
+}
+
+#[test]
+fn qemu_balloon_negotiates_reporting() {
+    let Some(h) = harness() else { return };
+    let initrd = h.qemu_initramfs().unwrap();
+    let cfg = h
+        .qemu(&initrd)
+        .unwrap()
+        .mem_mib(512)
+        .scenario(Scenario::boot());
+    let mut vm = cfg.boot().unwrap();
+    let out = vm.run_to_exit(Duration::from_secs(180)).unwrap();
+    let dev = out
+        .events_named("virtio")
+        .find(|e| e.get("device") == Some("0x0005"))
+        .expect("a virtio balloon device");
+    assert_eq!(dev.get("driver"), Some("virtio_balloon"));
+    let features = dev.get("features").unwrap();
+    // The sysfs string is one character per feature bit: bit 5 is REPORTING, bit 32 VERSION_1.
+    assert_eq!(features.as_bytes()[5], b'1', "{features}");
+    assert_eq!(features.as_bytes()[32], b'1', "{features}");
+}
