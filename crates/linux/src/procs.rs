@@ -397,6 +397,32 @@ impl CpuProbe for ProcessCpu {
     }
 }
 
+/// CPU time of the threads of `pid` whose name starts with `prefix` (a device served by threads
+/// inside a bigger process, e.g. the daemon run in-process by `prezero bench linux`).
+#[derive(Debug, Clone)]
+pub struct ThreadsCpu {
+    /// The process.
+    pub pid: i32,
+    /// Thread-name prefix (`/proc/<pid>/task/<tid>/comm`, at most 15 bytes).
+    pub prefix: String,
+}
+
+impl CpuProbe for ThreadsCpu {
+    fn cpu_seconds(&mut self) -> io::Result<f64> {
+        Ok(threads_cpu(self.pid)?
+            .iter()
+            .filter(|t| t.name.starts_with(&self.prefix))
+            .map(|t| t.cpu_s)
+            .sum())
+    }
+    fn describe(&self) -> String {
+        format!(
+            "CPU time of pid {}'s threads named {}*",
+            self.pid, self.prefix
+        )
+    }
+}
+
 /// No device CPU measurement (reads 0).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCpu;
@@ -441,6 +467,36 @@ mod tests {
         assert!(RssProbe { pid: me }.read_mib().unwrap() > 0.0);
         assert!(ProcessCpu { pid: me }.cpu_seconds().unwrap() >= 0.0);
         assert!(!threads_cpu(me).unwrap().is_empty());
+        let t = std::thread::Builder::new()
+            .name("pz-probe-test".into())
+            .spawn(|| {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(30) {
+                    x = x.wrapping_add(std::hint::black_box(1));
+                }
+                std::thread::sleep(Duration::from_secs(5));
+                x
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let named = ThreadsCpu {
+            pid: me,
+            prefix: "pz-probe".into(),
+        }
+        .cpu_seconds()
+        .unwrap();
+        assert!(named > 0.0, "{named}");
+        assert_eq!(
+            ThreadsCpu {
+                pid: me,
+                prefix: "no-such-thread".into()
+            }
+            .cpu_seconds()
+            .unwrap(),
+            0.0
+        );
+        drop(t);
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("prezero-linux");
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/prezero-linux")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(crate_dir)
+        .join("target/prezero-linux")
 }
 
 /// What to check and install.

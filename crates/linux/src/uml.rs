@@ -131,8 +131,9 @@ impl Uml {
     pub fn boot(cfg: &UmlConfig) -> Result<Uml> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
+        // Short: UML puts its mconsole socket at <uml_dir>/<umid>/mconsole (108-byte limit).
         let umid = format!(
-            "prezero-{}-{}",
+            "pz{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );

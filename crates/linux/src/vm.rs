@@ -218,6 +218,34 @@ impl GuestProcess {
         Ok(status)
     }
 
+    /// Like [`GuestProcess::run_to_exit`], calling `on_line` for every console line as it
+    /// arrives (e.g. to echo the console of `prezero linux`).
+    pub fn follow(
+        &mut self,
+        timeout: Duration,
+        mut on_line: impl FnMut(&Line),
+    ) -> Result<RunOutcome> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = self.console.log().len();
+        loop {
+            let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
+            while self.console.next_line(step).is_some() {}
+            for l in &self.console.log()[seen..] {
+                on_line(l);
+            }
+            seen = self.console.log().len();
+            if self.console.is_closed() || self.try_wait().is_some() || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let out = self.run_to_exit(left.max(Duration::from_millis(1)));
+        for l in &self.console.log()[seen..] {
+            on_line(l);
+        }
+        out
+    }
+
     /// Runs until the VM exits (or `timeout`), returning its console and events. The VM is shut
     /// down (all its processes killed) on timeout.
     pub fn run_to_exit(&mut self, timeout: Duration) -> Result<RunOutcome> {

@@ -124,3 +124,142 @@ fn uml_boots_on_when_the_balloon_socket_is_absent() {
     drop(vm);
     assert!(pids.iter().all(|id| !is_alive(*id)));
 }
+
+/// A socket file with nobody listening: the probe fails with -ECONNREFUSED, boot goes on.
+/// A backend that accepts and closes at once: -ECONNRESET, boot goes on.
+#[test]
+fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
+    use std::os::unix::net::UnixListener;
+    let Some(h) = harness() else { return };
+    let initrd = h.uml_initramfs().unwrap();
+    let dir = h.tools.cache_dir.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Bound, then closed: the file stays, connect() is refused.
+    let refused = dir.join(format!("refused-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&refused);
+    drop(UnixListener::bind(&refused).unwrap());
+    let mut vm = h.uml(&initrd).balloon_socket(&refused).boot().unwrap();
+    let out = vm.run_to_exit(TIMEOUT).unwrap();
+    assert!(
+        out.console_contains("probe of virtio-uml.0 failed with error -111"),
+        "console:\n{}",
+        vm.console().tail(60)
+    );
+    assert_eq!(out.guest_rc(), Some(0));
+    drop(vm);
+    let _ = std::fs::remove_file(&refused);
+
+    // Accepts, then hangs up.
+    let hangup = dir.join(format!("hangup-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&hangup);
+    let listener = UnixListener::bind(&hangup).unwrap();
+    let acceptor = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        drop(conn);
+    });
+    let mut vm = h.uml(&initrd).balloon_socket(&hangup).boot().unwrap();
+    let out = vm.run_to_exit(TIMEOUT).unwrap();
+    acceptor.join().unwrap();
+    assert!(
+        out.console_contains("probe of virtio-uml.0 failed with error -104")
+            || out.console_contains("probe of virtio-uml.0 failed with error -32"),
+        "console:\n{}",
+        vm.console().tail(60)
+    );
+    assert_eq!(out.guest_rc(), Some(0));
+    drop(vm);
+    let _ = std::fs::remove_file(&hangup);
+}
+
+/// A backend that accepts and never answers hangs UML in early boot (it ignores SIGTERM);
+/// shutting the VM down must still leave no UML process behind.
+#[test]
+fn uml_hung_on_a_silent_backend_is_killed_completely() {
+    use std::os::unix::net::UnixListener;
+    let Some(h) = harness() else { return };
+    let initrd = h.uml_initramfs().unwrap();
+    let dir = h.tools.cache_dir.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let silent = dir.join(format!("silent-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&silent);
+    let listener = UnixListener::bind(&silent).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        tx.send(()).unwrap();
+        // Hold the connection without answering until the VM is gone (read returns 0 or errs).
+        let mut buf = [0u8; 4096];
+        use std::io::Read;
+        let mut conn = conn;
+        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let mut vm = h.uml(&initrd).balloon_socket(&silent).boot().unwrap();
+    rx.recv_timeout(TIMEOUT)
+        .expect("UML connected to the socket");
+    // It must not get to /init.
+    assert!(vm
+        .console()
+        .wait_event("init", Duration::from_millis(1500))
+        .is_err());
+    let pids = vm.pids();
+    let left = vm.shutdown();
+    assert!(left.is_empty(), "survivors: {left:?}");
+    drop(vm);
+    for id in &pids {
+        assert!(!is_alive(*id), "UML process {} still alive", id.pid);
+    }
+    holder.join().unwrap();
+    let _ = std::fs::remove_file(&silent);
+}
+
+/// The measurement path end to end on UML without a balloon: the memory file grows by what the
+/// guest touches and, with nobody punching holes, does not shrink after the free.
+#[test]
+fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
+    use prezero_linux::bench::{bench_uml, AllocFree, BenchOptions};
+    use prezero_linux::procs::NoCpu;
+    let Some(h) = harness() else { return };
+    let initrd = h.uml_initramfs().unwrap();
+    let opts = BenchOptions {
+        workload: AllocFree {
+            mib: 32,
+            idle_s: 1.0,
+            hold_s: 0.2,
+            wait_s: 1.0,
+            interval_s: 0.5,
+        },
+        sample_interval: Duration::from_millis(50),
+        analysis: prezero_linux::measure::AnalysisOptions {
+            idle_window_s: 0.8,
+            settle_s: 0.5,
+            ..Default::default()
+        },
+        timeout: TIMEOUT,
+    };
+    let run = bench_uml(&h.uml(&initrd).mem_mib(256), Box::new(NoCpu), None, &opts).unwrap();
+    let r = &run.result;
+    assert_eq!(run.peer, "uml (no balloon)");
+    assert!(r.idle_mib > 0.0, "{r:?}");
+    // Pages the guest had used and freed while booting are still allocated and may be reused.
+    assert!(
+        r.peak_mib >= r.idle_mib + 24.0,
+        "idle {} peak {}",
+        r.idle_mib,
+        r.peak_mib
+    );
+    assert!(
+        r.after_mib >= r.peak_mib - 1.0,
+        "peak {} after {}",
+        r.peak_mib,
+        r.after_mib
+    );
+    assert_eq!(r.seconds_to_return, None);
+    assert!(
+        run.marks.idle_start_s < run.marks.alloc_start_s && run.marks.freed_s < run.marks.end_s
+    );
+    assert!(!run.guest_meminfo.is_empty());
+    // The chart of it is well-formed and carries the series.
+    let svg = prezero_linux::bench::comparison_chart(&[&run]).to_svg();
+    assert!(svg.contains("uml (no balloon)"));
+}
