@@ -23,6 +23,7 @@
 //! A dead backend never hangs the driver: every wait also polls the main socket, and a hang-up
 //! there, or a broken socket in a request, is [`TransportError::Disconnected`].
 
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -93,6 +94,8 @@ struct QueueEvents {
 /// A connection to a vhost-user backend, driving one virtio device.
 pub struct VhostUserTransport {
     frontend: Frontend,
+    // The same connection, for GET_CONFIG (see `read_config`) and for hang-up checks.
+    socket: UnixStream,
     path: PathBuf,
     num_queues: u16,
     offered: u64,
@@ -134,9 +137,14 @@ impl VhostUserTransport {
             ));
         }
         let stream = connect_socket(&path)?;
+        let socket = stream.try_clone().map_err(|source| TransportError::Io {
+            what: "duplicating the vhost-user socket",
+            source,
+        })?;
         let frontend = Frontend::from_stream(stream, u64::from(num_queues));
         let mut t = VhostUserTransport {
             frontend,
+            socket,
             path,
             num_queues,
             offered: 0,
@@ -316,7 +324,7 @@ impl VhostUserTransport {
         let q = self.queue(index)?;
         let mut fds = [
             pollfd(q.call.as_raw_fd(), libc::POLLIN),
-            pollfd(self.frontend.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP),
+            pollfd(self.socket.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP),
         ];
         self.poll(&mut fds, timeout)?;
         if fds[0].revents != 0 && drain(&q.call)? {
@@ -345,7 +353,7 @@ impl VhostUserTransport {
             owners.push(None);
         }
         fds.push(pollfd(
-            self.frontend.as_raw_fd(),
+            self.socket.as_raw_fd(),
             libc::POLLIN | libc::POLLRDHUP,
         ));
         self.poll(&mut fds, timeout)?;
@@ -381,14 +389,71 @@ impl VhostUserTransport {
     }
 
     /// Reads `buf.len()` bytes of device config space at `offset` (`GET_CONFIG`).
+    ///
+    /// Done here rather than with the vhost crate's `get_config`, which (0.18) waits forever
+    /// for a payload when the backend refuses the read: a refusal is a reply whose config
+    /// size is 0 and that carries no payload.
     pub fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), TransportError> {
         self.need_config("read the device config space")?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if self.disconnected.load(Ordering::SeqCst) {
+            return Err(self.disconnected("GET_CONFIG"));
+        }
         let len = u32::try_from(buf.len())
-            .map_err(|_| TransportError::Sequence("config reads are limited to 4 KiB"))?;
-        let (_, payload) = self.request("GET_CONFIG", |f| {
-            f.get_config(offset, len, VhostUserConfigFlags::empty(), buf)
-        })?;
-        buf.copy_from_slice(&payload);
+            .ok()
+            .filter(|&l| {
+                offset
+                    .checked_add(l)
+                    .is_some_and(|end| end <= CONFIG_SPACE_MAX)
+            })
+            .ok_or(TransportError::Sequence(
+                "config reads must stay within the 4 KiB vhost-user config space",
+            ))?;
+        let protocol_error = |source| TransportError::Request {
+            request: "GET_CONFIG",
+            source: vhost::Error::VhostUserProtocol(source),
+        };
+        let io_error = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset => self.disconnected("GET_CONFIG"),
+            _ => TransportError::Io {
+                what: "GET_CONFIG on the vhost-user socket",
+                source: e,
+            },
+        };
+
+        let mut msg = Vec::with_capacity(MSG_HEADER + CONFIG_HEADER + buf.len());
+        msg.extend_from_slice(&GET_CONFIG.to_le_bytes());
+        msg.extend_from_slice(&MSG_VERSION.to_le_bytes());
+        msg.extend_from_slice(&(CONFIG_HEADER as u32 + len).to_le_bytes());
+        msg.extend_from_slice(&offset.to_le_bytes());
+        msg.extend_from_slice(&len.to_le_bytes());
+        msg.extend_from_slice(&0u32.to_le_bytes());
+        msg.resize(msg.capacity(), 0);
+        send_all(&self.socket, &msg).map_err(io_error)?;
+
+        let mut header = [0u8; MSG_HEADER + CONFIG_HEADER];
+        (&self.socket).read_exact(&mut header).map_err(io_error)?;
+        let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+        let (request, flags, size) = (word(0), word(4), word(8) as usize);
+        let (reply_offset, reply_len) = (word(12), word(16));
+        if request != GET_CONFIG || flags & MSG_REPLY == 0 || size < CONFIG_HEADER {
+            // Out of step with the backend: nothing after this can be trusted.
+            self.disconnected.store(true, Ordering::SeqCst);
+            return Err(protocol_error(VhostUserError::InvalidMessage));
+        }
+        let payload = size - CONFIG_HEADER;
+        if reply_len == 0 && payload == 0 {
+            return Err(protocol_error(VhostUserError::BackendInternalError));
+        }
+        if reply_offset != offset || reply_len != len || payload != buf.len() {
+            self.disconnected.store(true, Ordering::SeqCst);
+            return Err(protocol_error(VhostUserError::InvalidMessage));
+        }
+        (&self.socket).read_exact(buf).map_err(io_error)?;
         Ok(())
     }
 
@@ -475,7 +540,7 @@ impl VhostUserTransport {
             // SAFETY: a one-byte peek into a local; the fd is the live main socket.
             let n = unsafe {
                 libc::recv(
-                    self.frontend.as_raw_fd(),
+                    self.socket.as_raw_fd(),
                     (&mut byte as *mut u8).cast(),
                     1,
                     libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -517,6 +582,39 @@ impl VhostUserTransport {
             other => other,
         }
     }
+}
+
+// vhost-user message framing, for the one request done by hand.
+const GET_CONFIG: u32 = 24;
+const MSG_VERSION: u32 = 0x1;
+const MSG_REPLY: u32 = 0x4;
+const MSG_HEADER: usize = 12;
+// struct VhostUserConfig { offset, size, flags }
+const CONFIG_HEADER: usize = 12;
+const CONFIG_SPACE_MAX: u32 = 0x1000 - CONFIG_HEADER as u32;
+
+/// Writes all of `data`, without SIGPIPE if the backend is gone.
+fn send_all(socket: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a live slice; the fd is an open socket.
+        let n = unsafe {
+            libc::send(
+                socket.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
 }
 
 fn is_disconnect(e: &vhost::Error) -> bool {

@@ -1,0 +1,486 @@
+//! A tiny vhost-user backend for testing the guest transport for real: a rust-vmm
+//! `vhost-user-backend` daemon serving a test device over a Unix socket, mapping the guest's
+//! memfd and processing its rings with `virtio-queue`.
+//!
+//! The test device, for each chain, fills every device-writable buffer with one byte (the first
+//! byte of the chain's first readable buffer, or a default) and returns the written length.
+//! It serves a small config space and offers `CONFIG`, `BACKEND_REQ` and `MQ`.
+//!
+//! vhost 0.18's backend-side `Backend` cannot send `CONFIG_CHANGE_MSG` (it has no
+//! `handle_config_change`, and hides its socket), so a relay sits between the frontend and the
+//! daemon: it forwards every message with its fds unchanged, keeps a copy of the fd of
+//! `SET_BACKEND_REQ_FD`, and sends config-change notifications on it itself. The relay can
+//! also cut the connection, which is what the frontend sees when a backend dies.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// Hang guard for anything a test waits on.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Device-specific bits the test device offers (shaped like the balloon's 0, 1, 5, 6).
+pub const DEVICE_BITS: u64 = (1 << 0) | (1 << 1) | (1 << 5) | (1 << 6);
+pub const DEFAULT_FILL: u8 = 0xa5;
+pub const CONFIG_SIZE: usize = 16;
+
+/// What the device does with a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fill the writable buffers, return the written length, call.
+    Serve,
+    /// Write a marker byte (0xee) at the start of the first writable buffer and never complete.
+    Stall,
+    /// Cut the connection as soon as a chain arrives, like a backend crashing mid-request.
+    Die,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub num_queues: usize,
+    pub max_queue_size: usize,
+    pub features: u64,
+    pub protocol: VhostUserProtocolFeatures,
+    pub mode: Mode,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            num_queues: 2,
+            max_queue_size: 256,
+            features: VIRTIO_F_VERSION_1
+                | VIRTIO_RING_F_EVENT_IDX
+                | PROTOCOL_FEATURES
+                | DEVICE_BITS,
+            protocol: VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::MQ,
+            mode: Mode::Serve,
+        }
+    }
+}
+
+/// What the test can observe and steer while the daemon runs.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub acked_features: Mutex<Option<u64>>,
+    pub config: Mutex<[u8; CONFIG_SIZE]>,
+    pub chains: AtomicU64,
+    pub mode: Mutex<Option<Mode>>,
+    frontend_side: Mutex<Option<UnixStream>>,
+    backend_req: Mutex<Option<UnixStream>>,
+    reply_ack: Mutex<bool>,
+}
+
+impl Shared {
+    /// Drops the connection both ways, as a dying backend process would.
+    pub fn cut(&self) {
+        if let Some(s) = self.frontend_side.lock().unwrap().as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Sends `CONFIG_CHANGE_MSG` on the backend request channel; returns the frontend's ack
+    /// value when `REPLY_ACK` is in use (0 = handled), else 0 once sent.
+    pub fn send_config_change(&self) -> io::Result<u64> {
+        let guard = self.backend_req.lock().unwrap();
+        let mut sock = guard
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the frontend never sent SET_BACKEND_REQ_FD"))?;
+        let need_reply = *self.reply_ack.lock().unwrap();
+        // Header: request, flags (version 1, NEED_REPLY = 0x8), payload size.
+        let flags: u32 = 0x1 | if need_reply { 0x8 } else { 0 };
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&2u32.to_le_bytes()); // VHOST_USER_BACKEND_CONFIG_CHANGE_MSG
+        msg.extend_from_slice(&flags.to_le_bytes());
+        msg.extend_from_slice(&0u32.to_le_bytes());
+        sock.write_all(&msg)?;
+        if !need_reply {
+            return Ok(0);
+        }
+        sock.set_read_timeout(Some(HANG_GUARD))?;
+        let mut reply = [0u8; 20];
+        sock.read_exact(&mut reply)?;
+        let request = u32::from_le_bytes(reply[0..4].try_into().unwrap());
+        let rflags = u32::from_le_bytes(reply[4..8].try_into().unwrap());
+        let size = u32::from_le_bytes(reply[8..12].try_into().unwrap());
+        if request != 2 || rflags & 0x4 == 0 || size != 8 {
+            return Err(io::Error::other(format!(
+                "bad ack: request {request} flags {rflags:#x} size {size}"
+            )));
+        }
+        Ok(u64::from_le_bytes(reply[12..20].try_into().unwrap()))
+    }
+
+    pub fn set_config(&self, offset: usize, data: &[u8]) {
+        self.config.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
+    }
+}
+
+struct TestDevice {
+    opts: Options,
+    shared: Arc<Shared>,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    event_idx: bool,
+}
+
+impl TestDevice {
+    fn process(&mut self, vring: &VringRwLock) -> io::Result<()> {
+        let mode = self.shared.mode.lock().unwrap().unwrap_or(self.opts.mode);
+        let atomic = self
+            .mem
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no memory table"))?;
+        let mem = atomic.memory();
+        // Enabling a ring also runs this handler; calling then, with nothing used, would be a
+        // spurious call (legal, but it would hide a driver that never gets a real one).
+        let mut used_any = false;
+        loop {
+            if self.event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let chains: Vec<_> = {
+                let mut state = vring.get_mut();
+                let queue = state.get_queue_mut();
+                queue.iter(&*mem).map_err(io::Error::other)?.collect()
+            };
+            for chain in chains {
+                let head = chain.head_index();
+                let descs: Vec<_> = chain.collect();
+                self.shared.chains.fetch_add(1, Ordering::SeqCst);
+                match mode {
+                    Mode::Die => {
+                        self.shared.cut();
+                        return Ok(());
+                    }
+                    Mode::Stall => {
+                        if let Some(d) = descs.iter().find(|d| d.is_write_only()) {
+                            mem.write_obj(0xeeu8, d.addr()).map_err(io::Error::other)?;
+                        }
+                        continue;
+                    }
+                    Mode::Serve => {}
+                }
+                let fill = descs
+                    .iter()
+                    .find(|d| !d.is_write_only())
+                    .map(|d| mem.read_obj::<u8>(d.addr()).map_err(io::Error::other))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_FILL);
+                let mut written = 0u32;
+                for d in descs.iter().filter(|d| d.is_write_only()) {
+                    mem.write_slice(&vec![fill; d.len() as usize], d.addr())
+                        .map_err(io::Error::other)?;
+                    written += d.len();
+                }
+                vring.add_used(head, written).map_err(io::Error::other)?;
+                used_any = true;
+            }
+            if !self.event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        if used_any && vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackendMut for TestDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.opts.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.opts.max_queue_size
+    }
+
+    fn features(&self) -> u64 {
+        self.opts.features
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        *self.shared.acked_features.lock().unwrap() = Some(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.opts.protocol
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.shared.config.lock().unwrap();
+        let (offset, size) = (offset as usize, size as usize);
+        // A wrong-sized answer is how a vhost-user backend says "no".
+        match offset.checked_add(size) {
+            Some(end) if end <= CONFIG_SIZE => config[offset..end].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        let offset = offset as usize;
+        match offset.checked_add(buf.len()) {
+            Some(end) if end <= CONFIG_SIZE => {
+                self.shared.set_config(offset, buf);
+                Ok(())
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or_else(|| io::Error::other(format!("unexpected event {device_event}")))?;
+        self.process(vring)
+    }
+}
+
+/// A running test backend: daemon thread + relay thread.
+pub struct TestBackend {
+    pub path: PathBuf,
+    pub shared: Arc<Shared>,
+    daemon: Option<JoinHandle<()>>,
+    relay: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory for sockets, unique per test in this process.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "prezero-guest-{}-{}-{}",
+        std::process::id(),
+        tag,
+        NEXT_ID.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl TestBackend {
+    pub fn start(tag: &str, opts: Options) -> TestBackend {
+        Self::start_in(temp_dir(tag), opts)
+    }
+
+    /// Starts a backend whose frontend socket is `dir/frontend.sock`.
+    pub fn start_in(dir: PathBuf, opts: Options) -> TestBackend {
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("frontend.sock");
+        let inner = dir.join("daemon.sock");
+        let shared = Arc::new(Shared::default());
+
+        let device = Arc::new(Mutex::new(TestDevice {
+            opts,
+            shared: shared.clone(),
+            mem: None,
+            event_idx: false,
+        }));
+        let mut daemon = VhostUserDaemon::new(
+            "prezero-guest-test-device".into(),
+            device,
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .unwrap();
+        let inner_for_daemon = inner.clone();
+        let daemon = std::thread::spawn(move || {
+            if let Err(e) = daemon.serve(&inner_for_daemon) {
+                eprintln!("test daemon: {e}");
+            }
+        });
+        wait_for_path(&inner);
+
+        let listener = UnixListener::bind(&path).unwrap();
+        let relay_shared = shared.clone();
+        let relay = std::thread::spawn(move || {
+            let (front, _) = listener.accept().unwrap();
+            let back = UnixStream::connect(&inner).unwrap();
+            relay_connection(front, back, &relay_shared);
+        });
+        TestBackend {
+            path,
+            shared,
+            daemon: Some(daemon),
+            relay: Some(relay),
+            dir,
+        }
+    }
+
+    /// Waits (with the hang guard) until the daemon and relay have exited, which they do once
+    /// the frontend is gone.
+    pub fn join(mut self) {
+        join_with_guard(self.relay.take().unwrap(), "relay");
+        join_with_guard(self.daemon.take().unwrap(), "daemon");
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.shared.cut();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn join_with_guard(handle: JoinHandle<()>, what: &str) {
+    let start = Instant::now();
+    while !handle.is_finished() {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "test {what} thread did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.join().unwrap();
+}
+
+pub fn wait_for_path(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Forwards vhost-user messages both ways, fds included, until either side closes.
+fn relay_connection(front: UnixStream, back: UnixStream, shared: &Arc<Shared>) {
+    *shared.frontend_side.lock().unwrap() = Some(front.try_clone().unwrap());
+    let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+    let to_backend_shared = shared.clone();
+    let to_backend = std::thread::spawn(move || {
+        let _ = relay_messages(&front, &back, Some(&to_backend_shared));
+        let _ = back.shutdown(Shutdown::Both);
+        let _ = front.shutdown(Shutdown::Both);
+    });
+    let _ = relay_messages(&back2, &front2, None);
+    let _ = front2.shutdown(Shutdown::Both);
+    let _ = back2.shutdown(Shutdown::Both);
+    to_backend.join().unwrap();
+}
+
+const SET_PROTOCOL_FEATURES: u32 = 16;
+const SET_BACKEND_REQ_FD: u32 = 21;
+
+/// Copies whole messages (12-byte header, then `size` bytes) from `from` to `to`, fds attached
+/// to the header as the sender attached them.
+fn relay_messages(
+    from: &UnixStream,
+    mut to: &UnixStream,
+    watch: Option<&Arc<Shared>>,
+) -> io::Result<()> {
+    let mut from_reader = from;
+    loop {
+        let mut hdr = [0u8; 12];
+        let mut fds = [-1 as RawFd; 32];
+        let mut iov = [libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: hdr.len(),
+        }];
+        // SAFETY: the iovec points at `hdr`, alive and exclusively borrowed for the call.
+        let (n, nfds) = unsafe { from.recv_with_fds(&mut iov, &mut fds) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        // Own the received fds so they are closed after forwarding.
+        // SAFETY: recvmsg just created these fds for us.
+        let owned: Vec<OwnedFd> = fds[..nfds]
+            .iter()
+            .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        if n == 0 {
+            return Ok(());
+        }
+        if n < hdr.len() {
+            from_reader.read_exact(&mut hdr[n..])?;
+        }
+        let request = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+        let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
+        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; size];
+        from_reader.read_exact(&mut body)?;
+
+        if let Some(shared) = watch {
+            let is_reply = flags & 0x4 != 0;
+            if !is_reply && request == SET_BACKEND_REQ_FD && owned.len() == 1 {
+                let dup = owned[0].try_clone()?;
+                *shared.backend_req.lock().unwrap() = Some(UnixStream::from(dup));
+            }
+            if !is_reply && request == SET_PROTOCOL_FEATURES && size == 8 {
+                let features = u64::from_le_bytes(body[..8].try_into().unwrap());
+                *shared.reply_ack.lock().unwrap() =
+                    features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
+            }
+        }
+
+        let raw: Vec<RawFd> = owned.iter().map(|f| f.as_raw_fd()).collect();
+        let bufs: [&[u8]; 2] = [&hdr, &body];
+        let sent = to
+            .send_with_fds(&bufs[..], &raw)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        if sent < hdr.len() + body.len() {
+            let mut rest = Vec::with_capacity(hdr.len() + body.len());
+            rest.extend_from_slice(&hdr);
+            rest.extend_from_slice(&body);
+            to.write_all(&rest[sent..])?;
+        }
+    }
+}
+
+/// Opens the memfd of `ram` as a second, independent mapping, the way the device maps it.
+pub fn device_view(ram: &prezero_guest::GuestRam) -> GuestMemoryMmap {
+    let file: File = ram.file().try_clone().unwrap();
+    GuestMemoryMmap::from_ranges_with_files([(
+        vm_memory::GuestAddress(0),
+        ram.size() as usize,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
