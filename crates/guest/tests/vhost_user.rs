@@ -416,7 +416,8 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn backend_process_killed_while_driver_waits() {
-    let dir = temp_dir("child");
+    let scratch = ScratchDir::new("child");
+    let dir = scratch.0.clone();
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -471,7 +472,6 @@ fn backend_process_killed_while_driver_waits() {
     assert!(q.pop_used().unwrap().is_none());
     let status = child.0.wait().unwrap();
     assert!(!status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -555,7 +555,8 @@ fn calls_out_of_order_are_refused() {
 
 #[test]
 fn missing_socket_says_to_start_the_backend() {
-    let path = temp_dir("missing").join("nobody.sock");
+    let dir = ScratchDir::new("missing");
+    let path = dir.0.join("nobody.sock");
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
         matches!(err, TransportError::SocketMissing { .. }),
@@ -571,7 +572,8 @@ fn missing_socket_says_to_start_the_backend() {
 
 #[test]
 fn regular_file_is_not_a_socket() {
-    let path = temp_dir("notsock").join("file");
+    let dir = ScratchDir::new("notsock");
+    let path = dir.0.join("file");
     std::fs::write(&path, b"").unwrap();
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
@@ -583,7 +585,8 @@ fn regular_file_is_not_a_socket() {
 
 #[test]
 fn stale_socket_says_nobody_listens() {
-    let path = temp_dir("stale").join("stale.sock");
+    let dir = ScratchDir::new("stale");
+    let path = dir.0.join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();

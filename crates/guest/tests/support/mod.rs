@@ -293,6 +293,21 @@ pub struct TestBackend {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A [`temp_dir`] removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Self {
+        ScratchDir(temp_dir(tag))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh directory for sockets, unique per test in this process.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
