@@ -118,16 +118,13 @@ fn run() -> prezero_linux::Result<()> {
                     }
                     Box::new(cfg.boot()?)
                 };
-            let deadline = Instant::now() + Duration::from_secs(600);
-            let c = vm.console();
-            while let Some(l) = c.next_line(deadline) {
-                println!("[{:8.3}] {}", l.t_s, l.text);
-            }
-            let status = vm.wait_exit(Duration::from_secs(30))?;
-            let events = vm.console().events();
-            let at = |n: &str| events.iter().find(|e| e.name == n).map(|e| e.t_s);
+            let out = vm.follow(Duration::from_secs(600), |l| {
+                println!("[{:8.3}] {}", l.t_s, l.text)
+            })?;
+            let status = out.exit_code;
+            let at = |n: &str| out.event(n).map(|e| e.t_s);
             eprintln!(
-                "exit {status}; /init at {:?} s, exit event at {:?} s, pids {:?}",
+                "exit {status:?}; /init at {:?} s, exit event at {:?} s, pids {:?}",
                 at("init"),
                 at("exit"),
                 vm.pids().iter().map(|p| p.pid).collect::<Vec<_>>()

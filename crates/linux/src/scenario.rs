@@ -69,7 +69,9 @@ impl Scenario {
         Scenario::new("oom").param("mib", mib)
     }
 
-    /// An interactive busybox shell on the console (for people; needs a terminal on stdin).
+    /// A busybox shell on the console instead of the workload. The harness runners give the VM
+    /// `/dev/null` as stdin, so there it exits at once; for an interactive guest run the command
+    /// of [`crate::uml::UmlConfig::command`] by hand with `con0=fd:0,fd:1`.
     pub fn shell() -> Scenario {
         Scenario::new("shell")
     }
