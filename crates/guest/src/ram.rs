@@ -6,7 +6,7 @@
 //! rather than a hand-rolled `mmap`:
 //! - its [`Bytes`] accessors are bounds-checked and volatile, which is what memory shared with a
 //!   device in another process needs (the compiler must not cache or elide those accesses);
-//! - its [`GuestMemoryBackend::load`]/[`store`](GuestMemoryBackend::store) give real atomics with
+//! - its [`Bytes::load`]/[`store`](Bytes::store) give real atomics with
 //!   an ordering on the mapping, which the ring indices need;
 //! - the region converts directly to the `VhostUserMemoryRegionInfo` that `SET_MEM_TABLE` sends
 //!   (fd, offset, size, our virtual address);
