@@ -24,14 +24,6 @@ pub(crate) struct DriverRing {
 }
 
 impl DriverRing {
-    /// Bytes a ring of `size` entries needs (descriptor table, avail ring, used ring, with the
-    /// used ring 4-byte aligned).
-    pub(crate) fn bytes(size: u16) -> u64 {
-        let n = u64::from(size);
-        let avail_end = 16 * n + 6 + 2 * n;
-        avail_end.next_multiple_of(4) + 6 + 8 * n
-    }
-
     pub(crate) fn new(base: u64, size: u16) -> Self {
         let n = u64::from(size);
         let desc = base;
