@@ -17,8 +17,9 @@
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::error::{io_err, Result};
+use crate::error::{io_err, Error, Result};
 use crate::procs::{find_uml_memory_file, UmlMemoryProbe};
 use crate::scenario::Scenario;
 use crate::setup::HostTools;
@@ -120,6 +121,28 @@ impl UmlConfig {
     }
 }
 
+/// Waits until `path` exists and is a Unix socket (a vhost-user backend such as `prezero serve
+/// --socket PATH` has bound it). It does not connect: a vhost-user backend serves one
+/// frontend, and a probing connection could take that place. UML does not reconnect, so boot
+/// only once this returns.
+pub fn wait_for_socket_file(path: &Path, timeout: Duration) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!("the vhost-user socket {} to appear", path.display()),
+                secs: timeout.as_secs_f64(),
+                tail: String::new(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A running UML guest; derefs to its [`GuestProcess`] (console, pids, wait, shutdown).
 pub struct Uml {
     vm: GuestProcess,
@@ -180,6 +203,26 @@ impl DerefMut for Uml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_for_a_socket_file() {
+        let dir = std::env::temp_dir().join(format!("prezero-linux-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let _ = std::fs::remove_file(&sock);
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        assert!(wait_for_socket_file(&sock, Duration::from_millis(30)).is_err());
+        assert!(wait_for_socket_file(&plain, Duration::from_millis(30)).is_err());
+        let s2 = sock.clone();
+        let binder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::os::unix::net::UnixListener::bind(&s2).unwrap()
+        });
+        wait_for_socket_file(&sock, Duration::from_secs(30)).unwrap();
+        drop(binder.join().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn command_line() {
