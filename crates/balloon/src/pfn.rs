@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn pfn_addr_conversions() {
         assert_eq!(pfn_to_addr(1), 4096);
-        assert_eq!(pfn_to_addr(u32::MAX), 0xffff_ffff_000);
+        assert_eq!(pfn_to_addr(u32::MAX), 0x0fff_ffff_f000);
         assert_eq!(addr_to_pfn(0x2000), Some(2));
         assert_eq!(addr_to_pfn(0x2001), None);
         assert_eq!(addr_to_pfn(1 << 44), None);

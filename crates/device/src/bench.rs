@@ -466,14 +466,20 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused() {
-        let mut o = ReportBenchOptions::small();
-        o.element_bytes = 1000;
+        let o = ReportBenchOptions {
+            element_bytes: 1000,
+            ..ReportBenchOptions::small()
+        };
         assert!(run(&o).is_err());
-        let mut o = ReportBenchOptions::small();
-        o.region_bytes = o.element_bytes * 3 / 2;
+        let o = ReportBenchOptions {
+            region_bytes: o.element_bytes * 3 / 2,
+            ..ReportBenchOptions::small()
+        };
         assert!(run(&o).is_err());
-        let mut o = ReportBenchOptions::small();
-        o.passes = 0;
+        let o = ReportBenchOptions {
+            passes: 0,
+            ..ReportBenchOptions::small()
+        };
         assert!(run(&o).is_err());
     }
 }

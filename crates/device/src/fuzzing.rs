@@ -324,7 +324,7 @@ fn step_checked(
     }
 
     let negotiated = dev.negotiated_features();
-    let poison_ok = dev.poison_val().is_none_or(|v| v == 0);
+    let poison_ok = dev.poison_val().map_or(true, |v| v == 0);
     let done = dev.discard_backend().done.clone();
     match (role, seen) {
         (Some(QueueRole::Reporting), Some(seen)) if used_len > 0 => {

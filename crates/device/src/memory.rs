@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(r, Err(ErrorKind::OutOfRange));
         let r = for_each_span(
             &m,
-            GuestRange::new(u64::MAX - 0xfff, 0x1000).unwrap(),
+            GuestRange::new(u64::MAX - 0x1fff, 0x1000).unwrap(),
             |_| calls += 1,
         );
         assert_eq!(r, Err(ErrorKind::OutOfRange));

@@ -120,17 +120,29 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_do() {
-        let mut o = DeviceOptions::default();
-        o.balloon_features = o.balloon_features.with(FREE_PAGE_HINT);
+        let o = DeviceOptions {
+            balloon_features: DeviceOptions::default()
+                .balloon_features
+                .with(FREE_PAGE_HINT),
+            ..DeviceOptions::default()
+        };
         assert!(o.validate().is_err());
-        let mut o = DeviceOptions::default();
-        o.balloon_features = o.balloon_features.with(VERSION_1);
+        let o = DeviceOptions {
+            balloon_features: DeviceOptions::default().balloon_features.with(VERSION_1),
+            ..DeviceOptions::default()
+        };
         assert!(o.validate().is_err());
-        let mut o = DeviceOptions::default();
-        o.transport_features = o.transport_features.with(ACCESS_PLATFORM);
+        let o = DeviceOptions {
+            transport_features: DeviceOptions::default()
+                .transport_features
+                .with(ACCESS_PLATFORM),
+            ..DeviceOptions::default()
+        };
         assert!(o.validate().is_err());
-        let mut o = DeviceOptions::default();
-        o.queue_size = 100;
+        let o = DeviceOptions {
+            queue_size: 100,
+            ..DeviceOptions::default()
+        };
         assert!(o.validate().is_err());
         let mut o = DeviceOptions::default();
         o.limits.max_pfns_per_request = 0;

@@ -14,8 +14,10 @@ const STATS: u64 = BUFS + 0x9000;
 
 #[test]
 fn offer_is_configurable() {
-    let mut options = DeviceOptions::default();
-    options.balloon_features = Features::bit(features::REPORTING);
+    let options = DeviceOptions {
+        balloon_features: Features::bit(features::REPORTING),
+        ..DeviceOptions::default()
+    };
     let dev = BalloonDevice::new(options, RecordingDiscard::new()).unwrap();
     let offered = Features(dev.offered_features());
     assert!(offered.has(features::REPORTING) && offered.has(features::VERSION_1));
@@ -23,7 +25,10 @@ fn offer_is_configurable() {
     assert_eq!(dev.max_queues(), 3);
     assert_eq!(dev.queue_max_size(), 256);
     assert_eq!(dev.config_size(), 8);
-    options.balloon_features = Features::bit(features::FREE_PAGE_HINT);
+    let options = DeviceOptions {
+        balloon_features: Features::bit(features::FREE_PAGE_HINT),
+        ..DeviceOptions::default()
+    };
     assert!(BalloonDevice::new(options, RecordingDiscard::new()).is_err());
 }
 
@@ -37,8 +42,10 @@ fn default_offer_has_every_supported_queue() {
 
 #[test]
 fn unoffered_bits_are_dropped_and_counted() {
-    let mut options = DeviceOptions::default();
-    options.balloon_features = Features::bit(features::REPORTING);
+    let options = DeviceOptions {
+        balloon_features: Features::bit(features::REPORTING),
+        ..DeviceOptions::default()
+    };
     let mut dev = BalloonDevice::new(options, RecordingDiscard::new()).unwrap();
     let negotiated = dev.ack_features(
         Features::bit(features::REPORTING)

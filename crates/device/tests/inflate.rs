@@ -333,8 +333,10 @@ fn readable_after_writable_rejects_the_chain() {
 #[test]
 fn deflate_acknowledges_and_hints_when_asked() {
     let m = mem();
-    let mut options = DeviceOptions::default();
-    options.deflate_willneed = true;
+    let options = DeviceOptions {
+        deflate_willneed: true,
+        ..DeviceOptions::default()
+    };
     let mut dev = BalloonDevice::new(options, RecordingDiscard::new()).unwrap();
     dev.ack_features(0);
     let mut drv = Driver::new(&m, 0x1000, 16);

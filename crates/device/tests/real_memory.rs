@@ -274,8 +274,10 @@ fn memfd_inflate_bitmap_matches_memory() {
 #[test]
 fn deflate_willneed_is_harmless() {
     let m = anon();
-    let mut options = DeviceOptions::default();
-    options.deflate_willneed = true;
+    let options = DeviceOptions {
+        deflate_willneed: true,
+        ..DeviceOptions::default()
+    };
     let mut dev = BalloonDevice::new(options, HostDiscard::new()).unwrap();
     dev.ack_features(0);
     let mut drv = Driver::new(&m, RING, 16);
