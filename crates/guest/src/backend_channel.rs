@@ -10,7 +10,7 @@
 //! The vhost crate's handler keeps its own copy of the socket end it gives the backend, so the
 //! channel never sees the backend hang up; a dead backend is noticed on the main socket.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -49,6 +49,10 @@ impl VhostUserFrontendReqHandler for ChannelState {
 pub(crate) struct BackendChannel {
     pub(crate) state: Arc<ChannelState>,
     stop: EventFd,
+    // Our own handle on the thread's socket: shutting it down unblocks a thread stuck in the
+    // middle of a message a dying backend never finished (the socket cannot see EOF, see
+    // above). A duplicate, so it cannot name a reused fd after the thread closed its own.
+    socket: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -77,6 +81,10 @@ impl BackendChannel {
                 source,
             })?;
 
+        // SAFETY: the handler owns this fd for the duration of the borrow.
+        let socket = unsafe { BorrowedFd::borrow_raw(handler.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(io("duplicating the backend request socket"))?;
         let stop = EventFd::new(EFD_NONBLOCK).map_err(io("eventfd to stop the channel"))?;
         let stop_fd = stop.as_raw_fd();
         let thread_state = state.clone();
@@ -87,6 +95,7 @@ impl BackendChannel {
         Ok(BackendChannel {
             state,
             stop,
+            socket,
             thread: Some(thread),
         })
     }
@@ -103,6 +112,8 @@ impl Drop for BackendChannel {
             tracing::warn!(error = %e, "cannot stop the backend request thread; detaching it");
             return;
         }
+        // SAFETY: shutdown on a socket fd we own; it only ends the connection.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -101,7 +101,8 @@ pub struct VhostUserTransport {
     offered: u64,
     acked: Option<u64>,
     protocol: VhostUserProtocolFeatures,
-    memory_set: bool,
+    // Base address and size of the RAM shared with SET_MEM_TABLE.
+    memory: Option<(usize, u64)>,
     queues: Vec<Option<QueueEvents>>,
     // Declared after `frontend` only for readability: its Drop joins a thread that does not
     // touch the main socket, so drop order does not matter.
@@ -117,7 +118,7 @@ impl std::fmt::Debug for VhostUserTransport {
             .field("offered", &format_args!("{:#x}", self.offered))
             .field("acked", &self.acked)
             .field("protocol", &self.protocol)
-            .field("memory_set", &self.memory_set)
+            .field("memory", &self.memory)
             .field("queues", &self.queues)
             .field("channel", &self.channel)
             .field("disconnected", &self.disconnected)
@@ -150,7 +151,7 @@ impl VhostUserTransport {
             offered: 0,
             acked: None,
             protocol: VhostUserProtocolFeatures::empty(),
-            memory_set: false,
+            memory: None,
             queues: (0..num_queues).map(|_| None).collect(),
             channel: None,
             disconnected: AtomicBool::new(false),
@@ -246,7 +247,7 @@ impl VhostUserTransport {
             }
         })?;
         self.request("SET_MEM_TABLE", |f| f.set_mem_table(&[region]))?;
-        self.memory_set = true;
+        self.memory = Some((ram.host_base() as usize, ram.size()));
         tracing::debug!(size = ram.size(), fd = ram.fd(), "guest RAM shared");
         Ok(())
     }
@@ -261,9 +262,14 @@ impl VhostUserTransport {
         queue: &SplitQueue<T>,
     ) -> Result<(), TransportError> {
         self.check_index(index)?;
-        if !self.memory_set {
+        let Some(memory) = self.memory else {
             return Err(TransportError::Sequence(
                 "set_memory before setup_queue: ring addresses are resolved through the memory table",
+            ));
+        };
+        if memory != (queue.ram().host_base() as usize, queue.ram().size()) {
+            return Err(TransportError::Sequence(
+                "the queue's rings are not in the guest RAM given to set_memory",
             ));
         }
         if queue.event_idx() != self.event_idx() {

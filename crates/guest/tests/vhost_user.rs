@@ -331,6 +331,20 @@ fn config_change_notification_reaches_the_driver() {
 }
 
 #[test]
+fn dropping_the_transport_survives_a_half_sent_backend_request() {
+    let backend = TestBackend::start("halfmsg", Options::default());
+    let t = VhostUserTransport::connect(&backend.path, 1).unwrap();
+    // Half a message header: the channel thread blocks reading the rest, which never comes.
+    backend
+        .shared
+        .send_raw_backend_request(&2u32.to_le_bytes())
+        .unwrap();
+    let dropper = std::thread::spawn(move || drop(t));
+    join_with_guard(dropper, "transport drop");
+    backend.join();
+}
+
+#[test]
 fn backend_dying_mid_request_is_disconnected_not_a_hang() {
     let opts = Options {
         mode: Mode::Die,
@@ -539,6 +553,13 @@ fn calls_out_of_order_are_refused() {
         Err(TransportError::Sequence(_))
     ));
     t.set_memory(&ram).unwrap();
+    // Rings in some other RAM than the one the backend maps.
+    let elsewhere = Arc::new(GuestRam::new(16 * MIB).unwrap());
+    let stray = SplitQueue::<()>::new(elsewhere, 8, 0x1000, true).unwrap();
+    assert!(matches!(
+        t.setup_queue(0, &stray),
+        Err(TransportError::Sequence(_))
+    ));
     // The queue was built without event idx, the transport negotiated it.
     assert!(matches!(
         t.setup_queue(0, &q),

@@ -135,6 +135,15 @@ impl Shared {
         Ok(u64::from_le_bytes(reply[12..20].try_into().unwrap()))
     }
 
+    /// Writes raw bytes on the backend request channel (to send a broken message).
+    pub fn send_raw_backend_request(&self, bytes: &[u8]) -> io::Result<()> {
+        let guard = self.backend_req.lock().unwrap();
+        let mut sock = guard
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the frontend never sent SET_BACKEND_REQ_FD"))?;
+        sock.write_all(bytes)
+    }
+
     pub fn set_config(&self, offset: usize, data: &[u8]) {
         self.config.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
     }
@@ -383,7 +392,7 @@ impl Drop for TestBackend {
     }
 }
 
-fn join_with_guard(handle: JoinHandle<()>, what: &str) {
+pub fn join_with_guard(handle: JoinHandle<()>, what: &str) {
     let start = Instant::now();
     while !handle.is_finished() {
         assert!(
