@@ -104,8 +104,7 @@ pub struct VhostUserTransport {
     // Base address and size of the RAM shared with SET_MEM_TABLE.
     memory: Option<(usize, u64)>,
     queues: Vec<Option<QueueEvents>>,
-    // Declared after `frontend` only for readability: its Drop joins a thread that does not
-    // touch the main socket, so drop order does not matter.
+    // Present when BACKEND_REQ was negotiated: config-change notifications.
     channel: Option<BackendChannel>,
     disconnected: AtomicBool,
 }
