@@ -6,7 +6,7 @@ import struct
 OUT = os.path.join(os.path.dirname(__file__), "corpus", "queues")
 STATS, REPORTING, INIT_REPORTED, INIT_ON_INFLATE, POISON, WILLNEED = 1, 2, 4, 8, 16, 128
 W, N, I = 2, 1, 4  # descriptor flags: write, next, indirect
-B, C = 0x10000, 0x30000  # region B and region C guest addresses
+B, C = 0x4000, 0xC000  # region B and region C guest addresses
 
 
 class Seed:
@@ -56,7 +56,7 @@ def seeds():
 
     s = Seed(f)
     for i in range(3):
-        s.desc(q, i, C + 0x8000 * i, 0x2000, W | (N if i < 2 else 0), i + 1)
+        s.desc(q, i, C + 0x3000 * i, 0x2000, W | (N if i < 2 else 0), i + 1)
     s.avail(q, 0, 0)
     s.op(0, q)
     out["report-chain"] = s
@@ -71,7 +71,7 @@ def seeds():
     out["report-huge"] = s
 
     s = Seed(f)
-    s.desc(q, 0, 0x1f000, 0x2000, W)  # crosses into the hole
+    s.desc(q, 0, 0x7000, 0x2000, W)  # crosses into the hole
     s.desc(q, 1, 0xfffffffffffff000, 0x2000, W)  # overflows
     s.desc(q, 2, C, 0x1001, W)  # odd
     s.desc(q, 3, C, 0x1000, 0)  # readable
@@ -108,7 +108,7 @@ def seeds():
 
     f = INIT_ON_INFLATE
     s = Seed(f)
-    pfns = [C >> 12, (C >> 12) + 1, (B >> 12) + 3, (C >> 12) + 1, 0x28, 0xFFFFFFFF]
+    pfns = [C >> 12, (C >> 12) + 1, (B >> 12) + 3, (C >> 12) + 1, 0x9, 0xFFFFFFFF]
     s.put(0x1000, struct.pack("<%dI" % len(pfns), *pfns))
     s.desc(0, 0, 0x1000, 4 * len(pfns), N, 1)
     s.desc(0, 1, 0x1800, 1, W)
@@ -117,10 +117,10 @@ def seeds():
     out["inflate-bitmap"] = s
 
     s = Seed(f)
-    s.put(0x1000, struct.pack("<16I", *range(C >> 12, (C >> 12) + 16)))
-    s.desc(0, 0, 0x1000, 64, N, 1)
+    s.put(0x1000, struct.pack("<9I", *range(C >> 12, (C >> 12) + 9)))
+    s.desc(0, 0, 0x1000, 36, N, 1)
     s.desc(0, 1, 0x1800, 1, W)  # too short
-    s.desc(0, 2, 0x1000, 64, N, 3)
+    s.desc(0, 2, 0x1000, 36, N, 3)
     s.desc(0, 3, C + 0x1000, 2, W)  # bitmap inside an inflated page
     s.avail(0, 0, 0)
     s.avail(0, 1, 2)
@@ -137,7 +137,7 @@ def seeds():
     out["inflate-huge"] = s
 
     s = Seed(WILLNEED)
-    s.put(0x1000, struct.pack("<3I", C >> 12, (C >> 12) + 1, 0x30))
+    s.put(0x1000, struct.pack("<3I", C >> 12, (C >> 12) + 1, 0xA))
     s.desc(1, 0, 0x1000, 12, 0)
     s.avail(1, 0, 0)
     s.op(0, 1)

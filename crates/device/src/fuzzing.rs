@@ -32,9 +32,10 @@ use crate::metrics::MetricsSnapshot;
 use crate::options::DeviceOptions;
 
 const KIB: u64 = 1024;
-/// RAM: [0, 64K) rings + buffers, [64K, 128K) adjacent, hole, [192K, 256K).
-const REGIONS: [(u64, u64); 3] = [(0, 64 * KIB), (64 * KIB, 64 * KIB), (192 * KIB, 64 * KIB)];
-const RAM_BYTES: usize = 192 * 1024;
+/// RAM: [0, 16K) rings + buffers, [16K, 32K) adjacent, hole, [48K, 80K). Small, so each
+/// step's before/after snapshot stays cheap.
+const REGIONS: [(u64, u64); 3] = [(0, 16 * KIB), (16 * KIB, 16 * KIB), (48 * KIB, 32 * KIB)];
+const RAM_BYTES: usize = 64 * 1024;
 /// Each queue's rings at `qi * QUEUE_STRIDE`: descriptors, avail at +0x100, used at +0x200.
 const QUEUE_STRIDE: u64 = 0x400;
 

@@ -25,6 +25,30 @@
 //! With `GuestMemoryAtomic<GuestMemoryMmap<B>>`, use [`HostDiscard<B>`](HostDiscard) as the
 //! discard backend.
 //!
+//! ```
+//! use prezero_device::protocol::features::{Features, REPORTING, DEVICE_INIT_REPORTED};
+//! use prezero_device::protocol::queues::QueueRole;
+//! use prezero_device::{BalloonDevice, DeviceOptions, HostDiscard};
+//! use virtio_queue::{Queue, QueueT};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let mut dev = BalloonDevice::new(DeviceOptions::default(), HostDiscard::<()>::new()).unwrap();
+//! // SET_FEATURES: stats not negotiated, so reporting is queue 2.
+//! dev.ack_features(Features::bit(REPORTING).with(DEVICE_INIT_REPORTED).bits());
+//! assert_eq!(dev.queue_role(2), Some(QueueRole::Reporting));
+//! // GET_CONFIG / SET_CONFIG
+//! let mut config = [0u8; 8];
+//! dev.read_config(0, &mut config);
+//! dev.write_config(4, &16u32.to_le_bytes()).unwrap();
+//! // A kick on queue 2 (a queue the driver has not set up yet does nothing).
+//! let mut queue = Queue::new(256).unwrap();
+//! let notify = dev.process_queue(2, &mut queue, &mem).unwrap();
+//! assert!(!notify);
+//! // The host changes its target: send a config-change notification.
+//! assert!(dev.set_target_pages(1024));
+//! ```
+//!
 //! # Decisions
 //!
 //! - **Element = descriptor chain** (QEMU's `VirtQueueElement`). The reporting used length is per

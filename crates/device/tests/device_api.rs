@@ -221,3 +221,12 @@ fn event_idx_suppresses_notifications_until_used_event() {
     drv.add(&[w(REGION_C + 0x1000, 0x1000)]);
     assert!(dev.process_queue(index, &mut drv.queue, &m).unwrap());
 }
+
+#[test]
+fn device_can_live_behind_a_mutex_in_a_backend_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<BalloonDevice<prezero_device::HostDiscard<()>>>();
+    assert_send::<BalloonDevice<RecordingDiscard>>();
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<prezero_device::Metrics>();
+}
