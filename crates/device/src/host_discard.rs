@@ -254,8 +254,9 @@ impl<B: Bitmap> DiscardBackend<GuestRegionMmap<B>> for HostDiscard<B> {
             DiscardMethod::PunchHole => punch_hole(region, offset, len),
         };
         if let Err(e) = &result {
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                // The filesystem cannot punch holes: stop trying (and claiming) there.
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) {
+                // The filesystem cannot punch holes, or the file is sealed against writes:
+                // stop trying (and claiming) there.
                 let entry = self.entry(region);
                 entry.backing = disabled(hps);
             }
