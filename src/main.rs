@@ -36,6 +36,19 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// Free page reporting throughput of the device against a raw loop of the same discard
+    /// syscalls (memfd and anonymous memory).
+    Report {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Bytes of memory per backing, in MiB.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        /// Timed passes over the memory.
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +66,20 @@ fn main() -> Result<()> {
                 };
             }
             let r = bench::alloc::run(&o);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Report { json, mib, passes }) => {
+            let o = prezero_device::bench::ReportBenchOptions {
+                region_bytes: mib << 20,
+                passes,
+                ..Default::default()
+            };
+            let r = prezero_device::bench::run(&o)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -54,13 +54,17 @@
 #![deny(missing_docs)]
 
 mod backend_channel;
+pub mod balloon;
 mod error;
+pub mod guest;
 mod poll;
 pub mod ram;
 pub mod vhost_user;
 pub mod virtqueue;
 
+pub use balloon::{BalloonDriver, BalloonError, DriverOptions};
 pub use error::{QueueError, RamError, TransportError};
+pub use guest::{Guest, GuestError, GuestOptions};
 pub use ram::GuestRam;
 pub use vhost_user::{Events, VhostUserTransport};
 pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};

@@ -1,0 +1,565 @@
+//! The guest's virtio-balloon driver, after Linux `drivers/virtio/virtio_balloon.c`.
+//!
+//! It negotiates features (and applies the trust rules: a confidential guest refuses the
+//! device-init features, as upstream's `validate()` does), lays its queues out in guest RAM,
+//! reports free blocks for the allocator (one chain per block, so each block gets its own
+//! "zeroed" answer through the used length), inflates and deflates toward the device's target
+//! (with the `DEVICE_INIT_ON_INFLATE` bitmap when negotiated) and answers stats requests.
+//!
+//! The driver owns no memory policy: every call that allocates or frees guest pages takes the
+//! [`Zone`] and does it there, so the allocator stays the single owner of guest memory.
+
+use crate::error::{QueueError, TransportError};
+use crate::ram::GuestRam;
+use crate::vhost_user::VhostUserTransport;
+use crate::virtqueue::{Buffer, SplitQueue};
+use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
+use prezero_balloon::features::{self, Features};
+use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SIZE};
+use prezero_balloon::stats::{encode_entry, STAT_ENTRY_SIZE};
+use prezero_balloon::{QueueRole, QueueRoles, StatTag};
+use prezero_mm::{
+    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, PhysMem, ReportBlock, ReportOutcome,
+    ReportSink, Zone, FRAME_SIZE,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// PFNs per inflate or deflate request (Linux `VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
+pub const PFNS_PER_REQUEST: usize = 256;
+/// Pages given back per deflate-on-OOM event (Linux `OOM_VBALLOON_DEFAULT_PAGES`).
+pub const OOM_PAGES: usize = 256;
+/// Queue size of every balloon queue.
+pub const QUEUE_SIZE: u16 = 128;
+/// How long a request may stay with a live device before the driver gives up on the device.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The balloon features this driver understands.
+pub const DRIVER_FEATURES: u64 = (1 << features::MUST_TELL_HOST)
+    | (1 << features::STATS_VQ)
+    | (1 << features::DEFLATE_ON_OOM)
+    | (1 << features::PAGE_POISON)
+    | (1 << features::REPORTING)
+    | (1 << features::DEVICE_INIT_REPORTED)
+    | (1 << features::DEVICE_INIT_ON_INFLATE)
+    | (1 << features::VERSION_1);
+
+/// Driver settings, taken from the guest's own configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DriverOptions {
+    /// The host is not trusted: refuse both device-init features.
+    pub confidential: bool,
+    /// The guest poisons free pages with this value (`PAGE_POISON` is then negotiated).
+    pub poison: Option<u8>,
+    /// Feature bits the driver must not accept even if offered (for experiments and tests).
+    pub refuse: u64,
+}
+
+/// Errors of the balloon driver.
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonError {
+    /// The transport failed (the daemon died, the socket is gone, ...).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A virtqueue operation failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The guest has no memory left for the driver's rings and buffers.
+    #[error("not enough guest memory for the balloon driver's rings and buffers")]
+    NoMemory,
+    /// The device did not answer a request in time.
+    #[error("the balloon device did not answer a {0} request within {t:?}", t = REQUEST_TIMEOUT)]
+    Timeout(&'static str),
+    /// The device returned a chain the driver never gave it.
+    #[error("the balloon device returned an unexpected chain on the {0} queue")]
+    Protocol(&'static str),
+}
+
+/// Physical memory access to the guest's memfd, for the allocator.
+pub struct RamFrames<'a>(pub &'a GuestRam);
+
+impl PhysMem for RamFrames<'_> {
+    fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
+        // The allocator only fills blocks it owns inside the zone, which spans guest RAM.
+        self.0
+            .fill(pfn.addr(), frames * FRAME_SIZE, byte)
+            .expect("the allocator fills only frames inside guest RAM");
+    }
+}
+
+/// A page in the balloon and what the device said about it on inflate.
+#[derive(Clone, Copy, Debug)]
+struct BalloonPage {
+    pfn: u32,
+    device_zeroed: bool,
+}
+
+/// Counters of the driver's activity.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct DriverStats {
+    /// Reporting requests sent.
+    pub report_requests: u64,
+    /// Inflate requests sent.
+    pub inflate_requests: u64,
+    /// Deflate requests sent.
+    pub deflate_requests: u64,
+    /// Pages inflated.
+    pub pages_inflated: u64,
+    /// Inflated pages the device said it zeroed.
+    pub pages_inflated_zeroed: u64,
+    /// Pages deflated.
+    pub pages_deflated: u64,
+    /// Stats buffers sent.
+    pub stats_updates: u64,
+    /// Config-change notifications received.
+    pub config_changes: u64,
+    /// Pages given back to the guest on out-of-memory.
+    pub oom_deflated_pages: u64,
+}
+
+/// The virtio-balloon driver.
+pub struct BalloonDriver {
+    transport: VhostUserTransport,
+    ram: Arc<GuestRam>,
+    features: Features,
+    roles: QueueRoles,
+    queues: Vec<Option<SplitQueue<usize>>>,
+    /// One driver-owned page: PFN array at 0, inflate bitmap after it.
+    pfn_page: u64,
+    /// One driver-owned page for the stats buffer.
+    stats_page: u64,
+    balloon: Vec<BalloonPage>,
+    /// Queue calls seen while waiting for another queue, handled by [`Self::poll`].
+    pending_calls: u64,
+    pending_config: bool,
+    dead: bool,
+    stats: DriverStats,
+}
+
+impl BalloonDriver {
+    /// Connects to the balloon device at `socket`, negotiates, and starts the queues. Ring and
+    /// buffer memory comes from `zone` and stays allocated for the driver's life.
+    pub fn connect(
+        socket: impl AsRef<Path>,
+        ram: Arc<GuestRam>,
+        zone: &mut Zone<Vec<FrameMeta>>,
+        opts: DriverOptions,
+    ) -> Result<Self, BalloonError> {
+        let mut transport = VhostUserTransport::connect(socket, QueueRole::ALL.len() as u16)?;
+        let offered = Features(transport.device_features());
+        let mut wanted = DRIVER_FEATURES & !opts.refuse;
+        if opts.confidential {
+            // An untrusted host must not be able to claim it zeroed anything (upstream
+            // `virtballoon_validate`): a wrong claim leaks another tenant's data.
+            wanted &=
+                !((1 << features::DEVICE_INIT_REPORTED) | (1 << features::DEVICE_INIT_ON_INFLATE));
+        }
+        if opts.poison.is_none() {
+            wanted &= !(1 << features::PAGE_POISON);
+        }
+        let acked = Features(transport.negotiate(offered.bits() & wanted)?);
+        let roles = QueueRoles::from_features(acked);
+
+        if acked.has(features::PAGE_POISON) {
+            let poison = u32::from(opts.poison.unwrap_or(0)) * 0x0101_0101;
+            transport.write_config(POISON_VAL_OFFSET as u32, &poison.to_le_bytes())?;
+        }
+        transport.set_memory(&ram)?;
+
+        let mut mem = RamFrames(&ram);
+        let mut page = |zone: &mut Zone<Vec<FrameMeta>>, bytes: u64| -> Result<u64, BalloonError> {
+            let order = bytes
+                .div_ceil(FRAME_SIZE)
+                .next_power_of_two()
+                .trailing_zeros() as u8;
+            let a = zone
+                .alloc(order, AllocFlags::ZERO, &mut mem)
+                .map_err(|_| BalloonError::NoMemory)?;
+            Ok(a.pfn.addr())
+        };
+        let ring = SplitQueue::<usize>::memory_requirement(QUEUE_SIZE)?;
+        let mut queues: Vec<Option<SplitQueue<usize>>> = (0..roles.count()).map(|_| None).collect();
+        for (index, role) in roles.iter().enumerate() {
+            if role == QueueRole::FreePageHint {
+                continue;
+            }
+            let gpa = page(zone, ring.bytes)?;
+            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, transport.event_idx())?;
+            transport.setup_queue(index as u16, &q)?;
+            queues[index] = Some(q);
+        }
+        let pfn_page = page(zone, FRAME_SIZE)?;
+        let stats_page = page(zone, FRAME_SIZE)?;
+        zone.set_device_init(DeviceInit {
+            reported: acked.init_reported(),
+            on_inflate: acked.init_on_inflate(),
+        });
+        let mut driver = BalloonDriver {
+            transport,
+            ram,
+            features: acked,
+            roles,
+            queues,
+            pfn_page,
+            stats_page,
+            balloon: Vec::new(),
+            pending_calls: 0,
+            pending_config: true, // read the target once at start, as Linux does at probe
+            dead: false,
+            stats: DriverStats::default(),
+        };
+        if acked.has(features::STATS_VQ) {
+            // "The driver MUST make an output buffer available in the statsq" at init.
+            driver.send_stats(zone)?;
+        }
+        Ok(driver)
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The queue roles under the negotiated features.
+    pub fn roles(&self) -> QueueRoles {
+        self.roles
+    }
+
+    /// Pages currently in the balloon.
+    pub fn balloon_pages(&self) -> usize {
+        self.balloon.len()
+    }
+
+    /// Activity counters.
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Whether the device connection was lost (the driver then does nothing).
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The transport, for tests and tools.
+    pub fn transport(&self) -> &VhostUserTransport {
+        &self.transport
+    }
+
+    fn index(&self, role: QueueRole) -> Option<u16> {
+        self.roles.index(role).map(|i| i as u16)
+    }
+
+    fn queue(&mut self, role: QueueRole) -> Option<(u16, &mut SplitQueue<usize>)> {
+        let i = self.roles.index(role)?;
+        self.queues[i].as_mut().map(|q| (i as u16, q))
+    }
+
+    /// Handles what the device signalled: a config change (new target: inflate or deflate
+    /// toward it) and a stats request. Waits at most `timeout` for something to happen.
+    pub fn poll(
+        &mut self,
+        zone: &mut Zone<Vec<FrameMeta>>,
+        timeout: Duration,
+    ) -> Result<(), BalloonError> {
+        if self.dead {
+            return Ok(());
+        }
+        let events = match self.transport.wait(Some(timeout)) {
+            Ok(e) => e,
+            Err(e) => return Err(self.died(e)),
+        };
+        self.pending_calls |= events.calls;
+        self.pending_config |= events.config_changed;
+        if self.pending_config {
+            self.pending_config = false;
+            self.stats.config_changes += 1;
+            self.adjust(zone)?;
+        }
+        if let Some(i) = self.index(QueueRole::Stats) {
+            if self.pending_calls & (1 << i) != 0 {
+                self.pending_calls &= !(1 << i);
+                let (_, q) = self.queue(QueueRole::Stats).expect("stats queue");
+                let mut returned = false;
+                while q.pop_used()?.is_some() {
+                    returned = true;
+                }
+                if returned {
+                    self.send_stats(zone)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn died(&mut self, e: TransportError) -> BalloonError {
+        tracing::warn!(error = %e, "balloon device lost");
+        self.dead = true;
+        BalloonError::Transport(e)
+    }
+
+    /// Reads the device's target (`num_pages`).
+    pub fn target_pages(&mut self) -> Result<u32, BalloonError> {
+        let mut buf = [0u8; 4];
+        self.transport
+            .read_config(NUM_PAGES_OFFSET as u32, &mut buf)?;
+        Ok(u32::from_le_bytes(buf))
+    }
+
+    /// Inflates or deflates toward the device's target, then tells it `actual`.
+    pub fn adjust(&mut self, zone: &mut Zone<Vec<FrameMeta>>) -> Result<(), BalloonError> {
+        let target = self.target_pages()? as usize;
+        while self.balloon.len() < target {
+            let want = (target - self.balloon.len()).min(PFNS_PER_REQUEST);
+            if self.inflate(zone, want)? == 0 {
+                tracing::info!(
+                    target,
+                    actual = self.balloon.len(),
+                    "balloon cannot inflate further: guest memory is in use"
+                );
+                break;
+            }
+        }
+        while self.balloon.len() > target {
+            let want = (self.balloon.len() - target).min(PFNS_PER_REQUEST);
+            self.deflate(zone, want)?;
+        }
+        self.write_actual()
+    }
+
+    fn write_actual(&mut self) -> Result<(), BalloonError> {
+        let actual = self.balloon.len() as u32;
+        self.transport
+            .write_config(ACTUAL_OFFSET as u32, &actual.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Puts up to `n` (at most [`PFNS_PER_REQUEST`]) pages into the balloon; returns how many.
+    fn inflate(
+        &mut self,
+        zone: &mut Zone<Vec<FrameMeta>>,
+        n: usize,
+    ) -> Result<usize, BalloonError> {
+        let mut mem = RamFrames(&self.ram);
+        let mut pfns = Vec::with_capacity(n);
+        for _ in 0..n {
+            match zone.alloc(0, AllocFlags::NONE, &mut mem) {
+                Ok(a) => pfns.push(a.pfn.0 as u32),
+                Err(_) => break,
+            }
+        }
+        if pfns.is_empty() {
+            return Ok(0);
+        }
+        let with_bitmap = self.features.init_on_inflate();
+        let bitmap = self.pfn_page + (PFNS_PER_REQUEST * PFN_SIZE) as u64;
+        let used = self.send_pfns(QueueRole::Inflate, &pfns, with_bitmap.then_some(bitmap))?;
+        let mut bits = vec![0u8; bitmap_len(pfns.len())];
+        // Trust the bitmap only if the device wrote all of it.
+        if with_bitmap && used as usize >= bits.len() {
+            self.ram
+                .read(bitmap, &mut bits)
+                .expect("driver page inside RAM");
+        }
+        for (i, &pfn) in pfns.iter().enumerate() {
+            let device_zeroed = bitmap_test(&bits, i);
+            self.stats.pages_inflated_zeroed += u64::from(device_zeroed);
+            self.balloon.push(BalloonPage { pfn, device_zeroed });
+        }
+        self.stats.inflate_requests += 1;
+        self.stats.pages_inflated += pfns.len() as u64;
+        Ok(pfns.len())
+    }
+
+    /// Takes up to `n` pages out of the balloon, tells the device, and frees them to the zone:
+    /// reported (their backing was discarded), zeroed if the device said so on inflate.
+    fn deflate(
+        &mut self,
+        zone: &mut Zone<Vec<FrameMeta>>,
+        n: usize,
+    ) -> Result<usize, BalloonError> {
+        let n = n.min(self.balloon.len()).min(PFNS_PER_REQUEST);
+        if n == 0 {
+            return Ok(0);
+        }
+        let pages: Vec<BalloonPage> = self.balloon.split_off(self.balloon.len() - n);
+        let pfns: Vec<u32> = pages.iter().map(|p| p.pfn).collect();
+        // MUST_TELL_HOST: the device hears about the pages before the guest reuses them.
+        if let Err(e) = self.send_pfns(QueueRole::Deflate, &pfns, None) {
+            self.balloon.extend(pages);
+            return Err(e);
+        }
+        let mut mem = RamFrames(&self.ram);
+        for p in &pages {
+            let hint = FreeHint::Deflated {
+                device_zeroed: p.device_zeroed,
+            };
+            zone.free(Pfn(u64::from(p.pfn)), 0, hint, &mut mem)
+                .expect("balloon pages are allocated order-0 blocks");
+        }
+        self.stats.deflate_requests += 1;
+        self.stats.pages_deflated += n as u64;
+        Ok(n)
+    }
+
+    /// Gives pages back to a guest that ran out of memory (`DEFLATE_ON_OOM`). Returns how many.
+    pub fn deflate_on_oom(
+        &mut self,
+        zone: &mut Zone<Vec<FrameMeta>>,
+    ) -> Result<usize, BalloonError> {
+        if self.dead || !self.features.has(features::DEFLATE_ON_OOM) {
+            return Ok(0);
+        }
+        let n = self.deflate(zone, OOM_PAGES)?;
+        self.stats.oom_deflated_pages += n as u64;
+        self.write_actual()?;
+        Ok(n)
+    }
+
+    /// Sends one PFN array (and the inflate bitmap) and waits for the device to use it.
+    fn send_pfns(
+        &mut self,
+        role: QueueRole,
+        pfns: &[u32],
+        bitmap: Option<u64>,
+    ) -> Result<u32, BalloonError> {
+        let mut bytes = Vec::with_capacity(pfns.len() * PFN_SIZE);
+        for pfn in pfns {
+            bytes.extend_from_slice(&pfn.to_le_bytes());
+        }
+        self.ram
+            .write(self.pfn_page, &bytes)
+            .expect("driver page inside RAM");
+        let mut chain = vec![Buffer::readable(self.pfn_page, bytes.len() as u32)];
+        if let Some(gpa) = bitmap {
+            chain.push(Buffer::writable(gpa, bitmap_len(pfns.len()) as u32));
+        }
+        let lens = self.submit_and_wait(role, &[chain])?;
+        Ok(lens[0])
+    }
+
+    /// Adds each chain (token = its position), kicks, and waits until the device used them
+    /// all. Returns the used lengths.
+    fn submit_and_wait(
+        &mut self,
+        role: QueueRole,
+        chains: &[Vec<Buffer>],
+    ) -> Result<Vec<u32>, BalloonError> {
+        if self.dead {
+            return Err(BalloonError::Transport(TransportError::Sequence(
+                "the balloon device is gone",
+            )));
+        }
+        let name = role.name();
+        let (index, q) = self.queue(role).ok_or(BalloonError::Protocol(name))?;
+        for (token, chain) in chains.iter().enumerate() {
+            q.add(chain, token)?;
+        }
+        if q.should_notify()? {
+            if let Err(e) = self.transport.kick(index) {
+                return Err(self.died(e));
+            }
+        }
+        let mut lens = vec![None; chains.len()];
+        let mut left = chains.len();
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while left > 0 {
+            let (_, q) = self.queue(role).expect("queue exists");
+            while let Some(used) = q.pop_used()? {
+                let slot = lens
+                    .get_mut(used.token)
+                    .ok_or(BalloonError::Protocol(name))?;
+                if slot.replace(used.len).is_none() {
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // A device that keeps the buffers may still write them later: stop using it.
+                self.dead = true;
+                return Err(BalloonError::Timeout(name));
+            }
+            match self
+                .transport
+                .wait(Some((deadline - now).min(Duration::from_millis(500))))
+            {
+                Ok(events) => {
+                    self.pending_calls |= events.calls & !(1 << index);
+                    self.pending_config |= events.config_changed;
+                }
+                Err(e) => return Err(self.died(e)),
+            }
+        }
+        Ok(lens.into_iter().map(|l| l.unwrap_or(0)).collect())
+    }
+
+    /// Fills the stats buffer from the zone's counters and hands it to the device.
+    fn send_stats(&mut self, zone: &Zone<Vec<FrameMeta>>) -> Result<(), BalloonError> {
+        let c = zone.counts();
+        let bytes = |pages: u64| pages * FRAME_SIZE;
+        let free = c.free + c.pool_free;
+        let entries = [
+            (StatTag::SwapIn, 0),
+            (StatTag::SwapOut, 0),
+            (StatTag::FreeMemory, bytes(free)),
+            (
+                StatTag::TotalMemory,
+                bytes(c.present - self.balloon.len() as u64),
+            ),
+            (StatTag::AvailableMemory, bytes(free)),
+            (StatTag::DiskCaches, 0),
+        ];
+        let mut buf = Vec::with_capacity(entries.len() * STAT_ENTRY_SIZE);
+        for (tag, value) in entries {
+            buf.extend_from_slice(&encode_entry(tag.raw(), value));
+        }
+        self.ram
+            .write(self.stats_page, &buf)
+            .expect("driver page inside RAM");
+        let stats_page = self.stats_page;
+        let Some((index, q)) = self.queue(QueueRole::Stats) else {
+            return Ok(());
+        };
+        q.add(&[Buffer::readable(stats_page, buf.len() as u32)], 0)?;
+        if q.should_notify()? {
+            if let Err(e) = self.transport.kick(index) {
+                return Err(self.died(e));
+            }
+        }
+        self.stats.stats_updates += 1;
+        Ok(())
+    }
+}
+
+/// The driver as the allocator's reporting device: each block is its own chain, so the device
+/// answers "zeroed" per block through the used length.
+impl ReportSink for BalloonDriver {
+    fn report(&mut self, blocks: &[ReportBlock], outcomes: &mut [ReportOutcome]) {
+        if self.dead || !self.features.has(features::REPORTING) {
+            return; // all Failed: the blocks go back unreported
+        }
+        let chains: Vec<Vec<Buffer>> = blocks
+            .iter()
+            .map(|b| vec![Buffer::writable(b.addr(), b.len() as u32)])
+            .collect();
+        match self.submit_and_wait(QueueRole::Reporting, &chains) {
+            Ok(lens) => {
+                self.stats.report_requests += 1;
+                let zeroing = self.features.init_reported();
+                for ((b, len), o) in blocks.iter().zip(lens).zip(outcomes.iter_mut()) {
+                    *o = if zeroing && u64::from(len) == b.len() {
+                        ReportOutcome::ReportedZeroed
+                    } else {
+                        ReportOutcome::Reported
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "free page report failed: blocks go back unreported")
+            }
+        }
+    }
+}

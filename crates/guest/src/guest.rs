@@ -1,0 +1,204 @@
+//! The Rust guest: a memfd of "physical memory" managed by `prezero-mm`, optionally attached to
+//! a virtio-balloon device over vhost-user.
+//!
+//! It is a single-vCPU guest: the workload and the driver run on the caller's thread, and
+//! [`Guest::poll`] is where the "kernel" services the device (config changes, stats) and runs
+//! free page reporting when it is due, like Linux's delayed work.
+
+use crate::balloon::{BalloonDriver, BalloonError, DriverOptions, RamFrames};
+use crate::error::RamError;
+use crate::ram::GuestRam;
+use prezero_mm::{
+    AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeError, FreeHint, Pfn, ReportPass,
+    Zone, FRAME_SIZE,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the guest is built.
+#[derive(Clone, Debug)]
+pub struct GuestOptions {
+    /// Guest RAM in bytes (a multiple of 4 KiB, or of the huge page size).
+    pub ram_size: u64,
+    /// Back RAM with huge pages of this size (`MFD_HUGETLB`); they must be reserved.
+    pub huge_page_size: Option<u64>,
+    /// Allocator settings (placement, init-on-free, poisoning, confidential, reporting).
+    pub mm: Config,
+    /// Feature bits the balloon driver refuses.
+    pub refuse_features: u64,
+}
+
+impl Default for GuestOptions {
+    fn default() -> Self {
+        GuestOptions {
+            ram_size: crate::ram::DEFAULT_RAM_SIZE,
+            huge_page_size: None,
+            mm: Config::default(),
+            refuse_features: 0,
+        }
+    }
+}
+
+/// Errors of the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// Guest RAM could not be created.
+    #[error(transparent)]
+    Ram(#[from] RamError),
+    /// The balloon driver failed.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
+    /// An allocation failed.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// A free was refused.
+    #[error(transparent)]
+    Free(#[from] FreeError),
+}
+
+/// The guest.
+pub struct Guest {
+    ram: Arc<GuestRam>,
+    zone: Zone<Vec<FrameMeta>>,
+    balloon: Option<BalloonDriver>,
+    opts: GuestOptions,
+    boot: Instant,
+}
+
+impl Guest {
+    /// Creates the guest's RAM and allocator. A fresh memfd reads as zero, and the guest knows
+    /// it: its memory starts known-zero (this is the guest's own knowledge, not the host's).
+    pub fn new(opts: GuestOptions) -> Result<Self, GuestError> {
+        let ram = Arc::new(match opts.huge_page_size {
+            Some(h) => GuestRam::with_huge_pages(opts.ram_size, h)?,
+            None => GuestRam::new(opts.ram_size)?,
+        });
+        let frames = ram.size() / FRAME_SIZE;
+        let mut zone = Zone::new(vec![FrameMeta::EMPTY; frames as usize], Pfn(0), opts.mm);
+        zone.add_memory(Pfn(0), frames, true)
+            .expect("the zone spans exactly guest RAM");
+        Ok(Guest {
+            ram,
+            zone,
+            balloon: None,
+            opts,
+            boot: Instant::now(),
+        })
+    }
+
+    /// Attaches the virtio-balloon device served at `socket`.
+    pub fn attach_balloon(&mut self, socket: impl AsRef<Path>) -> Result<(), GuestError> {
+        let opts = DriverOptions {
+            confidential: self.opts.mm.confidential,
+            poison: self.opts.mm.poison,
+            refuse: self.opts.refuse_features,
+        };
+        self.balloon = Some(BalloonDriver::connect(
+            socket,
+            self.ram.clone(),
+            &mut self.zone,
+            opts,
+        )?);
+        Ok(())
+    }
+
+    /// The guest's RAM.
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    /// The allocator.
+    pub fn zone(&self) -> &Zone<Vec<FrameMeta>> {
+        &self.zone
+    }
+
+    /// The balloon driver, if attached.
+    pub fn balloon(&self) -> Option<&BalloonDriver> {
+        self.balloon.as_ref()
+    }
+
+    /// Milliseconds since the guest was created: the reporting clock.
+    pub fn now_ms(&self) -> u64 {
+        self.boot.elapsed().as_millis() as u64
+    }
+
+    /// Allocates a block. When memory runs out and the balloon negotiated `DEFLATE_ON_OOM`, the
+    /// balloon gives pages back and the allocation is retried.
+    pub fn alloc(&mut self, order: u8, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        loop {
+            match self.zone.alloc(order, flags, &mut RamFrames(&self.ram)) {
+                Err(AllocError::OutOfMemory(o)) => {
+                    let freed = match self.balloon.as_mut() {
+                        Some(b) => b.deflate_on_oom(&mut self.zone)?,
+                        None => 0,
+                    };
+                    if freed == 0 {
+                        return Err(AllocError::OutOfMemory(o).into());
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Frees a block.
+    pub fn free(&mut self, pfn: Pfn, order: u8) -> Result<(), GuestError> {
+        Ok(self
+            .zone
+            .free(pfn, order, FreeHint::None, &mut RamFrames(&self.ram))?)
+    }
+
+    /// Resizes the huge page pool; returns its new size in huge pages.
+    pub fn set_huge_pages(&mut self, pages: u64) -> u64 {
+        self.zone.pool_resize(pages)
+    }
+
+    /// Allocates a huge page from the pool.
+    pub fn alloc_huge(&mut self, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        Ok(self.zone.alloc_huge(flags, &mut RamFrames(&self.ram))?)
+    }
+
+    /// Frees a huge page back to the pool.
+    pub fn free_huge(&mut self, pfn: Pfn) -> Result<(), GuestError> {
+        Ok(self
+            .zone
+            .free_huge(pfn, FreeHint::None, &mut RamFrames(&self.ram))?)
+    }
+
+    /// Services the device for up to `timeout`: config changes (balloon target) and stats
+    /// requests, then a reporting pass if one is due.
+    pub fn poll(&mut self, timeout: Duration) -> Result<ReportPass, GuestError> {
+        let Some(balloon) = self.balloon.as_mut() else {
+            return Ok(ReportPass::default());
+        };
+        balloon.poll(&mut self.zone, timeout)?;
+        let now = self.boot.elapsed().as_millis() as u64;
+        Ok(self.zone.report_pass(now, balloon))
+    }
+
+    /// Reports every free block now, ignoring delay and budget (for tests, benchmarks, shutdown).
+    pub fn report_now(&mut self) -> ReportPass {
+        match self.balloon.as_mut() {
+            Some(balloon) => self.zone.report_flush(balloon),
+            None => ReportPass::default(),
+        }
+    }
+
+    /// Polls until `done` says so or `timeout` passes; returns whether `done` was reached.
+    pub fn poll_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&Guest) -> bool,
+    ) -> Result<bool, GuestError> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.poll((deadline - now).min(Duration::from_millis(50)))?;
+        }
+        Ok(true)
+    }
+}
