@@ -111,7 +111,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let (alloc_ms_zeroing, _) = time(&mut zone, &mut ram)?;
 
-    let mib = |pages: u64| pages * FRAME_SIZE >> 20;
+    let mib = |pages: u64| (pages * FRAME_SIZE) >> 20;
     let s = Summary {
         mem_mib: args.mem_mib,
         reported_mib: mib(pass.pages_reported),

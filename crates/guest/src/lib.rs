@@ -61,6 +61,7 @@ mod poll;
 pub mod ram;
 pub mod vhost_user;
 pub mod virtqueue;
+pub mod workload;
 
 pub use balloon::{BalloonDriver, BalloonError, DriverOptions};
 pub use error::{QueueError, RamError, TransportError};

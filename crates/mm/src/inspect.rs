@@ -118,10 +118,11 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             if i + frames > meta.len() {
                 return Err(at(i, "block runs past the zone"));
             }
-            for j in i + 1..i + frames {
-                if meta[j].flags != FrameFlags::PRESENT {
-                    return Err(at(j, "tail frame of a block is a hole or a head"));
-                }
+            if let Some(j) = meta[i + 1..i + frames]
+                .iter()
+                .position(|t| t.flags != FrameFlags::PRESENT)
+            {
+                return Err(at(i + 1 + j, "tail frame of a block is a hole or a head"));
             }
             let huge = m.flags.contains(FrameFlags::HUGE);
             if huge && m.order != HUGE_PAGE_ORDER {

@@ -1,0 +1,140 @@
+//! Guest workloads: the memory behaviour the demo, the benchmarks and the tests exercise.
+
+use crate::guest::{Guest, GuestError};
+use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, MAX_ORDER};
+use std::time::{Duration, Instant};
+
+/// Dirties up to `bytes` of free memory (allocate in the largest blocks, write every page,
+/// free), as a guest that ran something does. Returns the bytes dirtied.
+pub fn dirty_and_free(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> {
+    let block = FRAME_SIZE << MAX_ORDER;
+    let mut held = Vec::new();
+    while (held.len() as u64) * block < bytes {
+        match guest.alloc(MAX_ORDER, AllocFlags::NONE) {
+            Ok(a) => {
+                guest
+                    .ram()
+                    .fill(a.pfn.addr(), block, 0xa5)
+                    .expect("allocated block inside RAM");
+                held.push(a.pfn);
+            }
+            Err(GuestError::Alloc(AllocError::OutOfMemory(_))) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    for pfn in &held {
+        guest.free(*pfn, MAX_ORDER)?;
+    }
+    Ok(held.len() as u64 * block)
+}
+
+/// What one zeroed allocation run measured.
+#[derive(Clone, Debug)]
+pub struct AllocRun {
+    /// Blocks allocated (first pfn of each).
+    pub blocks: Vec<Pfn>,
+    /// Order of each block.
+    pub order: u8,
+    /// Time in the allocation calls (including any zeroing they did).
+    pub alloc: Duration,
+    /// Time writing one byte to every 4 KiB page afterwards (the first touch: page faults).
+    pub touch: Duration,
+    /// Blocks that were known-zero when allocated.
+    pub known_zero: u64,
+}
+
+impl AllocRun {
+    /// Allocation plus touch.
+    pub fn total(&self) -> Duration {
+        self.alloc + self.touch
+    }
+}
+
+/// Allocates `bytes` in blocks of `order` with `flags`, then touches every 4 KiB page: the
+/// upstream measurement ("allocate 256 MiB anonymous memory") in guest terms.
+pub fn alloc_and_touch(
+    guest: &mut Guest,
+    bytes: u64,
+    order: u8,
+    flags: AllocFlags,
+) -> Result<AllocRun, GuestError> {
+    let block = FRAME_SIZE << order;
+    let n = bytes.div_ceil(block) as usize;
+    let mut blocks = Vec::with_capacity(n);
+    let mut known_zero = 0;
+    let start = Instant::now();
+    for _ in 0..n {
+        let a = guest.alloc(order, flags)?;
+        known_zero += u64::from(a.known_zero);
+        blocks.push(a.pfn);
+    }
+    let alloc = start.elapsed();
+    let ram = guest.ram().clone();
+    let start = Instant::now();
+    for pfn in &blocks {
+        let mut gpa = pfn.addr();
+        let end = gpa + block;
+        while gpa < end {
+            ram.write(gpa, &[1]).expect("allocated block inside RAM");
+            gpa += FRAME_SIZE;
+        }
+    }
+    let touch = start.elapsed();
+    Ok(AllocRun {
+        blocks,
+        order,
+        alloc,
+        touch,
+        known_zero,
+    })
+}
+
+/// Frees the blocks of a run.
+pub fn free_run(guest: &mut Guest, run: &AllocRun) -> Result<(), GuestError> {
+    for pfn in &run.blocks {
+        guest.free(*pfn, run.order)?;
+    }
+    Ok(())
+}
+
+/// Fills `bytes` of freshly allocated memory with a pattern derived from `seed` and returns
+/// the blocks, for a later [`verify_pattern`].
+pub fn fill_pattern(guest: &mut Guest, bytes: u64, seed: u64) -> Result<Vec<Pfn>, GuestError> {
+    let block = FRAME_SIZE << 9;
+    let mut blocks = Vec::new();
+    for _ in 0..bytes.div_ceil(block) {
+        let a = guest.alloc(9, AllocFlags::NONE)?;
+        let ram = guest.ram();
+        let mut page = vec![0u8; FRAME_SIZE as usize];
+        for f in 0..512u64 {
+            let gpa = a.pfn.addr() + f * FRAME_SIZE;
+            pattern(&mut page, seed, gpa);
+            ram.write(gpa, &page).expect("allocated block inside RAM");
+        }
+        blocks.push(a.pfn);
+    }
+    Ok(blocks)
+}
+
+/// Checks that every page of `blocks` still holds the pattern [`fill_pattern`] wrote.
+pub fn verify_pattern(guest: &Guest, blocks: &[Pfn], seed: u64) -> bool {
+    let mut want = vec![0u8; FRAME_SIZE as usize];
+    let mut got = vec![0u8; FRAME_SIZE as usize];
+    blocks.iter().all(|pfn| {
+        (0..512u64).all(|f| {
+            let gpa = pfn.addr() + f * FRAME_SIZE;
+            pattern(&mut want, seed, gpa);
+            guest.ram().read(gpa, &mut got).is_ok() && got == want
+        })
+    })
+}
+
+fn pattern(page: &mut [u8], seed: u64, gpa: u64) {
+    let mut x = seed ^ gpa.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in page.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+}
