@@ -1,1 +1,81 @@
-//! placeholder
+//! The prezero virtio-balloon device served as a vhost-user backend daemon.
+//!
+//! The device core ([`prezero_device`]) runs on rust-vmm's `vhost-user-backend`, the way the
+//! `vhost-device-*` daemons serve their devices: a frontend (a VMM, User-Mode Linux's
+//! `virtio_uml`, the Rust guest of `prezero-guest`) connects to a Unix socket, shares its guest
+//! RAM (memfd / shmem: discarded by punching holes), and drives the balloon's queues; the
+//! daemon serves one guest after another on the same socket.
+//!
+//! An operator steers it through a control socket ([`control`]: HTTP/1.1 + JSON, like
+//! Firecracker's API socket) or, in-process, through a [`Controller`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use prezero_vhost::{control_request, spawn, ControlRequest, FeatureOffer, ServeOptions};
+//!
+//! # fn main() -> Result<(), prezero_vhost::Error> {
+//! // In-process (e.g. `prezero demo`): the daemon runs on threads of this process.
+//! let opts = ServeOptions::new("/tmp/balloon.sock")
+//!     .with_control("/tmp/balloon.ctl")
+//!     .with_offer(FeatureOffer { device_init_reported: false, ..FeatureOffer::default() });
+//! let daemon = spawn(opts)?;
+//! // ... a guest connects to /tmp/balloon.sock ...
+//! let outcome = daemon.set_target_bytes(256 << 20)?; // notifies the guest
+//! println!("{:?}", outcome.notification);
+//! let fresh = daemon.request_stats(Some(Duration::from_secs(1)));
+//! println!("{:?} {:?}", fresh.stats, daemon.metrics().device.zeroed_bytes);
+//!
+//! // From another process (`prezero balloon set 256M --control /tmp/balloon.ctl`):
+//! let json = control_request("/tmp/balloon.ctl", &ControlRequest::Status)?;
+//! println!("{json}");
+//!
+//! daemon.shutdown()?;
+//! // As a service: `serve` blocks until SIGINT/SIGTERM.
+//! prezero_vhost::serve(ServeOptions::new("/run/balloon.sock"))?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How the pieces fit
+//!
+//! | vhost-user event | where | device call |
+//! |---|---|---|
+//! | `GET_FEATURES` | backend | offered features + `VHOST_USER_F_PROTOCOL_FEATURES` |
+//! | `GET_PROTOCOL_FEATURES` | backend | `CONFIG`, `REPLY_ACK`, `BACKEND_REQ`, `MQ` |
+//! | `SET_FEATURES` | backend | `ack_features` (queue roles become dense) |
+//! | `SET_MEM_TABLE` | `vhost-user-backend` | regions mapped from the frontend's fds |
+//! | `GET_CONFIG` / `SET_CONFIG` | backend | config mirror / `write_config` |
+//! | `SET_BACKEND_REQ_FD` | [`relay`] keeps a dup | config changes sent by [`backend_channel`] |
+//! | a queue kick | worker thread | `process_queue`, then signal the call fd if asked |
+//! | host: new target | [`Controller`] | `set_target_pages`, then a config-change message |
+//! | host: fresh stats | [`Controller`] -> worker | `request_stats`, then signal |
+//!
+//! Faults: a guest that disconnects or dies ends its connection only: the daemon drops its
+//! `VhostUserDaemon`, stops the connection's worker thread, unmaps the guest's memory, resets
+//! the device (the host's target and the metrics stay) and accepts the next guest.
+#![deny(missing_docs)]
+
+mod backend;
+pub mod backend_channel;
+pub mod control;
+mod daemon;
+pub mod error;
+mod http;
+pub mod options;
+pub mod relay;
+mod session;
+mod signals;
+mod socket;
+pub mod status;
+mod sys;
+
+pub use backend_channel::Notification;
+pub use control::{control_request, ControlRequest};
+pub use daemon::{serve, spawn, Controller, DaemonHandle};
+pub use error::{Error, Result};
+pub use options::{bytes_to_pages, parse_size, FeatureOffer, ServeOptions};
+pub use status::{
+    BalloonStatus, DaemonMetrics, MetricsReport, StatsReport, StatsRequestOutcome, TargetOutcome,
+};
+
+pub use prezero_device as device;

@@ -1,0 +1,457 @@
+//! The balloon device as a `vhost-user-backend` backend.
+//!
+//! One [`DeviceCell`] lives as long as the daemon: the device (negotiation, config space,
+//! metrics, latest stats, the host's target) behind a mutex. Each frontend connection gets a
+//! fresh [`BalloonBackend`] over it, with that connection's guest memory map; when the
+//! connection ends, the backend and with it every mapping of the guest's memory are dropped.
+//!
+//! Locking: the device mutex is held only inside one device call. Queue events run on the
+//! daemon's worker thread; the main vhost-user thread never waits on the device for anything
+//! but `SET_FEATURES`, `SET_CONFIG` and a reset: features, queue counts and the config space
+//! it reads are immutable or mirrored outside the lock, so `GET_CONFIG` is answered even while
+//! a large discard is in progress (User-Mode Linux waits for replies with interrupts off).
+//! Lock order where both are taken: device, then vring.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prezero_balloon::config::CONFIG_SIZE;
+use prezero_balloon::queues::{QueueRole, MAX_QUEUES};
+use prezero_device::{BalloonDevice, DeviceOptions, HostDiscard};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Backend;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::sys;
+
+/// The device type the daemon serves.
+pub(crate) type Device = BalloonDevice<HostDiscard<()>>;
+/// Guest memory as `vhost-user-backend` maps it.
+pub(crate) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Protocol features offered: what `virtio_uml` and QEMU use for a balloon. Not
+/// `INBAND_NOTIFICATIONS` (UML's time-travel mode only).
+pub(crate) fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::MQ
+}
+
+/// The device and what is shared about it across connections and with the host API.
+#[derive(Debug)]
+pub(crate) struct DeviceCell {
+    device: Mutex<Device>,
+    /// The config space image, refreshed after every device call that may change it.
+    config: Mutex<[u8; CONFIG_SIZE]>,
+    config_size: usize,
+    /// Sequence number of the latest stats buffer, signalled when it changes.
+    stats_seq: Mutex<u64>,
+    stats_changed: Condvar,
+    pub(crate) offered: u64,
+    pub(crate) num_queues: usize,
+    pub(crate) queue_size: usize,
+}
+
+impl DeviceCell {
+    pub(crate) fn new(
+        options: DeviceOptions,
+        discard: bool,
+    ) -> Result<Self, prezero_device::DeviceError> {
+        let backend = if discard {
+            HostDiscard::new()
+        } else {
+            HostDiscard::disabled()
+        };
+        let device = BalloonDevice::new(options, backend)?;
+        let mut config = [0u8; CONFIG_SIZE];
+        device.read_config(0, &mut config);
+        Ok(DeviceCell {
+            offered: device.offered_features(),
+            num_queues: device.max_queues(),
+            queue_size: usize::from(device.queue_max_size()),
+            config_size: device.config_size(),
+            config: Mutex::new(config),
+            device: Mutex::new(device),
+            stats_seq: Mutex::new(0),
+            stats_changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Device> {
+        // A panic inside the device must not take the daemon down with a poisoned lock; the
+        // device's state is consistent between calls.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the device; the config mirror is refreshed afterwards.
+    pub(crate) fn with_device<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
+        let mut dev = self.lock();
+        let r = f(&mut dev);
+        let mut image = [0u8; CONFIG_SIZE];
+        dev.read_config(0, &mut image);
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = image;
+        r
+    }
+
+    /// Runs `f` on the device without refreshing the config mirror: for calls that cannot
+    /// change the config space (queue processing, reads).
+    pub(crate) fn with_device_queues<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    /// A `GET_CONFIG` answer: exactly `size` bytes, or empty (a refusal) when the read goes
+    /// past the config space of the offered features.
+    pub(crate) fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let (offset, size) = (offset as usize, size as usize);
+        match offset.checked_add(size) {
+            Some(end) if end <= self.config_size => {
+                self.config.lock().unwrap_or_else(|p| p.into_inner())[offset..end].to_vec()
+            }
+            _ => {
+                tracing::debug!(offset, size, "GET_CONFIG outside the config space refused");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records that the stats queue was processed; wakes waiters if new stats arrived.
+    fn stats_processed(&self, dev: &Device) {
+        let seq = dev.latest_stats().map_or(0, |s| s.sequence);
+        let mut cur = self.stats_seq.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != seq {
+            *cur = seq;
+            self.stats_changed.notify_all();
+        }
+    }
+
+    /// The current stats sequence number (0: none yet).
+    pub(crate) fn stats_sequence(&self) -> u64 {
+        *self.stats_seq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the stats sequence passes `after`, at most `timeout`. Returns whether it did.
+    pub(crate) fn wait_stats_after(&self, after: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut cur = self.stats_seq.lock().unwrap_or_else(|p| p.into_inner());
+        while *cur <= after {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            cur = self
+                .stats_changed
+                .wait_timeout(cur, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// An exit pipe handed to a worker thread: `vhost-user-backend` 0.24 registers the consumer
+/// end with `into_raw_fd` and never closes it, so we close it once the worker is gone.
+#[derive(Debug)]
+struct ExitPipe {
+    fd: RawFd,
+    id: (u64, u64),
+}
+
+/// The `vhost-user-backend` backend of one frontend connection.
+#[derive(Debug)]
+pub(crate) struct BalloonBackend {
+    cell: Arc<DeviceCell>,
+    mem: Memory,
+    /// Written by the host API to make the worker hand the stats buffer back.
+    stats_event: EventFd,
+    exit_pipes: Mutex<Vec<ExitPipe>>,
+    warned: [AtomicBool; MAX_QUEUES],
+    /// Dropped with the backend: tells the session every clone is gone (worker included).
+    _gone: Sender<()>,
+}
+
+/// Epoll data of the stats-request event (0..num_queues are queues, num_queues is the
+/// library's exit/enable event).
+pub(crate) fn stats_event_id(num_queues: usize) -> u64 {
+    num_queues as u64 + 1
+}
+
+impl BalloonBackend {
+    pub(crate) fn new(cell: Arc<DeviceCell>, mem: Memory, gone: Sender<()>) -> io::Result<Self> {
+        Ok(BalloonBackend {
+            cell,
+            mem,
+            stats_event: EventFd::new(EFD_NONBLOCK)?,
+            exit_pipes: Mutex::new(Vec::new()),
+            warned: Default::default(),
+            _gone: gone,
+        })
+    }
+
+    /// The event the host API writes to request fresh stats.
+    pub(crate) fn stats_event(&self) -> &EventFd {
+        &self.stats_event
+    }
+
+    fn process(&self, index: usize, vring: &VringRwLock) {
+        let mem = self.mem.memory();
+        let result = self.cell.with_device_queues(|dev| {
+            let result = {
+                let mut state = vring.get_mut();
+                dev.process_queue(index, state.get_queue_mut(), &*mem)
+            };
+            if dev.queue_role(index) == Some(QueueRole::Stats) {
+                self.cell.stats_processed(dev);
+            }
+            result
+        });
+        match result {
+            Ok(true) => signal(vring, index),
+            Ok(false) => {}
+            Err(e) => {
+                // Counted by the device; say it once per queue and connection.
+                let first = self
+                    .warned
+                    .get(index)
+                    .is_some_and(|w| !w.swap(true, Ordering::Relaxed));
+                if first {
+                    tracing::warn!(queue = index, error = %e, "balloon queue cannot make progress");
+                } else {
+                    tracing::debug!(queue = index, error = %e, "balloon queue error");
+                }
+            }
+        }
+    }
+
+    fn give_back_stats(&self, vrings: &[VringRwLock]) {
+        let _ = self.stats_event.read();
+        let mem = self.mem.memory();
+        let done = self.cell.with_device_queues(|dev| {
+            let index = dev.queue_roles().index(QueueRole::Stats)?;
+            let vring = vrings.get(index)?;
+            let mut state = vring.get_mut();
+            Some((index, dev.request_stats(state.get_queue_mut(), &*mem)))
+        });
+        match done {
+            Some((index, Ok(true))) => {
+                tracing::debug!("stats buffer given back for fresh values");
+                signal(&vrings[index], index);
+            }
+            Some((_, Ok(false))) | None => {
+                tracing::debug!("fresh stats requested but no stats buffer is held")
+            }
+            Some((index, Err(e))) => {
+                tracing::warn!(queue = index, error = %e, "cannot give the stats buffer back")
+            }
+        }
+    }
+}
+
+/// Signals the driver. The call "fd" may be an eventfd or (User-Mode Linux) a socketpair
+/// end: `signal_used_queue` writes 8 bytes, which both take.
+fn signal(vring: &VringRwLock, index: usize) {
+    if let Err(e) = vring.signal_used_queue() {
+        // EPIPE: the frontend is gone; the connection is about to end anyway.
+        tracing::debug!(queue = index, error = %e, "cannot signal the used queue");
+    }
+}
+
+impl Drop for BalloonBackend {
+    fn drop(&mut self) {
+        let pipes = std::mem::take(self.exit_pipes.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for pipe in pipes {
+            // Close it only if it still is our pipe (a later vhost-user-backend may close it
+            // itself, and the number could then name someone else's file).
+            if sys::file_id(pipe.fd).ok() == Some(pipe.id) {
+                // SAFETY: the fd is the read end of our pipe, leaked by vhost-user-backend into
+                // an epoll instance that is gone with the worker (this is the last reference to
+                // the backend, so the worker's handler was dropped).
+                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(pipe.fd) });
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for BalloonBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.cell.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.cell.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        self.cell.offered | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        // Bit 30 is vhost-user's, not the device's.
+        let features = features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let negotiated = self.cell.with_device(|d| d.ack_features(features));
+        tracing::info!(
+            features = format_args!("{:#x}", negotiated.bits()),
+            "guest negotiated features"
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.cell.with_device(|d| d.reset());
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings carry it (vhost-user-backend sets it on each queue).
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.cell.read_config(offset, size)
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        match self
+            .cell
+            .with_device(|d| d.write_config(u64::from(offset), buf))
+        {
+            Ok(outcome) => {
+                if outcome.actual_changed {
+                    let actual = self.cell.with_device_queues(|d| d.actual_pages());
+                    tracing::debug!(actual, "guest updated the balloon size");
+                }
+                Ok(())
+            }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())),
+        }
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        let regions = mem.memory().num_regions();
+        tracing::debug!(regions, "guest memory mapped");
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, _backend: Backend) {
+        // The relay keeps its own copy of this channel and sends config changes on it; the
+        // vhost crate's Backend cannot, so it is dropped here.
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (read, write) = match sys::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a worker exit pipe");
+                return None;
+            }
+        };
+        let id = sys::file_id(read.as_raw_fd()).ok()?;
+        let fd = read.into_raw_fd();
+        self.exit_pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ExitPipe { fd, id });
+        // SAFETY: both fds are fresh and owned; ownership moves into the wrappers.
+        unsafe {
+            Some((
+                EventConsumer::from_raw_fd(fd),
+                EventNotifier::from_raw_fd(write.into_raw_fd()),
+            ))
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let event = usize::from(device_event);
+        if u64::from(device_event) == stats_event_id(self.cell.num_queues) {
+            self.give_back_stats(vrings);
+        } else if let Some(vring) = vrings.get(event) {
+            self.process(event, vring);
+        } else {
+            tracing::debug!(event, "unexpected worker event ignored");
+        }
+        // Never an error: it would end the worker thread and with it every queue.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use vm_memory::GuestAddress;
+
+    fn cell() -> Arc<DeviceCell> {
+        Arc::new(DeviceCell::new(DeviceOptions::default(), true).unwrap())
+    }
+
+    #[test]
+    fn signalling_works_on_a_socketpair_call_fd() {
+        // User-Mode Linux passes one end of a socketpair as the call "fd".
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        );
+        let vring = VringRwLock::new(mem, 256).unwrap();
+        let (ours, mut uml) = UnixStream::pair().unwrap();
+        vring.set_call(Some(std::fs::File::from(std::os::fd::OwnedFd::from(ours))));
+        signal(&vring, 0);
+        signal(&vring, 0);
+        let mut got = [0u8; 16];
+        uml.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..8], &1u64.to_ne_bytes());
+        assert_eq!(&got[8..], &1u64.to_ne_bytes());
+        // The peer gone: no SIGPIPE, no panic, just an error that is logged.
+        drop(uml);
+        signal(&vring, 0);
+    }
+
+    #[test]
+    fn config_reads_come_from_the_mirror_and_past_the_space_are_refused() {
+        let c = cell();
+        assert_eq!(c.read_config(0, 8), vec![0; 8]);
+        c.with_device(|d| d.set_target_pages(0x1234));
+        assert_eq!(c.read_config(0, 4), 0x1234u32.to_le_bytes().to_vec());
+        // The full offer includes PAGE_POISON: 16 bytes.
+        assert_eq!(c.read_config(0, 16).len(), 16);
+        assert!(c.read_config(0, 17).is_empty());
+        assert!(c.read_config(u32::MAX, 4).is_empty());
+    }
+
+    #[test]
+    fn exit_pipes_are_closed_when_the_backend_goes() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let backend = BalloonBackend::new(cell(), mem, tx).unwrap();
+        let (consumer, notifier) = backend.exit_event(0).unwrap();
+        // As vhost-user-backend does with it.
+        let fd = consumer.into_raw_fd();
+        notifier.notify().unwrap();
+        let id = sys::file_id(fd).unwrap();
+        drop(backend);
+        assert!(rx.recv().is_err(), "the session learns the backend is gone");
+        // (Another test may have reused the number since: compare identities.)
+        assert_ne!(
+            sys::file_id(fd).ok(),
+            Some(id),
+            "the leaked consumer end was closed"
+        );
+    }
+}

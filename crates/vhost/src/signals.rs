@@ -1,0 +1,125 @@
+//! SIGINT / SIGTERM as a readable fd (the self-pipe trick), for [`serve`](crate::serve).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use crate::sys;
+
+/// Write end of the pipe the handler writes to (-1: no handler installed).
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// The pipe, created once and never closed, so a handler running late can never write to a
+/// reused fd number.
+static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+/// One installation at a time.
+static INSTALLED: Mutex<()> = Mutex::new(());
+
+const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    let fd = PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = 1u8;
+        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking (a full pipe
+        // already says "terminate"). errno is saved and restored around it.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+/// SIGINT and SIGTERM handlers that make [`fd`](Termination::fd) readable; the previous
+/// handlers come back when it is dropped.
+pub(crate) struct Termination {
+    read: RawFd,
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Termination {
+    pub(crate) fn install() -> io::Result<Termination> {
+        let guard = INSTALLED.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "another serve() already handles SIGINT/SIGTERM in this process",
+            )
+        })?;
+        let (read, write) = match PIPE.get() {
+            Some(p) => p,
+            None => {
+                let p = sys::pipe()?;
+                PIPE.get_or_init(|| p)
+            }
+        };
+        // Forget signals of an earlier installation.
+        let mut sink = [0u8; 64];
+        // SAFETY: reading into a live buffer from our non-blocking pipe.
+        while unsafe { libc::read(read.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+        PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut t = Termination {
+            read: read.as_raw_fd(),
+            previous: Vec::new(),
+            _guard: guard,
+        };
+        for sig in SIGNALS {
+            // SAFETY: a zeroed sigaction is valid; we set the handler and an empty mask.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            // SAFETY: sigemptyset on our struct; sigaction with valid pointers.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(sig, &action, &mut old)
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            t.previous.push((sig, old));
+        }
+        Ok(t)
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.read
+    }
+}
+
+impl Drop for Termination {
+    fn drop(&mut self) {
+        for (sig, old) in self.previous.drain(..) {
+            // SAFETY: restoring the action sigaction gave us.
+            unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
+        }
+        PIPE_WRITE.store(-1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{poll, pollfd};
+    use std::time::Duration;
+
+    #[test]
+    fn a_termination_signal_makes_the_fd_readable_and_handlers_are_restored() {
+        let t = Termination::install().unwrap();
+        assert!(Termination::install().is_err(), "one at a time");
+        let mut fds = [pollfd(t.fd(), libc::POLLIN)];
+        assert_eq!(poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+        // SAFETY: raising a signal whose handler we installed.
+        unsafe { libc::raise(libc::SIGTERM) };
+        assert_eq!(poll(&mut fds, Some(Duration::from_secs(30))).unwrap(), 1);
+        drop(t);
+        // SAFETY: reading the current action into a zeroed struct.
+        let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut now) };
+        assert_ne!(
+            now.sa_sigaction,
+            on_signal as extern "C" fn(libc::c_int) as usize
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! What the host API and the control socket report, as serializable values.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prezero_balloon::features::{Features, BALLOON_FEATURE_NAMES};
+use prezero_balloon::pfn::BALLOON_PAGE_SIZE;
+use prezero_balloon::queues::QueueRoles;
+use prezero_balloon::stats::StatTag;
+use prezero_device::{GuestStats, MetricsSnapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::backend_channel::Notification;
+
+/// The balloon as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStatus {
+    /// A guest is connected.
+    pub connected: bool,
+    /// The host's target (`num_pages`), in 4 KiB pages.
+    pub target_pages: u32,
+    /// The target in bytes.
+    pub target_bytes: u64,
+    /// The balloon size the driver reports (`actual`), in 4 KiB pages.
+    pub actual_pages: u32,
+    /// `actual` in bytes.
+    pub actual_bytes: u64,
+    /// Feature bits offered (balloon and transport).
+    pub offered_features: u64,
+    /// Feature bits negotiated with the connected guest (0 before negotiation).
+    pub negotiated_features: u64,
+    /// Names of the negotiated balloon features.
+    pub negotiated: Vec<String>,
+    /// Queue roles by index under the negotiated features (dense numbering).
+    pub queues: Vec<String>,
+    /// The device holds the guest's stats buffer (fresh stats can be requested).
+    pub holds_stats_buffer: bool,
+    /// The guest set up the backend request channel (config changes are notified).
+    pub config_change_channel: bool,
+    /// The guest acks backend requests (`REPLY_ACK`).
+    pub reply_ack: bool,
+}
+
+/// Names of the balloon feature bits set in `features`.
+pub fn feature_names(features: Features) -> Vec<String> {
+    BALLOON_FEATURE_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| features.has(*bit as u32))
+        .map(|(_, name)| name.to_ascii_lowercase())
+        .collect()
+}
+
+/// Queue roles by index.
+pub fn queue_names(roles: QueueRoles) -> Vec<String> {
+    roles.iter().map(|r| r.name().to_string()).collect()
+}
+
+/// Pages to bytes.
+pub fn pages_to_bytes(pages: u32) -> u64 {
+    u64::from(pages) * BALLOON_PAGE_SIZE
+}
+
+/// The result of setting a target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetOutcome {
+    /// The new target, in pages.
+    pub target_pages: u32,
+    /// The new target, in bytes.
+    pub target_bytes: u64,
+    /// Whether it differs from the previous one.
+    pub changed: bool,
+    /// What became of the config-change notification.
+    pub notification: Notification,
+}
+
+/// The latest guest statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Update number (1 for the first buffer the guest sent).
+    pub sequence: u64,
+    /// When the guest sent them, milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+    /// Milliseconds since they arrived.
+    pub age_ms: u64,
+    /// Values by tag name (`free_memory`, `total_memory`, ... as in the virtio spec); only
+    /// the tags the guest sent.
+    pub values: BTreeMap<String, u64>,
+}
+
+impl StatsReport {
+    pub(crate) fn from_stats(s: &GuestStats) -> Self {
+        StatsReport {
+            sequence: s.sequence,
+            updated_unix_ms: s.updated_unix_ms,
+            age_ms: u64::try_from(s.age().as_millis()).unwrap_or(u64::MAX),
+            values: StatTag::ALL
+                .iter()
+                .filter_map(|t| s.get(*t).map(|v| (t.name().to_string(), v)))
+                .collect(),
+        }
+    }
+}
+
+/// The result of asking the guest for fresh statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsRequestOutcome {
+    /// The device held the guest's stats buffer and gave it back for refilling.
+    pub requested: bool,
+    /// Fresh statistics arrived within the wait.
+    pub fresh: bool,
+    /// The latest statistics (fresh or not), if any ever arrived.
+    pub stats: Option<StatsReport>,
+}
+
+/// Daemon-level counters (the device's own are in [`MetricsSnapshot`]).
+#[derive(Debug, Default)]
+pub(crate) struct DaemonCounters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) disconnections: AtomicU64,
+    pub(crate) connection_errors: AtomicU64,
+    pub(crate) messages_to_backend: AtomicU64,
+    pub(crate) messages_to_frontend: AtomicU64,
+    pub(crate) config_changes_sent: AtomicU64,
+    pub(crate) config_changes_acked: AtomicU64,
+    pub(crate) config_changes_failed: AtomicU64,
+    pub(crate) stats_requests: AtomicU64,
+    pub(crate) slow_teardowns: AtomicU64,
+}
+
+impl DaemonCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> DaemonMetrics {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DaemonMetrics {
+            connections: g(&self.connections),
+            disconnections: g(&self.disconnections),
+            connection_errors: g(&self.connection_errors),
+            messages_to_backend: g(&self.messages_to_backend),
+            messages_to_frontend: g(&self.messages_to_frontend),
+            config_changes_sent: g(&self.config_changes_sent),
+            config_changes_acked: g(&self.config_changes_acked),
+            config_changes_failed: g(&self.config_changes_failed),
+            stats_requests: g(&self.stats_requests),
+            slow_teardowns: g(&self.slow_teardowns),
+        }
+    }
+}
+
+/// Daemon-level counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonMetrics {
+    /// Guests accepted.
+    pub connections: u64,
+    /// Guest connections that ended.
+    pub disconnections: u64,
+    /// Connections that ended on an error (a vhost-user protocol error, a setup failure)
+    /// rather than a plain disconnect.
+    pub connection_errors: u64,
+    /// vhost-user messages relayed from frontends to the daemon.
+    pub messages_to_backend: u64,
+    /// vhost-user messages relayed from the daemon to frontends.
+    pub messages_to_frontend: u64,
+    /// Config-change notifications sent.
+    pub config_changes_sent: u64,
+    /// Config-change notifications the frontend acked with success.
+    pub config_changes_acked: u64,
+    /// Config-change notifications that failed, were refused or timed out.
+    pub config_changes_failed: u64,
+    /// Fresh-stats requests.
+    pub stats_requests: u64,
+    /// Connections whose worker thread outlived the teardown timeout.
+    pub slow_teardowns: u64,
+}
+
+/// Everything measurable: the device's counters and the daemon's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MetricsReport {
+    /// The device: requests, bytes discarded, bytes confirmed zeroed, errors by kind.
+    pub device: MetricsSnapshot,
+    /// The daemon: connections, relayed messages, notifications.
+    pub daemon: DaemonMetrics,
+}
