@@ -146,7 +146,9 @@ impl BalloonDriver {
         zone: &mut Zone<Vec<FrameMeta>>,
         opts: DriverOptions,
     ) -> Result<Self, BalloonError> {
-        let mut transport = VhostUserTransport::connect(socket, QueueRole::ALL.len() as u16)?;
+        // Free page hinting is not in DRIVER_FEATURES: at most four queues.
+        let max_queues = QueueRoles::from_features(Features(DRIVER_FEATURES)).count() as u16;
+        let mut transport = VhostUserTransport::connect(socket, max_queues)?;
         let offered = Features(transport.device_features());
         let mut wanted = DRIVER_FEATURES & !opts.refuse;
         if opts.confidential {

@@ -4,28 +4,29 @@ use crate::guest::{Guest, GuestError};
 use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, MAX_ORDER};
 use std::time::{Duration, Instant};
 
-/// Dirties up to `bytes` of free memory (allocate in the largest blocks, write every page,
+/// Dirties up to `bytes` of free memory (allocate, largest blocks first, write every page,
 /// free), as a guest that ran something does. Returns the bytes dirtied.
 pub fn dirty_and_free(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> {
-    let block = FRAME_SIZE << MAX_ORDER;
     let mut held = Vec::new();
-    while (held.len() as u64) * block < bytes {
-        match guest.alloc(MAX_ORDER, AllocFlags::NONE) {
-            Ok(a) => {
-                guest
-                    .ram()
-                    .fill(a.pfn.addr(), block, 0xa5)
-                    .expect("allocated block inside RAM");
-                held.push(a.pfn);
+    let mut dirtied = 0;
+    for order in (0..=MAX_ORDER).rev() {
+        let block = FRAME_SIZE << order;
+        while dirtied + block <= bytes {
+            match guest.alloc(order, AllocFlags::NONE) {
+                Ok(a) => {
+                    guest.ram().fill(a.pfn.addr(), block, 0xa5).expect("allocated block inside RAM");
+                    held.push((a.pfn, order));
+                    dirtied += block;
+                }
+                Err(GuestError::Alloc(AllocError::OutOfMemory(_))) => break,
+                Err(e) => return Err(e),
             }
-            Err(GuestError::Alloc(AllocError::OutOfMemory(_))) => break,
-            Err(e) => return Err(e),
         }
     }
-    for pfn in &held {
-        guest.free(*pfn, MAX_ORDER)?;
+    for (pfn, order) in held {
+        guest.free(pfn, order)?;
     }
-    Ok(held.len() as u64 * block)
+    Ok(dirtied)
 }
 
 /// What one zeroed allocation run measured.

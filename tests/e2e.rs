@@ -1,0 +1,147 @@
+//! End to end: the Rust guest and the vhost-user balloon daemon over a real Unix socket, with
+//! a real memfd as guest RAM.
+
+use prezero_guest::workload::{alloc_and_touch, dirty_and_free, fill_pattern, verify_pattern};
+use prezero_guest::{Guest, GuestOptions};
+use prezero_mm::{AllocFlags, Config};
+use prezero_vhost::{spawn, FeatureOffer, ServeOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+fn socket(name: &str) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new(name);
+    let path = dir.path.join("balloon.sock");
+    (dir, path)
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("prezero-e2e-{}-{}", name, std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn guest(ram: u64, mm: Config) -> Guest {
+    Guest::new(GuestOptions { ram_size: ram, mm, ..GuestOptions::default() }).unwrap()
+}
+
+#[test]
+fn reported_memory_is_discarded_and_known_zero_allocations_read_zero() {
+    let (_dir, sock) = socket("basic");
+    let daemon = spawn(ServeOptions::new(&sock)).unwrap();
+    let mut g = guest(256 * MIB, Config::default());
+    g.attach_balloon(&sock).unwrap();
+    dirty_and_free(&mut g, 200 * MIB).unwrap();
+    let before = g.ram().allocated_bytes().unwrap();
+    assert!(before >= 200 * MIB, "dirtying allocated the memfd: {before}");
+    let pass = g.report_now();
+    assert!(pass.pages_reported * 4096 >= 200 * MIB, "{pass:?}");
+    assert_eq!(pass.pages_zeroed, pass.pages_reported, "the daemon confirms every block it punched");
+    let after = g.ram().allocated_bytes().unwrap();
+    assert!(after < before - 190 * MIB, "memfd blocks did not drop: {before} -> {after}");
+
+    // Known-zero allocations really read zero, and their zeroing was skipped.
+    let run = alloc_and_touch(&mut g, 64 * MIB, 9, AllocFlags::ZERO).unwrap();
+    assert_eq!(run.known_zero, run.blocks.len() as u64);
+    assert!(g.zone().stat().pages_zero_skipped >= 64 * MIB / 4096);
+    for pfn in &run.blocks {
+        // The touch wrote 1 to the first byte of each page: the rest must be zero.
+        let mut page = vec![0u8; 4096];
+        g.ram().read(pfn.addr() + 4096, &mut page).unwrap();
+        assert_eq!(page[0], 1);
+        assert!(page[1..].iter().all(|&b| b == 0));
+    }
+    let m = daemon.metrics();
+    assert!(m.device.zeroed_bytes >= 200 * MIB, "{m:?}");
+}
+
+fn skipped_after_report(offer: FeatureOffer, mm: Config) -> (u64, u64) {
+    let (_dir, sock) = socket("skip");
+    let _daemon = spawn(ServeOptions::new(&sock).with_offer(offer)).unwrap();
+    let mut g = guest(128 * MIB, mm);
+    g.attach_balloon(&sock).unwrap();
+    // Dirty everything: the guest's knowledge of its fresh memfd must not count.
+    dirty_and_free(&mut g, u64::MAX).unwrap();
+    let pass = g.report_now();
+    // The guest's own knowledge (its fresh memfd) counts too: measure the workload alone.
+    let skipped_before = g.zone().stat().pages_zero_skipped;
+    let run = alloc_and_touch(&mut g, 32 * MIB, 9, AllocFlags::ZERO).unwrap();
+    // Whatever was believed, ZERO memory reads zero.
+    for pfn in &run.blocks {
+        assert!(g.ram().is_zero(pfn.addr() + 4097, 4095).unwrap());
+    }
+    (pass.pages_reported, g.zone().stat().pages_zero_skipped - skipped_before)
+}
+
+#[test]
+fn nothing_is_skipped_without_device_init_reported() {
+    let offer = FeatureOffer { device_init_reported: false, ..FeatureOffer::default() };
+    let (reported, skipped) = skipped_after_report(offer, Config::default());
+    assert!(reported > 0, "reporting still works");
+    assert_eq!(skipped, 0);
+}
+
+#[test]
+fn nothing_is_skipped_with_a_nonzero_poison_value() {
+    let mm = Config { poison: Some(0xaa), ..Config::default() };
+    let (reported, skipped) = skipped_after_report(FeatureOffer::default(), mm);
+    assert!(reported > 0);
+    assert_eq!(skipped, 0);
+}
+
+#[test]
+fn nothing_is_skipped_in_a_confidential_guest() {
+    let mm = Config { confidential: true, ..Config::default() };
+    let (reported, skipped) = skipped_after_report(FeatureOffer::default(), mm);
+    assert!(reported > 0);
+    assert_eq!(skipped, 0);
+}
+
+#[test]
+fn skipping_happens_with_the_full_offer() {
+    let (_, skipped) = skipped_after_report(FeatureOffer::default(), Config::default());
+    assert_eq!(skipped, 32 * MIB / 4096);
+}
+
+#[test]
+fn balloon_target_is_met_and_released_and_contents_survive() {
+    let (_dir, sock) = socket("balloon");
+    let daemon = spawn(ServeOptions::new(&sock)).unwrap();
+    let mut g = guest(256 * MIB, Config::default());
+    g.attach_balloon(&sock).unwrap();
+    let seed = 77;
+    let kept = fill_pattern(&mut g, 32 * MIB, seed).unwrap();
+    dirty_and_free(&mut g, 150 * MIB).unwrap();
+    let free_before = g.zone().counts().free;
+
+    daemon.set_target_bytes(64 * MIB).unwrap();
+    let met = g
+        .poll_until(Duration::from_secs(20), |g| g.balloon().unwrap().balloon_pages() as u64 == 64 * MIB / 4096)
+        .unwrap();
+    assert!(met, "balloon did not reach its target");
+    assert!(g.poll_until(Duration::from_secs(5), |_| daemon.status().actual_pages == 16384).unwrap());
+    assert_eq!(g.zone().counts().free, free_before - 64 * MIB / 4096);
+    let inflated_zeroed = g.balloon().unwrap().stats().pages_inflated_zeroed;
+    assert!(inflated_zeroed > 0, "DEVICE_INIT_ON_INFLATE bitmap said nothing");
+
+    daemon.set_target_bytes(0).unwrap();
+    assert!(g.poll_until(Duration::from_secs(20), |g| g.balloon().unwrap().balloon_pages() == 0).unwrap());
+    assert_eq!(g.zone().counts().free, free_before);
+    // Deflated pages came back known-zero (the device zeroed them on inflate).
+    assert!(g.zone().stat().pages_deflated_zeroed > 0);
+    assert!(verify_pattern(&g, &kept, seed), "guest data changed across inflate/deflate");
+}
