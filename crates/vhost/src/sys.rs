@@ -240,7 +240,7 @@ mod tests {
         let mut fds = Vec::new();
         let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
         assert_eq!((n, fds.len()), (1, MAX_FDS));
-        assert!(send_with_fds(a.as_raw_fd(), &[b"x"], &vec![r.as_raw_fd(); MAX_FDS + 1]).is_err());
+        assert!(send_with_fds(a.as_raw_fd(), &[b"x"], &[r.as_raw_fd(); MAX_FDS + 1]).is_err());
 
         // More than the receiver has room for: the kernel drops some, which is an error (the
         // ones that did arrive are owned and closed, not leaked).

@@ -1,0 +1,533 @@
+//! The daemon against a real frontend: `prezero-guest`'s vhost-user transport over a real Unix
+//! socket, sharing a real memfd whose holes tell what the device discarded.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use prezero_guest::{Buffer, SplitQueue, VhostUserTransport};
+use prezero_vhost::{control_request, ControlRequest, FeatureOffer, Notification};
+use support::*;
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Everything the daemon offers by default (no FREE_PAGE_HINT).
+const ALL: u64 = VERSION_1
+    | EVENT_IDX
+    | INDIRECT_DESC
+    | MUST_TELL_HOST
+    | STATS_VQ
+    | DEFLATE_ON_OOM
+    | PAGE_POISON
+    | REPORTING
+    | DEVICE_INIT_REPORTED
+    | DEVICE_INIT_ON_INFLATE;
+
+#[test]
+fn negotiates_every_feature_with_dense_roles() {
+    let d = Daemon::start("negotiate", FeatureOffer::default());
+    let ram = ram(16 * MIB);
+    let mut t = VhostUserTransport::connect(d.socket(), 4).unwrap();
+    assert_eq!(t.device_features(), ALL);
+    let p = t.protocol_features();
+    for f in [
+        VhostUserProtocolFeatures::CONFIG,
+        VhostUserProtocolFeatures::REPLY_ACK,
+        VhostUserProtocolFeatures::BACKEND_REQ,
+    ] {
+        assert!(p.contains(f), "{f:?} missing from {p:?}");
+    }
+    assert_eq!(t.negotiate(u64::MAX).unwrap(), ALL);
+    t.set_memory(&ram).unwrap();
+    let s = d.handle.status();
+    assert!(s.connected);
+    assert_eq!(s.negotiated_features, ALL);
+    assert_eq!(s.queues, ["inflate", "deflate", "stats", "reporting"]);
+    assert!(s.negotiated.iter().any(|n| n == "device_init_reported"));
+    assert!(s.config_change_channel && s.reply_ack);
+}
+
+#[test]
+fn reporting_without_stats_is_queue_2_and_holes_are_confirmed_zeroed() {
+    let d = Daemon::start("report", FeatureOffer::default());
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(32 * MIB),
+        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        3,
+    );
+    assert_eq!(
+        d.handle.status().queues,
+        ["inflate", "deflate", "reporting"]
+    );
+    let blocks: Vec<u64> = (0..4).map(|i| (4 + 2 * i) * MIB).collect();
+    for &b in &blocks {
+        dirty(&g.ram, b, MIB);
+    }
+    // A dirty neighbour that is not reported.
+    dirty(&g.ram, 3 * MIB, MIB);
+    let before = g.ram.allocated_bytes().unwrap();
+    // One chain per block: one answer per block.
+    for (i, &b) in blocks.iter().enumerate() {
+        g.submit(2, &[Buffer::writable(b, MIB as u32)], i as u64);
+    }
+    let used = g.collect(2, blocks.len());
+    for u in &used {
+        assert_eq!(u.len, MIB as u32, "block {} not confirmed zeroed", u.token);
+    }
+    for &b in &blocks {
+        assert!(
+            g.ram.is_hole(b, MIB).unwrap(),
+            "block at {b:#x} still backed"
+        );
+    }
+    assert!(!g.ram.is_hole(3 * MIB, MIB).unwrap());
+    let after = g.ram.allocated_bytes().unwrap();
+    assert!(
+        before - after >= 4 * MIB,
+        "allocation only dropped {before} -> {after}"
+    );
+    let m = d.handle.metrics().device;
+    assert_eq!(m.reporting_requests, 4);
+    assert_eq!(m.reported_chains_zeroed, 4);
+    assert_eq!(m.zeroed_bytes, 4 * MIB);
+    assert!(m.discarded_bytes >= 4 * MIB);
+    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+}
+
+#[test]
+fn without_device_init_reported_the_used_length_is_zero_but_memory_is_discarded() {
+    let offer = FeatureOffer {
+        device_init_reported: false,
+        ..FeatureOffer::default()
+    };
+    let d = Daemon::start("noinit", offer);
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(16 * MIB),
+        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        3,
+    );
+    assert_eq!(
+        g.features & DEVICE_INIT_REPORTED,
+        0,
+        "not offered, not negotiated"
+    );
+    dirty(&g.ram, 4 * MIB, 2 * MIB);
+    g.submit(2, &[Buffer::writable(4 * MIB, 2 * MIB as u32)], 0);
+    let used = g.collect(2, 1);
+    assert_eq!(used[0].len, 0);
+    assert!(g.ram.is_hole(4 * MIB, 2 * MIB).unwrap());
+    assert_eq!(d.handle.metrics().device.zeroed_bytes, 0);
+}
+
+#[test]
+fn config_space_and_config_change_notification_through_the_control_socket() {
+    let d = Daemon::start("config", FeatureOffer::default());
+    // Before any guest: nobody to notify, the next guest reads it at probe.
+    let early = d.handle.set_target_pages(100);
+    assert!(early.changed);
+    assert_eq!(early.notification, Notification::NoGuest);
+
+    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | MUST_TELL_HOST, 2);
+    // UML asks from offset 0 with size offset + len and wants exactly that many bytes back.
+    let mut config = [0u8; 8];
+    g.transport.read_config(0, &mut config).unwrap();
+    assert_eq!(config, [100, 0, 0, 0, 0, 0, 0, 0]);
+
+    // The operator sets a target: the guest is told through the backend request channel.
+    let reply = control_request(d.control(), &ControlRequest::SetTargetBytes(64 * MIB)).unwrap();
+    assert_eq!(reply["target_pages"], 16384);
+    assert_eq!(reply["changed"], true);
+    assert_eq!(reply["notification"]["result"], "acked");
+    // Acked means the frontend handled it already.
+    assert_eq!(g.transport.config_changes(), 1);
+    let events = g.transport.wait(Some(HANG_GUARD)).unwrap();
+    assert!(events.config_changed);
+    let mut num_pages = [0u8; 4];
+    g.transport.read_config(0, &mut num_pages).unwrap();
+    assert_eq!(u32::from_le_bytes(num_pages), 16384);
+
+    // The same target again: nothing to tell. A new one: told again (and only that one).
+    let same = control_request(d.control(), &ControlRequest::SetTargetPages(16384)).unwrap();
+    assert_eq!(same["changed"], false);
+    assert_eq!(same["notification"]["result"], "unchanged");
+    let next = d.handle.set_target_pages(20000);
+    assert_eq!(next.notification, Notification::Acked);
+    assert_eq!(g.transport.config_changes(), 2);
+
+    // The driver writes `actual`; a write to `num_pages` (the host's) is ignored, as a
+    // virtio-pci device ignores writes to read-only fields, and the connection goes on.
+    g.transport
+        .write_config(4, &20000u32.to_le_bytes())
+        .unwrap();
+    g.transport.write_config(0, &[0; 4]).unwrap();
+    let status = control_request(d.control(), &ControlRequest::Status).unwrap();
+    assert_eq!(status["actual_pages"], 20000);
+    assert_eq!(status["target_pages"], 20000);
+    assert_eq!(status["actual_bytes"], 20000u64 * 4096);
+    g.transport.read_config(0, &mut config).unwrap();
+    assert_eq!(&config[4..], &20000u32.to_le_bytes());
+    // Past the config space of the offer (16 bytes with PAGE_POISON): refused.
+    let mut far = [0u8; 8];
+    assert!(g.transport.read_config(12, &mut far).is_err());
+
+    let metrics = control_request(d.control(), &ControlRequest::Metrics).unwrap();
+    assert_eq!(metrics["daemon"]["config_changes_acked"], 2);
+    assert!(
+        metrics["device"]["errors"]["config_write"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn inflate_sets_the_device_init_on_inflate_bitmap_and_deflate_completes() {
+    let d = Daemon::start("inflate", FeatureOffer::default());
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(32 * MIB),
+        VERSION_1 | DEVICE_INIT_ON_INFLATE,
+        2,
+    );
+    let n = 20u32;
+    let first_pfn = (8 * MIB / PAGE) as u32;
+    dirty(&g.ram, 8 * MIB, u64::from(n) * PAGE);
+    let pfns: Vec<u8> = (first_pfn..first_pfn + n)
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    let (pfn_gpa, bitmap_gpa) = (MIB, MIB + PAGE);
+    g.ram.write(pfn_gpa, &pfns).unwrap();
+    g.ram.write(bitmap_gpa, &[0u8; 3]).unwrap();
+    g.submit(
+        0,
+        &[
+            Buffer::readable(pfn_gpa, pfns.len() as u32),
+            Buffer::writable(bitmap_gpa, 3),
+        ],
+        1,
+    );
+    let used = g.collect(0, 1);
+    assert_eq!(
+        used[0].len, 3,
+        "the whole ceil(n / 8)-byte bitmap was written"
+    );
+    let mut bitmap = [0u8; 3];
+    g.ram.read(bitmap_gpa, &mut bitmap).unwrap();
+    assert_eq!(bitmap, [0xff, 0xff, 0x0f]);
+    assert!(g.ram.is_hole(8 * MIB, u64::from(n) * PAGE).unwrap());
+
+    g.submit(1, &[Buffer::readable(pfn_gpa, pfns.len() as u32)], 2);
+    g.collect(1, 1);
+    let m = d.handle.metrics().device;
+    assert_eq!((m.inflated_pages, m.inflated_pages_zeroed), (20, 20));
+    assert_eq!(m.deflated_pages, 20);
+}
+
+#[test]
+fn stats_buffer_is_held_and_given_back_for_fresh_values() {
+    let d = Daemon::start("stats", FeatureOffer::default());
+    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | STATS_VQ, 3);
+    assert_eq!(d.handle.status().queues, ["inflate", "deflate", "stats"]);
+    let buf = 2 * MIB;
+    let first = stats_bytes(&[(4, 100 * MIB), (5, 512 * MIB), (99, 7)]);
+    g.ram.write(buf, &first).unwrap();
+    g.submit(2, &[Buffer::readable(buf, first.len() as u32)], 0);
+    wait_until("the first stats", || d.handle.stats().is_some());
+    let s = control_request(d.control(), &ControlRequest::Stats).unwrap();
+    assert_eq!(s["stats"]["values"]["free_memory"], 100 * MIB);
+    assert_eq!(s["stats"]["values"]["total_memory"], 512 * MIB);
+    assert_eq!(s["stats"]["sequence"], 1);
+    // Held, not used: the driver has nothing back yet.
+    assert!(g.queues[2].pop_used().unwrap().is_none());
+    assert!(d.handle.status().holds_stats_buffer);
+
+    // The operator asks for fresh values and waits for them; the guest refills the buffer.
+    let control = d.control();
+    let asker = std::thread::spawn(move || {
+        control_request(&control, &ControlRequest::RequestStats(Some(HANG_GUARD))).unwrap()
+    });
+    let back = g.collect(2, 1);
+    assert_eq!(back[0].len, 0);
+    let second = stats_bytes(&[(4, 200 * MIB), (5, 512 * MIB)]);
+    g.ram.write(buf, &second).unwrap();
+    g.submit(2, &[Buffer::readable(buf, second.len() as u32)], 1);
+    let answer = asker.join().unwrap();
+    assert_eq!(answer["requested"], true);
+    assert_eq!(answer["fresh"], true);
+    assert_eq!(answer["stats"]["values"]["free_memory"], 200 * MIB);
+    assert_eq!(answer["stats"]["sequence"], 2);
+    let m = d.handle.metrics().device;
+    assert_eq!(
+        (m.stats_buffers, m.stats_requests, m.stats_unknown_tags),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn a_fresh_stats_request_without_a_held_buffer_says_so() {
+    let d = Daemon::start("nostats", FeatureOffer::default());
+    let out = d.handle.request_stats(Some(Duration::from_millis(1)));
+    assert!(!out.requested && !out.fresh && out.stats.is_none());
+}
+
+/// Reports one dirty block and checks it became a hole.
+fn report_once(g: &mut Guest, q: u16, gpa: u64) {
+    dirty(&g.ram, gpa, MIB);
+    g.submit(q, &[Buffer::writable(gpa, MIB as u32)], 0);
+    let used = g.collect(q, 1);
+    assert_eq!(used[0].len, MIB as u32);
+    assert!(g.ram.is_hole(gpa, MIB).unwrap());
+}
+
+#[test]
+fn a_new_guest_is_served_after_the_previous_one_left_or_dropped_mid_request() {
+    let d = Daemon::start("reconnect", FeatureOffer::default());
+    d.handle.set_target_pages(4242);
+    let features = VERSION_1 | REPORTING | DEVICE_INIT_REPORTED;
+
+    let mut a = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
+    report_once(&mut a, 2, 4 * MIB);
+    drop(a);
+    d.wait_disconnections(1);
+    assert!(!d.handle.status().connected);
+
+    // The next guest negotiates something else: the device was reset in between.
+    let mut b = Guest::connect(&d.socket(), ram(16 * MIB), features | STATS_VQ, 4);
+    assert_eq!(
+        d.handle.status().queues,
+        ["inflate", "deflate", "stats", "reporting"]
+    );
+    report_once(&mut b, 3, 4 * MIB);
+    drop(b);
+
+    // A guest that vanishes with a request in flight.
+    let mut c = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
+    dirty(&c.ram, 4 * MIB, 8 * MIB);
+    c.submit(2, &[Buffer::writable(4 * MIB, 8 * MIB as u32)], 0);
+    drop(c);
+    d.wait_disconnections(3);
+
+    let mut e = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
+    let mut num_pages = [0u8; 4];
+    e.transport.read_config(0, &mut num_pages).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(num_pages),
+        4242,
+        "the host's target survives guests"
+    );
+    report_once(&mut e, 2, 4 * MIB);
+    let m = d.handle.metrics().daemon;
+    assert_eq!(m.connections, 4);
+    assert_eq!(m.connection_errors, 0);
+}
+
+const CHILD_SOCKET_ENV: &str = "PREZERO_VHOST_TEST_CHILD_SOCKET";
+
+/// Not a test: the guest process that `a_killed_guest_process_is_replaced` kills.
+#[test]
+#[ignore = "helper process, started by a_killed_guest_process_is_replaced"]
+fn guest_child_process() {
+    let socket = std::env::var(CHILD_SOCKET_ENV).expect("run only as a child of the kill test");
+    // SAFETY: prctl with these arguments only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let mut g = Guest::connect(
+        socket.as_ref(),
+        ram(32 * MIB),
+        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        3,
+    );
+    dirty(&g.ram, 4 * MIB, 16 * MIB);
+    for i in 0..8 {
+        g.submit(2, &[Buffer::writable((4 + 2 * i) * MIB, 2 * MIB as u32)], i);
+    }
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_killed_guest_process_is_replaced() {
+    let d = Daemon::start("killed", FeatureOffer::default());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "guest_child_process", "--nocapture"])
+        .env(CHILD_SOCKET_ENV, d.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.any(|l| l.map(|l| l.trim() == "ready").unwrap_or(false));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert!(ready, "the child guest never got ready");
+    assert!(!status.success());
+    d.wait_disconnections(1);
+
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(16 * MIB),
+        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        3,
+    );
+    report_once(&mut g, 2, 4 * MIB);
+    assert_eq!(d.handle.metrics().daemon.connections, 2);
+}
+
+#[test]
+fn socket_path_problems_are_reported_with_what_to_do() {
+    let s = Scratch::new("paths");
+    let err = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(
+        s.0.join("missing").join("b.sock"),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, prezero_vhost::Error::SocketDirMissing { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("create it first"), "{err}");
+
+    let file = s.0.join("file");
+    std::fs::write(&file, "precious").unwrap();
+    let err = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&file)).unwrap_err();
+    assert!(
+        matches!(err, prezero_vhost::Error::NotASocket { .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    // A live daemon's socket is not taken over, and the live daemon keeps serving.
+    let d = Daemon::start("live", FeatureOffer::default());
+    let err = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(d.socket())).unwrap_err();
+    assert!(
+        matches!(err, prezero_vhost::Error::SocketInUse { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another daemon"), "{err}");
+    // The same for its control socket; the vhost socket the failed attempt bound is removed.
+    let other = s.0.join("other.sock");
+    let err =
+        prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&other).with_control(d.control()))
+            .unwrap_err();
+    assert!(
+        matches!(err, prezero_vhost::Error::SocketInUse { .. }),
+        "{err}"
+    );
+    assert!(!other.exists());
+    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | REPORTING, 3);
+    report_once_unconfirmed(&mut g);
+
+    // A stale socket file (its daemon died) is replaced.
+    let stale = s.0.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let h = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&stale)).unwrap();
+    VhostUserTransport::connect(&stale, 2).unwrap();
+    h.shutdown().unwrap();
+    assert!(
+        !stale.exists(),
+        "the daemon removes its socket when it stops"
+    );
+}
+
+fn report_once_unconfirmed(g: &mut Guest) {
+    dirty(&g.ram, 4 * MIB, MIB);
+    g.submit(2, &[Buffer::writable(4 * MIB, MIB as u32)], 0);
+    g.collect(2, 1);
+    assert!(g.ram.is_hole(4 * MIB, MIB).unwrap());
+}
+
+#[test]
+fn shutdown_disconnects_the_guest() {
+    let d = Daemon::start("shutdown", FeatureOffer::default());
+    let g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1, 2);
+    let socket = d.socket();
+    let control = d.control();
+    d.handle.shutdown().unwrap();
+    let err = g.transport.wait(Some(HANG_GUARD)).unwrap_err();
+    assert!(
+        matches!(err, prezero_guest::TransportError::Disconnected { .. }),
+        "{err}"
+    );
+    assert!(!socket.exists() && !control.exists());
+}
+
+/// The frontend as User-Mode Linux's `virtio_uml` drives it, by hand: protocol features
+/// REPLY_ACK | BACKEND_REQ | CONFIG, GET_CONFIG from offset 0, and a socketpair end as the
+/// call "fd".
+#[test]
+fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
+    let d = Daemon::start("uml", FeatureOffer::default());
+    let ram = ram(16 * MIB);
+    let mut f = Frontend::from_stream(UnixStream::connect(d.socket()).unwrap(), 3);
+    f.set_owner().unwrap();
+    let offered = f.get_features().unwrap();
+    assert_ne!(
+        offered & (1 << 30),
+        0,
+        "VHOST_USER_F_PROTOCOL_FEATURES offered"
+    );
+    let protocol = f.get_protocol_features().unwrap();
+    let want = VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        | VhostUserProtocolFeatures::CONFIG;
+    assert!(protocol.contains(want));
+    assert!(!protocol.contains(VhostUserProtocolFeatures::INBAND_NOTIFICATIONS));
+    f.set_protocol_features(want).unwrap();
+    // virtio_uml asks for an ack on every request once REPLY_ACK is in use.
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    f.set_features(VERSION_1 | REPORTING | DEVICE_INIT_REPORTED | (1 << 30))
+        .unwrap();
+    let (_config, bytes) = f
+        .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
+        .unwrap();
+    assert_eq!(bytes.len(), 8);
+
+    let region = VhostUserMemoryRegionInfo::from_guest_region(ram.region()).unwrap();
+    f.set_mem_table(&[region]).unwrap();
+    let gpa = 15 * MIB;
+    let mut q = SplitQueue::<u64>::new(ram.clone(), 64, gpa, false).unwrap();
+    let l = q.layout();
+    let n = u64::from(l.size);
+    let config = VringConfigData {
+        queue_max_size: l.size,
+        queue_size: l.size,
+        flags: 0,
+        desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
+        used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
+        avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
+        log_addr: None,
+    };
+    let (mut call_ours, call_theirs) = UnixStream::pair().unwrap();
+    // SAFETY: the EventFd wrapper only carries the fd to SET_VRING_CALL (it is never read or
+    // written as an eventfd); it owns the socketpair end from here.
+    let call = unsafe { EventFd::from_raw_fd(call_theirs.into_raw_fd()) };
+    let kick = EventFd::new(0).unwrap();
+    f.set_vring_num(2, l.size).unwrap();
+    f.set_vring_base(2, 0).unwrap();
+    f.set_vring_addr(2, &config).unwrap();
+    f.set_vring_call(2, &call).unwrap();
+    f.set_vring_kick(2, &kick).unwrap();
+    f.set_vring_enable(2, true).unwrap();
+
+    dirty(&ram, 4 * MIB, 4 * MIB);
+    q.add(&[Buffer::writable(4 * MIB, 4 * MIB as u32)], 9)
+        .unwrap();
+    kick.write(1).unwrap();
+    call_ours.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let mut word = [0u8; 8];
+    call_ours.read_exact(&mut word).unwrap();
+    assert_eq!(u64::from_ne_bytes(word), 1);
+    let used = q.pop_used().unwrap().expect("a used chain after the call");
+    assert_eq!((used.token, used.len), (9, 4 * MIB as u32));
+    assert!(ram.is_hole(4 * MIB, 4 * MIB).unwrap());
+}
