@@ -446,6 +446,97 @@ fn report_once_unconfirmed(g: &mut Guest) {
     assert!(g.ram.is_hole(4 * MIB, MIB).unwrap());
 }
 
+const SERVE_DIR_ENV: &str = "PREZERO_VHOST_TEST_SERVE_DIR";
+
+/// Not a test: a process running `serve`, for `serve_stops_cleanly_on_sigterm`.
+#[test]
+#[ignore = "helper process, started by serve_stops_cleanly_on_sigterm"]
+fn serve_child_process() {
+    let dir = std::path::PathBuf::from(std::env::var(SERVE_DIR_ENV).expect("run as a child"));
+    // SAFETY: prctl with these arguments only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let opts = prezero_vhost::ServeOptions::new(dir.join("balloon.sock"))
+        .with_control(dir.join("balloon.ctl"));
+    prezero_vhost::serve(opts).unwrap();
+    println!("served");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let s = Scratch::new("serve");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "serve_child_process", "--nocapture"])
+        .env(SERVE_DIR_ENV, &s.0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let guard = KillOnPanic(pid);
+    wait_until("the daemon's sockets", || {
+        s.socket().exists() && s.control().exists()
+    });
+    let g = Guest::connect(&s.socket(), ram(16 * MIB), VERSION_1, 2);
+    let status = control_request(s.control(), &ControlRequest::Status).unwrap();
+    assert_eq!(status["connected"], true);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let err = g.transport.wait(Some(HANG_GUARD)).unwrap_err();
+    assert!(
+        matches!(err, prezero_guest::TransportError::Disconnected { .. }),
+        "{err}"
+    );
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let exit = child.wait().unwrap();
+    drop(guard);
+    assert!(exit.success(), "serve did not return Ok: {exit:?}");
+    assert!(out.contains("served"), "{out}");
+    assert!(!s.socket().exists() && !s.control().exists());
+}
+
+/// Kills the child if the test panics before reaping it.
+struct KillOnPanic(libc::pid_t);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signalling the child this test started and has not reaped yet.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn wait_returns_when_another_thread_stops_the_daemon() {
+    let d = Daemon::start("wait", FeatureOffer::default());
+    let controller = d.handle.controller();
+    let stopper = std::thread::spawn(move || controller.request_shutdown());
+    d.handle.wait().unwrap();
+    stopper.join().unwrap();
+}
+
+#[test]
+fn a_guest_can_be_disconnected_and_the_next_one_served() {
+    let d = Daemon::start("kick-out", FeatureOffer::default());
+    let g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1, 2);
+    d.handle.disconnect_guest();
+    assert!(g.transport.wait(Some(HANG_GUARD)).is_err());
+    drop(g);
+    d.wait_disconnections(1);
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(16 * MIB),
+        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        3,
+    );
+    report_once(&mut g, 2, 4 * MIB);
+}
+
 #[test]
 fn shutdown_disconnects_the_guest() {
     let d = Daemon::start("shutdown", FeatureOffer::default());
