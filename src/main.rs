@@ -1,7 +1,10 @@
 //! `prezero`: host-zeroed free page reporting, end to end.
 
+mod balloon_cmd;
 mod bench;
 mod demo;
+mod embedded;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -11,81 +14,52 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "prezero", version, about)]
 struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `prezero_vhost=debug`); also
+    /// `RUST_LOG`.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the whole system working: report free memory, then allocate zeroed memory and see
-    /// how much zeroing was skipped.
+    /// The whole system in one process: a Rust guest and the vhost-user balloon daemon; report,
+    /// balloon, then allocate zeroed memory and see how much zeroing was skipped.
     Demo(demo::DemoArgs),
+    /// Serve the virtio-balloon device as a vhost-user backend daemon.
+    Serve(serve::ServeArgs),
+    /// Steer a running daemon through its control socket.
+    #[command(subcommand)]
+    Balloon(balloon_cmd::BalloonCommand),
     /// Run a benchmark (prints a table; --json for machines).
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(bench::BenchCommand),
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// The allocator against `buddy_system_allocator`, metadata size and known-zero hit rates.
-    Alloc {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// A smaller, faster run (for smoke tests; figures are noisier).
-        #[arg(long)]
-        quick: bool,
-    },
-    /// Free page reporting throughput of the device against a raw loop of the same discard
-    /// syscalls (memfd and anonymous memory).
-    Report {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Bytes of memory per backing, in MiB.
-        #[arg(long, default_value_t = 2048)]
-        mib: u64,
-        /// Timed passes over the memory.
-        #[arg(long, default_value_t = 3)]
-        passes: u32,
-    },
+fn init_logging(filter: Option<&str>, default: &str) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log.as_deref(), default_log);
     match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Bench(BenchCommand::Alloc { json, quick }) => {
-            let mut o = bench::alloc::AllocBenchOptions::default();
-            if quick {
-                o = bench::alloc::AllocBenchOptions {
-                    frames: 1 << 15,
-                    repeats: 3,
-                    blocks_per_repeat: 512,
-                    hit_rate_allocs: 10_000,
-                };
-            }
-            let r = bench::alloc::run(&o);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", r.table());
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Report { json, mib, passes }) => {
-            let o = prezero_device::bench::ReportBenchOptions {
-                region_bytes: mib << 20,
-                passes,
-                ..Default::default()
-            };
-            let r = prezero_device::bench::run(&o)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", r.table());
-            }
-            Ok(())
-        }
+        Command::Serve(args) => serve::run(&args),
+        Command::Balloon(cmd) => balloon_cmd::run(&cmd),
+        Command::Bench(cmd) => bench::run(&cmd),
     }
 }

@@ -35,6 +35,18 @@ impl Default for AllocBenchOptions {
     }
 }
 
+impl AllocBenchOptions {
+    /// A smaller, faster run (smoke tests; noisier figures).
+    pub fn quick() -> Self {
+        AllocBenchOptions {
+            frames: 1 << 15,
+            repeats: 3,
+            blocks_per_repeat: 512,
+            hit_rate_allocs: 10_000,
+        }
+    }
+}
+
 /// Results; the field names are the benchmark's JSON schema.
 #[derive(Clone, Debug, Serialize)]
 pub struct AllocBenchResult {

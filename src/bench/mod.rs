@@ -2,6 +2,74 @@
 //! as ratios; `--json` prints the same figures for machines.
 
 pub mod alloc;
+pub mod chart;
+pub mod seed_table;
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde::Serialize;
+
+/// Benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The allocator against `buddy_system_allocator`, metadata size and known-zero hit rates.
+    Alloc {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A smaller, faster run (for smoke tests; figures are noisier).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Free page reporting throughput of the device against a raw loop of the same discard
+    /// syscalls (memfd and anonymous memory).
+    Report {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Bytes of memory per backing, in MiB.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        /// Timed passes over the memory.
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+    },
+    /// The upstream measurement on our system: allocate 256 MiB zeroed in a 2 GiB guest after
+    /// reporting; baseline (guest zeroes), optimized (skips), floor (touch only).
+    SeedTable(seed_table::SeedTableArgs),
+}
+
+fn print<T: Serialize>(json: bool, result: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else {
+        print!("{}", table(result));
+    }
+    Ok(())
+}
+
+/// Runs a benchmark command.
+pub fn run(cmd: &BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Alloc { json, quick } => {
+            let o = if *quick {
+                alloc::AllocBenchOptions::quick()
+            } else {
+                alloc::AllocBenchOptions::default()
+            };
+            print(*json, &alloc::run(&o), |r| r.table())
+        }
+        BenchCommand::Report { json, mib, passes } => {
+            let o = prezero_device::bench::ReportBenchOptions {
+                region_bytes: mib << 20,
+                passes: *passes,
+                ..Default::default()
+            };
+            print(*json, &prezero_device::bench::run(&o)?, |r| r.table())
+        }
+        BenchCommand::SeedTable(args) => seed_table::run(args),
+    }
+}
 
 /// The median of samples (the mean of the middle two for an even count).
 pub fn median(mut v: Vec<f64>) -> f64 {
