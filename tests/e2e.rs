@@ -22,7 +22,8 @@ mod tempdir {
     }
     impl Dir {
         pub fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("prezero-e2e-{}-{}", name, std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("prezero-e2e-{}-{}", name, std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).unwrap();
             Dir { path }
@@ -36,7 +37,12 @@ mod tempdir {
 }
 
 fn guest(ram: u64, mm: Config) -> Guest {
-    Guest::new(GuestOptions { ram_size: ram, mm, ..GuestOptions::default() }).unwrap()
+    Guest::new(GuestOptions {
+        ram_size: ram,
+        mm,
+        ..GuestOptions::default()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -47,12 +53,21 @@ fn reported_memory_is_discarded_and_known_zero_allocations_read_zero() {
     g.attach_balloon(&sock).unwrap();
     dirty_and_free(&mut g, 200 * MIB).unwrap();
     let before = g.ram().allocated_bytes().unwrap();
-    assert!(before >= 200 * MIB, "dirtying allocated the memfd: {before}");
+    assert!(
+        before >= 200 * MIB,
+        "dirtying allocated the memfd: {before}"
+    );
     let pass = g.report_now();
     assert!(pass.pages_reported * 4096 >= 200 * MIB, "{pass:?}");
-    assert_eq!(pass.pages_zeroed, pass.pages_reported, "the daemon confirms every block it punched");
+    assert_eq!(
+        pass.pages_zeroed, pass.pages_reported,
+        "the daemon confirms every block it punched"
+    );
     let after = g.ram().allocated_bytes().unwrap();
-    assert!(after < before - 190 * MIB, "memfd blocks did not drop: {before} -> {after}");
+    assert!(
+        after < before - 190 * MIB,
+        "memfd blocks did not drop: {before} -> {after}"
+    );
 
     // Known-zero allocations really read zero, and their zeroing was skipped.
     let run = alloc_and_touch(&mut g, 64 * MIB, 9, AllocFlags::ZERO).unwrap();
@@ -84,12 +99,18 @@ fn skipped_after_report(offer: FeatureOffer, mm: Config) -> (u64, u64) {
     for pfn in &run.blocks {
         assert!(g.ram().is_zero(pfn.addr() + 4097, 4095).unwrap());
     }
-    (pass.pages_reported, g.zone().stat().pages_zero_skipped - skipped_before)
+    (
+        pass.pages_reported,
+        g.zone().stat().pages_zero_skipped - skipped_before,
+    )
 }
 
 #[test]
 fn nothing_is_skipped_without_device_init_reported() {
-    let offer = FeatureOffer { device_init_reported: false, ..FeatureOffer::default() };
+    let offer = FeatureOffer {
+        device_init_reported: false,
+        ..FeatureOffer::default()
+    };
     let (reported, skipped) = skipped_after_report(offer, Config::default());
     assert!(reported > 0, "reporting still works");
     assert_eq!(skipped, 0);
@@ -97,7 +118,10 @@ fn nothing_is_skipped_without_device_init_reported() {
 
 #[test]
 fn nothing_is_skipped_with_a_nonzero_poison_value() {
-    let mm = Config { poison: Some(0xaa), ..Config::default() };
+    let mm = Config {
+        poison: Some(0xaa),
+        ..Config::default()
+    };
     let (reported, skipped) = skipped_after_report(FeatureOffer::default(), mm);
     assert!(reported > 0);
     assert_eq!(skipped, 0);
@@ -105,7 +129,10 @@ fn nothing_is_skipped_with_a_nonzero_poison_value() {
 
 #[test]
 fn nothing_is_skipped_in_a_confidential_guest() {
-    let mm = Config { confidential: true, ..Config::default() };
+    let mm = Config {
+        confidential: true,
+        ..Config::default()
+    };
     let (reported, skipped) = skipped_after_report(FeatureOffer::default(), mm);
     assert!(reported > 0);
     assert_eq!(skipped, 0);
@@ -130,18 +157,35 @@ fn balloon_target_is_met_and_released_and_contents_survive() {
 
     daemon.set_target_bytes(64 * MIB).unwrap();
     let met = g
-        .poll_until(Duration::from_secs(20), |g| g.balloon().unwrap().balloon_pages() as u64 == 64 * MIB / 4096)
+        .poll_until(Duration::from_secs(20), |g| {
+            g.balloon().unwrap().balloon_pages() as u64 == 64 * MIB / 4096
+        })
         .unwrap();
     assert!(met, "balloon did not reach its target");
-    assert!(g.poll_until(Duration::from_secs(5), |_| daemon.status().actual_pages == 16384).unwrap());
+    assert!(g
+        .poll_until(Duration::from_secs(5), |_| daemon.status().actual_pages
+            == 16384)
+        .unwrap());
     assert_eq!(g.zone().counts().free, free_before - 64 * MIB / 4096);
     let inflated_zeroed = g.balloon().unwrap().stats().pages_inflated_zeroed;
-    assert!(inflated_zeroed > 0, "DEVICE_INIT_ON_INFLATE bitmap said nothing");
+    assert!(
+        inflated_zeroed > 0,
+        "DEVICE_INIT_ON_INFLATE bitmap said nothing"
+    );
 
     daemon.set_target_bytes(0).unwrap();
-    assert!(g.poll_until(Duration::from_secs(20), |g| g.balloon().unwrap().balloon_pages() == 0).unwrap());
+    assert!(g
+        .poll_until(Duration::from_secs(20), |g| g
+            .balloon()
+            .unwrap()
+            .balloon_pages()
+            == 0)
+        .unwrap());
     assert_eq!(g.zone().counts().free, free_before);
     // Deflated pages came back known-zero (the device zeroed them on inflate).
     assert!(g.zone().stat().pages_deflated_zeroed > 0);
-    assert!(verify_pattern(&g, &kept, seed), "guest data changed across inflate/deflate");
+    assert!(
+        verify_pattern(&g, &kept, seed),
+        "guest data changed across inflate/deflate"
+    );
 }
