@@ -20,12 +20,18 @@
 //! Two threads, one per direction, copy whole messages: the 12-byte header (request `u32`,
 //! flags `u32`, size `u32`, little-endian), then `size` payload bytes; the file descriptors
 //! the sender attached (`SCM_RIGHTS`) are forwarded with the same message, and the relay's
-//! own copies are closed once forwarded. Nothing is changed, reordered or answered by the
-//! relay; it only looks at two frontend requests on the way:
+//! own copies are closed once forwarded. Nothing is reordered or answered by the relay; it
+//! looks at two frontend requests on the way:
 //! - `SET_PROTOCOL_FEATURES` (16): whether `REPLY_ACK` is in use (the config-change message
 //!   then asks for an ack);
 //! - `SET_BACKEND_REQ_FD` (21): a duplicate of its descriptor becomes the config-change
-//!   channel.
+//!   channel;
+//!
+//! and changes one, for compatibility:
+//! - `SET_MEM_TABLE` (5) with a payload longer than its regions: User-Mode Linux (6.1) sends
+//!   room for two regions (72 bytes) when it uses one, which vhost 0.18 refuses as an invalid
+//!   message, ending the connection. The unused trailing slots are trimmed (payload and
+//!   header size); the regions and descriptors are forwarded as they are.
 //!
 //! When either side closes (or breaks the framing), both connections are shut down, so each
 //! end sees the other go away exactly as without the relay.
@@ -56,6 +62,8 @@ use crate::sys;
 /// Largest payload the relay forwards (vhost-user messages stay under 4 KiB).
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
+/// Frontend request `VHOST_USER_SET_MEM_TABLE`.
+pub const SET_MEM_TABLE: u32 = 5;
 /// Frontend request `VHOST_USER_SET_PROTOCOL_FEATURES`.
 pub const SET_PROTOCOL_FEATURES: u32 = 16;
 /// Frontend request `VHOST_USER_SET_BACKEND_REQ_FD`.
@@ -77,7 +85,19 @@ impl Message {
     pub(crate) fn flags(&self) -> u32 {
         u32::from_le_bytes(self.header[4..8].try_into().expect("4 bytes"))
     }
+
+    /// Replaces the payload, keeping the header's size field in step.
+    fn truncate_payload(&mut self, len: usize) {
+        self.payload.truncate(len);
+        self.header[8..12].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+    }
 }
+
+/// `struct VhostUserMemory` header (regions count + padding) and one region.
+const MEMORY_HEADER: usize = 8;
+const MEMORY_REGION: usize = 32;
+/// `VHOST_MEMORY_BASELINE_NREGIONS`: what a `SET_MEM_TABLE` may describe.
+const MAX_REGIONS: usize = 8;
 
 /// Reads one whole message; `None` at a clean end of stream (between messages).
 pub(crate) fn read_message(fd: RawFd) -> io::Result<Option<Message>> {
@@ -259,8 +279,10 @@ fn pump(
                 fds = msg.fds.len(),
                 "vhost-user message"
             );
+            let mut msg = msg;
             if let Some(slot) = slot {
                 observe(&msg, slot);
+                trim_padded_mem_table(&mut msg);
             }
             write_message(to.as_raw_fd(), &msg)?;
             let counter = match direction {
@@ -305,6 +327,32 @@ fn observe(msg: &Message, slot: &ChannelSlot) {
             }
         },
         _ => {}
+    }
+}
+
+/// Trims unused region slots off a `SET_MEM_TABLE` (see the module docs). Anything that does
+/// not look like padding is left for the daemon to judge.
+fn trim_padded_mem_table(msg: &mut Message) {
+    if msg.request() != SET_MEM_TABLE
+        || msg.flags() & FLAG_REPLY != 0
+        || msg.payload.len() < MEMORY_HEADER
+    {
+        return;
+    }
+    let regions = u32::from_le_bytes(msg.payload[0..4].try_into().expect("4 bytes")) as usize;
+    let exact = MEMORY_HEADER + regions * MEMORY_REGION;
+    let len = msg.payload.len();
+    let padded = (1..=MAX_REGIONS).contains(&regions)
+        && len > exact
+        && len <= MEMORY_HEADER + MAX_REGIONS * MEMORY_REGION
+        && (len - MEMORY_HEADER) % MEMORY_REGION == 0;
+    if padded {
+        tracing::debug!(
+            regions,
+            bytes = len,
+            "trimming unused region slots off SET_MEM_TABLE"
+        );
+        msg.truncate_payload(exact);
     }
 }
 
@@ -507,6 +555,47 @@ mod tests {
             Notification::Acked
         );
         front.join().unwrap();
+    }
+
+    #[test]
+    fn a_padded_mem_table_is_trimmed_to_its_regions() {
+        let r = rig();
+        let (memfd, _w) = sys::pipe().unwrap();
+        // As User-Mode Linux 6.1 sends it: one region, room for two.
+        let mut payload = vec![0u8; 72];
+        payload[0..4].copy_from_slice(&1u32.to_le_bytes());
+        for (i, b) in payload[8..40].iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        payload[40..].fill(0xee);
+        sys::send_all_with_fds(
+            r.frontend.as_raw_fd(),
+            &[&header(SET_MEM_TABLE, 0x9, 72), &payload],
+            &[memfd.as_raw_fd()],
+        )
+        .unwrap();
+        let m = recv(&r.daemon);
+        assert_eq!(m.payload.len(), 40);
+        assert_eq!(u32::from_le_bytes(m.header[8..12].try_into().unwrap()), 40);
+        assert_eq!(&m.payload[..40], &payload[..40]);
+        assert_eq!((m.flags(), m.fds.len()), (0x9, 1));
+
+        // Exact ones, and ones that are not padding, go through untouched.
+        for (regions, len) in [(1u32, 40usize), (2, 72), (0, 40), (1, 50), (9, 8 + 10 * 32)] {
+            let mut p = vec![0u8; len];
+            p[0..4].copy_from_slice(&regions.to_le_bytes());
+            sys::send_all_with_fds(
+                r.frontend.as_raw_fd(),
+                &[&header(SET_MEM_TABLE, 0x1, len as u32), &p],
+                &[],
+            )
+            .unwrap();
+            assert_eq!(
+                recv(&r.daemon).payload.len(),
+                len,
+                "{regions} regions in {len}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Everything the daemon offers by default (no FREE_PAGE_HINT).
@@ -552,6 +552,32 @@ fn shutdown_disconnects_the_guest() {
     assert!(!socket.exists() && !control.exists());
 }
 
+/// Sends `bytes` with `fd` attached (`SCM_RIGHTS`).
+fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the sendmsg call, and
+    // the CMSG macros stay within the 32-byte control buffer (one fd needs 20).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        let sent = libc::sendmsg(socket.as_raw_fd(), &msg, 0);
+        assert_eq!(sent, bytes.len() as isize);
+    }
+}
+
 /// The frontend as User-Mode Linux's `virtio_uml` drives it, by hand: protocol features
 /// REPLY_ACK | BACKEND_REQ | CONFIG, GET_CONFIG from offset 0, and a socketpair end as the
 /// call "fd".
@@ -559,7 +585,10 @@ fn shutdown_disconnects_the_guest() {
 fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     let d = Daemon::start("uml", FeatureOffer::default());
     let ram = ram(16 * MIB);
-    let mut f = Frontend::from_stream(UnixStream::connect(d.socket()).unwrap(), 3);
+    let stream = UnixStream::connect(d.socket()).unwrap();
+    let raw = stream.try_clone().unwrap();
+    raw.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let mut f = Frontend::from_stream(stream, 3);
     f.set_owner().unwrap();
     let offered = f.get_features().unwrap();
     assert_ne!(
@@ -583,8 +612,29 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
         .unwrap();
     assert_eq!(bytes.len(), 8);
 
-    let region = VhostUserMemoryRegionInfo::from_guest_region(ram.region()).unwrap();
-    f.set_mem_table(&[region]).unwrap();
+    // SET_MEM_TABLE exactly as virtio_uml (Linux 6.1) sends it: one region and its fd, in a
+    // payload with room for two (72 bytes), which vhost 0.18 alone refuses.
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&1u32.to_le_bytes());
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    for v in [0, ram.size(), ram.host_base() as u64, 0] {
+        payload.extend_from_slice(&v.to_le_bytes());
+    }
+    payload.resize(72, 0);
+    let mut msg = Vec::new();
+    for v in [5u32, 0x9, 72] {
+        msg.extend_from_slice(&v.to_le_bytes());
+    }
+    msg.extend_from_slice(&payload);
+    send_with_fd(&raw, &msg, ram.fd());
+    let mut ack = [0u8; 20];
+    (&raw).read_exact(&mut ack).unwrap();
+    assert_eq!(&ack[0..4], &5u32.to_le_bytes());
+    assert_eq!(
+        u64::from_le_bytes(ack[12..20].try_into().unwrap()),
+        0,
+        "SET_MEM_TABLE refused"
+    );
     let gpa = 15 * MIB;
     let mut q = SplitQueue::<u64>::new(ram.clone(), 64, gpa, false).unwrap();
     let l = q.layout();
