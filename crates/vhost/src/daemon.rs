@@ -333,8 +333,11 @@ impl Drop for DaemonHandle {
 /// Starts the daemon in this process: binds the vhost-user socket (and the control socket),
 /// then serves guests one after another on background threads until the handle shuts it
 /// down. Socket problems are reported here, before anything runs.
+///
+/// If SIGPIPE has its default action, it is set to ignored (see the crate docs).
 pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
     opts.validate()?;
+    signals::ignore_sigpipe();
     let cell = Arc::new(DeviceCell::new(opts.device, opts.discard)?);
     let vhost_socket = BoundSocket::bind(&opts.socket)?;
     let control_socket = opts.control.as_deref().map(BoundSocket::bind).transpose()?;

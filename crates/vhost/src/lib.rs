@@ -52,7 +52,18 @@
 //!
 //! Faults: a guest that disconnects or dies ends its connection only: the daemon drops its
 //! `VhostUserDaemon`, stops the connection's worker thread, unmaps the guest's memory, resets
-//! the device (the host's target and the metrics stay) and accepts the next guest.
+//! the device (the host's target and the metrics stay) and accepts the next guest. A guest
+//! that dies may leave a socket as its call "fd" (User-Mode Linux does): [`spawn`] sets
+//! SIGPIPE to ignored if it still has its default action, so signalling it fails with `EPIPE`
+//! instead of killing the process.
+//!
+//! # Interoperability
+//!
+//! Checked against the stock Linux 6.1 `virtio_balloon` driver under User-Mode Linux
+//! (`virtio_uml`): probe with `CONFIG`/`REPLY_ACK`/`BACKEND_REQ`, inflate and deflate following
+//! a target set on the control socket (config change acked by the guest), fresh statistics,
+//! and free page reporting (discarded by hole punching in UML's shared memory file). UML 6.1
+//! pads `SET_MEM_TABLE`, which vhost 0.18 refuses: the [`relay`] trims it.
 #![deny(missing_docs)]
 
 mod backend;

@@ -98,6 +98,27 @@ impl Drop for Termination {
     }
 }
 
+/// Makes sure a write to a socket whose peer died is an `EPIPE` error, not a SIGPIPE that
+/// kills the process: User-Mode Linux's call "fd" is a socketpair end, and a dying guest
+/// closes it while the worker may be signalling. Rust programs ignore SIGPIPE already; this
+/// covers hosts that restored the default. A handler someone installed is left alone.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: reading the current action into a zeroed struct, then (only if it is the
+    // default) setting SIG_IGN; both are plain sigaction calls with valid pointers.
+    unsafe {
+        let mut now: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut now) == 0
+            && now.sa_sigaction == libc::SIG_DFL
+        {
+            let mut ignore: libc::sigaction = std::mem::zeroed();
+            ignore.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut ignore.sa_mask);
+            libc::sigaction(libc::SIGPIPE, &ignore, std::ptr::null_mut());
+            tracing::debug!("SIGPIPE ignored: a dead guest's socket must not kill the daemon");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
