@@ -97,60 +97,52 @@ fn zone(frames: usize, placement: Placement) -> Zone<Vec<FrameMeta>> {
     z
 }
 
-/// A realistic pattern for both allocators: allocate a batch of blocks, then free them in a
-/// shuffled order, so splits and merges happen at every level. Returns ns per alloc+free pair.
 /// Blocks per repeat at `order`: at most half the zone, so neither allocator runs out.
 fn batch(o: &AllocBenchOptions, order: u8) -> usize {
     o.blocks_per_repeat.min((o.frames >> order) / 2).max(1)
 }
 
-fn time_ours(o: &AllocBenchOptions, order: u8) -> f64 {
+/// The same pattern for both allocators: allocate a batch of blocks, then free them in a
+/// shuffled order, so splits and merges happen at every level. Returns the median ns per
+/// alloc+free pair; the shuffle itself is not timed.
+fn time_pairs(o: &AllocBenchOptions, order: u8, mut alloc: impl FnMut() -> usize, mut free: impl FnMut(usize)) -> f64 {
     let n = batch(o, order);
-    let mut z = zone(o.frames, Placement::Linux);
     let mut rng = Rng(0x5eed);
     let mut held = Vec::with_capacity(n);
     let samples: Vec<f64> = (0..o.repeats)
         .map(|_| {
             let start = Instant::now();
-            for _ in 0..n {
-                held.push(
-                    z.alloc(order, AllocFlags::NONE, &mut NoMem)
-                        .expect("alloc")
-                        .pfn,
-                );
-            }
+            held.extend((0..n).map(|_| alloc()));
+            let allocating = start.elapsed();
             rng.shuffle(&mut held);
-            for pfn in held.drain(..) {
-                z.free(black_box(pfn), order, FreeHint::None, &mut NoMem)
-                    .expect("free");
-            }
-            start.elapsed().as_nanos() as f64 / n as f64
+            let start = Instant::now();
+            held.drain(..).for_each(|pfn| free(black_box(pfn)));
+            (allocating + start.elapsed()).as_nanos() as f64 / n as f64
         })
         .collect();
     median(samples)
 }
 
+fn time_ours(o: &AllocBenchOptions, order: u8) -> f64 {
+    let z = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
+    time_pairs(
+        o,
+        order,
+        || z.borrow_mut().alloc(order, AllocFlags::NONE, &mut NoMem).expect("alloc").pfn.0 as usize,
+        |pfn| z.borrow_mut().free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem).expect("free"),
+    )
+}
+
 fn time_reference(o: &AllocBenchOptions, order: u8) -> f64 {
-    let mut fa = FrameAllocator::<{ MAX_ORDER as usize + 1 }>::new();
-    fa.add_frame(0, o.frames);
+    let fa = std::cell::RefCell::new(FrameAllocator::<{ MAX_ORDER as usize + 1 }>::new());
+    fa.borrow_mut().add_frame(0, o.frames);
     let count = 1usize << order;
-    let n = batch(o, order);
-    let mut rng = Rng(0x5eed);
-    let mut held = Vec::with_capacity(n);
-    let samples: Vec<f64> = (0..o.repeats)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..n {
-                held.push(fa.alloc(count).expect("alloc"));
-            }
-            rng.shuffle(&mut held);
-            for pfn in held.drain(..) {
-                fa.dealloc(black_box(pfn), count);
-            }
-            start.elapsed().as_nanos() as f64 / n as f64
-        })
-        .collect();
-    median(samples)
+    time_pairs(
+        o,
+        order,
+        || fa.borrow_mut().alloc(count).expect("alloc"),
+        |pfn| fa.borrow_mut().dealloc(pfn, count),
+    )
 }
 
 /// The hit-rate workload: a guest that has been running a while.
