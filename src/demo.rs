@@ -12,7 +12,7 @@
 use crate::embedded::Embedded;
 use anyhow::{bail, ensure, Result};
 use clap::Args;
-use prezero_guest::workload::{alloc_and_touch, dirty_and_free, free_run};
+use prezero_guest::workload::{alloc_and_touch, dirty_and_free, free_run, Source};
 use prezero_guest::GuestOptions;
 use prezero_mm::{AllocFlags, Config, FRAME_SIZE};
 use prezero_vhost::FeatureOffer;
@@ -183,7 +183,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ));
     g.report_now();
     let skipped_before = g.zone().stat().pages_zero_skipped;
-    let run = alloc_and_touch(g, args.alloc_mib << 20, 9, AllocFlags::ZERO)?;
+    let run = alloc_and_touch(g, args.alloc_mib << 20, Source::Buddy(9), AllocFlags::ZERO)?;
     s.zeroing_skipped_mib = pages_mib(g.zone().stat().pages_zero_skipped - skipped_before);
     s.alloc_ms = run.alloc.as_secs_f64() * 1e3;
     s.touch_ms = run.touch.as_secs_f64() * 1e3;

@@ -1,7 +1,7 @@
 //! The `prezero` binary: the demo, the daemon as a separate process (control socket, socket
 //! errors, a daemon killed in the middle of a report).
 
-use prezero_guest::workload::{alloc_and_touch, dirty_and_free};
+use prezero_guest::workload::{alloc_and_touch, dirty_and_free, Source};
 use prezero_guest::{Guest, GuestOptions};
 use prezero_mm::{AllocFlags, BlockState};
 use serde_json::Value;
@@ -223,7 +223,7 @@ fn a_daemon_killed_in_the_middle_of_a_report_costs_the_guest_nothing() {
         .filter(|b| b.state == BlockState::Free)
         .all(|b| !b.zeroed));
     g.zone().verify().unwrap();
-    let run = alloc_and_touch(&mut g, 64 * MIB, 9, AllocFlags::ZERO).unwrap();
+    let run = alloc_and_touch(&mut g, 64 * MIB, Source::Buddy(9), AllocFlags::ZERO).unwrap();
     assert_eq!(run.known_zero, 0);
     for pfn in &run.blocks {
         assert!(g.ram().is_zero(pfn.addr() + 1, 4095).unwrap());

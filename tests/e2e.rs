@@ -1,7 +1,9 @@
 //! End to end: the Rust guest and the vhost-user balloon daemon over a real Unix socket, with
 //! a real memfd as guest RAM.
 
-use prezero_guest::workload::{alloc_and_touch, dirty_and_free, fill_pattern, verify_pattern};
+use prezero_guest::workload::{
+    alloc_and_touch, dirty_and_free, fill_pattern, verify_pattern, Source,
+};
 use prezero_guest::{Guest, GuestOptions};
 use prezero_mm::{AllocFlags, Config};
 use prezero_vhost::{spawn, FeatureOffer, ServeOptions};
@@ -70,7 +72,7 @@ fn reported_memory_is_discarded_and_known_zero_allocations_read_zero() {
     );
 
     // Known-zero allocations really read zero, and their zeroing was skipped.
-    let run = alloc_and_touch(&mut g, 64 * MIB, 9, AllocFlags::ZERO).unwrap();
+    let run = alloc_and_touch(&mut g, 64 * MIB, Source::Buddy(9), AllocFlags::ZERO).unwrap();
     assert_eq!(run.known_zero, run.blocks.len() as u64);
     assert!(g.zone().stat().pages_zero_skipped >= 64 * MIB / 4096);
     for pfn in &run.blocks {
@@ -94,7 +96,7 @@ fn skipped_after_report(offer: FeatureOffer, mm: Config) -> (u64, u64) {
     let pass = g.report_now();
     // The guest's own knowledge (its fresh memfd) counts too: measure the workload alone.
     let skipped_before = g.zone().stat().pages_zero_skipped;
-    let run = alloc_and_touch(&mut g, 32 * MIB, 9, AllocFlags::ZERO).unwrap();
+    let run = alloc_and_touch(&mut g, 32 * MIB, Source::Buddy(9), AllocFlags::ZERO).unwrap();
     // Whatever was believed, ZERO memory reads zero.
     for pfn in &run.blocks {
         assert!(g.ram().is_zero(pfn.addr() + 4097, 4095).unwrap());

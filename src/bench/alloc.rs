@@ -105,7 +105,12 @@ fn batch(o: &AllocBenchOptions, order: u8) -> usize {
 /// The same pattern for both allocators: allocate a batch of blocks, then free them in a
 /// shuffled order, so splits and merges happen at every level. Returns the median ns per
 /// alloc+free pair; the shuffle itself is not timed.
-fn time_pairs(o: &AllocBenchOptions, order: u8, mut alloc: impl FnMut() -> usize, mut free: impl FnMut(usize)) -> f64 {
+fn time_pairs(
+    o: &AllocBenchOptions,
+    order: u8,
+    mut alloc: impl FnMut() -> usize,
+    mut free: impl FnMut(usize),
+) -> f64 {
     let n = batch(o, order);
     let mut rng = Rng(0x5eed);
     let mut held = Vec::with_capacity(n);
@@ -128,8 +133,18 @@ fn time_ours(o: &AllocBenchOptions, order: u8) -> f64 {
     time_pairs(
         o,
         order,
-        || z.borrow_mut().alloc(order, AllocFlags::NONE, &mut NoMem).expect("alloc").pfn.0 as usize,
-        |pfn| z.borrow_mut().free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem).expect("free"),
+        || {
+            z.borrow_mut()
+                .alloc(order, AllocFlags::NONE, &mut NoMem)
+                .expect("alloc")
+                .pfn
+                .0 as usize
+        },
+        |pfn| {
+            z.borrow_mut()
+                .free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
+                .expect("free")
+        },
     )
 }
 

@@ -1,7 +1,7 @@
 //! Guest workloads: the memory behaviour the demo, the benchmarks and the tests exercise.
 
 use crate::guest::{Guest, GuestError};
-use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, MAX_ORDER};
+use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, HUGE_PAGE_ORDER, MAX_ORDER};
 use std::time::{Duration, Instant};
 
 /// Dirties up to `bytes` of free memory (allocate, largest blocks first, write every page,
@@ -14,7 +14,10 @@ pub fn dirty_and_free(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> 
         while dirtied + block <= bytes {
             match guest.alloc(order, AllocFlags::NONE) {
                 Ok(a) => {
-                    guest.ram().fill(a.pfn.addr(), block, 0xa5).expect("allocated block inside RAM");
+                    guest
+                        .ram()
+                        .fill(a.pfn.addr(), block, 0xa5)
+                        .expect("allocated block inside RAM");
                     held.push((a.pfn, order));
                     dirtied += block;
                 }
@@ -29,13 +32,32 @@ pub fn dirty_and_free(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> 
     Ok(dirtied)
 }
 
+/// Where a run's blocks come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Buddy blocks of this order.
+    Buddy(u8),
+    /// Huge pages of the pool (the hugetlbfs analogue), order [`HUGE_PAGE_ORDER`].
+    HugePool,
+}
+
+impl Source {
+    /// Order of the blocks.
+    pub fn order(self) -> u8 {
+        match self {
+            Source::Buddy(order) => order,
+            Source::HugePool => HUGE_PAGE_ORDER,
+        }
+    }
+}
+
 /// What one zeroed allocation run measured.
 #[derive(Clone, Debug)]
 pub struct AllocRun {
     /// Blocks allocated (first pfn of each).
     pub blocks: Vec<Pfn>,
-    /// Order of each block.
-    pub order: u8,
+    /// Where the blocks came from.
+    pub source: Source,
     /// Time in the allocation calls (including any zeroing they did).
     pub alloc: Duration,
     /// Time writing one byte to every 4 KiB page afterwards (the first touch: page faults).
@@ -56,16 +78,19 @@ impl AllocRun {
 pub fn alloc_and_touch(
     guest: &mut Guest,
     bytes: u64,
-    order: u8,
+    source: Source,
     flags: AllocFlags,
 ) -> Result<AllocRun, GuestError> {
-    let block = FRAME_SIZE << order;
+    let block = FRAME_SIZE << source.order();
     let n = bytes.div_ceil(block) as usize;
     let mut blocks = Vec::with_capacity(n);
     let mut known_zero = 0;
     let start = Instant::now();
     for _ in 0..n {
-        let a = guest.alloc(order, flags)?;
+        let a = match source {
+            Source::Buddy(order) => guest.alloc(order, flags)?,
+            Source::HugePool => guest.alloc_huge(flags)?,
+        };
         known_zero += u64::from(a.known_zero);
         blocks.push(a.pfn);
     }
@@ -83,7 +108,7 @@ pub fn alloc_and_touch(
     let touch = start.elapsed();
     Ok(AllocRun {
         blocks,
-        order,
+        source,
         alloc,
         touch,
         known_zero,
@@ -93,7 +118,10 @@ pub fn alloc_and_touch(
 /// Frees the blocks of a run.
 pub fn free_run(guest: &mut Guest, run: &AllocRun) -> Result<(), GuestError> {
     for pfn in &run.blocks {
-        guest.free(*pfn, run.order)?;
+        match run.source {
+            Source::Buddy(order) => guest.free(*pfn, order)?,
+            Source::HugePool => guest.free_huge(*pfn)?,
+        }
     }
     Ok(())
 }
