@@ -59,7 +59,8 @@ impl Scenario {
         Scenario::new("alloc-free").param("mib", mib)
     }
 
-    /// Prints meminfo every `interval` s for `wait_s` s (host-driven inflate/deflate, stats).
+    /// Prints meminfo every `interval` s for `wait_s` s (host-driven inflate/deflate, stats),
+    /// then the virtio devices.
     pub fn idle(wait_s: f64) -> Scenario {
         Scenario::new("idle").param("wait", wait_s)
     }
@@ -76,9 +77,37 @@ impl Scenario {
         Scenario::new("shell")
     }
 
-    /// Sets the `hold` parameter (seconds).
+    /// Sets the `hold` parameter (seconds; with an `until_*` condition, the longest hold).
     pub fn hold(self, secs: f64) -> Scenario {
         self.param("hold", secs)
+    }
+
+    /// Sets the `wait` parameter (seconds; with an `until_*` condition, the longest wait).
+    pub fn wait(self, secs: f64) -> Scenario {
+        self.param("wait", secs)
+    }
+
+    /// Sets the `interval` between the guest's meminfo lines (seconds).
+    pub fn interval(self, secs: f64) -> Scenario {
+        self.param("interval", secs)
+    }
+
+    /// `churn`: allocate, touch and free `mib` MiB first (`idle`, `checksum`), so page reporting
+    /// has freed memory to report.
+    pub fn churn(self, mib: u64) -> Scenario {
+        self.param("churn", mib)
+    }
+
+    /// `until_inflated`: end the wait (`idle`, `alloc-free`'s wait, `checksum`'s hold, before
+    /// `oom`'s allocation) once the guest's `balloon_inflate` counter reaches `pages` (4 KiB
+    /// pages). Moving the balloon is the host's signal to the guest.
+    pub fn until_inflated(self, pages: u64) -> Scenario {
+        self.param("until_inflated", pages)
+    }
+
+    /// `until_deflated`: like [`Scenario::until_inflated`] for the `balloon_deflate` counter.
+    pub fn until_deflated(self, pages: u64) -> Scenario {
+        self.param("until_deflated", pages)
     }
 
     /// The kernel command-line words. Names and values must not contain whitespace.

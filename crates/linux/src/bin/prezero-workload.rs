@@ -22,10 +22,15 @@
 //! |---|---|---|
 //! | `boot` | prints the virtio devices and meminfo, exits | |
 //! | `meminfo` | prints meminfo and the balloon vmstat counters once | |
-//! | `checksum` | fills `mib` MiB with a seeded pattern, checksums it, keeps it `hold` s while printing meminfo every `interval` s, verifies every page | `mib` (32), `seed` (1), `hold` (0), `interval` (1) |
-//! | `alloc-free` | idles `idle` s, allocates and touches `mib` MiB, holds `hold` s, frees it, then waits `wait` s printing meminfo every `interval` s | `mib` (256), `idle` (3), `hold` (1), `wait` (10), `interval` (1) |
-//! | `idle` | prints meminfo every `interval` s for `wait` s (host-driven inflate/deflate, stats) | `wait` (10), `interval` (1) |
-//! | `oom` | allocates `mib` MiB in `step`-MiB chunks, touching them, printing progress (deflate-on-OOM) | `mib` (256), `step` (16) |
+//! | `checksum` | fills `mib` MiB with a seeded pattern, checksums it, optionally churns `churn` MiB (allocate, touch, free: memory for page reporting), keeps the pattern up to `hold` s while printing meminfo every `interval` s (and with `verify_every=1` verifying it each time: `checksum-verify`), then verifies every page | `mib` (32), `seed` (1), `hold` (0), `interval` (1), `churn` (0), `verify_every` (0), `until_*` |
+//! | `alloc-free` | idles `idle` s, allocates and touches `mib` MiB, holds `hold` s, frees it, then waits up to `wait` s printing meminfo every `interval` s | `mib` (256), `idle` (3), `hold` (1), `wait` (10), `interval` (1), `until_*` |
+//! | `idle` | optionally churns `churn` MiB, then prints meminfo every `interval` s for up to `wait` s (host-driven inflate/deflate, stats), then the virtio devices | `wait` (10), `interval` (1), `churn` (0), `until_*` |
+//! | `oom` | (with `until_*`: first waits up to `wait` s for the balloon) allocates `mib` MiB in `step`-MiB chunks, touching them, printing progress (deflate-on-OOM) | `mib` (256), `step` (16), `wait` (60), `until_*` |
+//!
+//! `until_inflated=N` / `until_deflated=N` (4 KiB pages) end a wait early once the guest's
+//! `/proc/vmstat` `balloon_inflate` / `balloon_deflate` counters reach N: moving the balloon
+//! is how the host tells the guest to go on (there is no other channel). A wait with a
+//! condition that runs out of time ends the scenario with exit status 1 (`reason=timeout`).
 //!
 //! Exit status 0 means the scenario's own checks passed; 1 a failed check (e.g. a checksum
 //! mismatch); 2 a usage error.
@@ -260,17 +265,106 @@ impl Params {
     }
 }
 
+/// The balloon's page counters in `/proc/vmstat` (`balloon_inflate`, `balloon_deflate`): pages
+/// the driver ever put into / took out of the balloon.
+fn balloon_counters() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    let (mut inflated, mut deflated) = (0, 0);
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("balloon_inflate", v)) => inflated = v.trim().parse().unwrap_or(0),
+            Some(("balloon_deflate", v)) => deflated = v.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (inflated, deflated)
+}
+
+/// A condition the host fulfils by moving the balloon: the host's only way to signal the guest
+/// (there is no shared file system). Met once `balloon_inflate >= inflated` and
+/// `balloon_deflate >= deflated` (parameters `until_inflated`, `until_deflated`, in 4 KiB
+/// pages; 0 = no condition).
+#[derive(Clone, Copy)]
+struct Until {
+    inflated: u64,
+    deflated: u64,
+}
+
+impl Until {
+    fn from(p: &Params) -> Result<Until, String> {
+        Ok(Until {
+            inflated: p.num("until_inflated", 0)?,
+            deflated: p.num("until_deflated", 0)?,
+        })
+    }
+    fn is_set(&self) -> bool {
+        self.inflated > 0 || self.deflated > 0
+    }
+    fn met(&self) -> bool {
+        let (i, d) = balloon_counters();
+        i >= self.inflated && d >= self.deflated
+    }
+}
+
+/// How a wait ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WaitEnd {
+    /// The full time passed (no condition was set).
+    Elapsed,
+    /// The host met the condition.
+    Until,
+    /// A condition was set and the time ran out first.
+    Timeout,
+}
+
+impl WaitEnd {
+    fn name(self) -> &'static str {
+        match self {
+            WaitEnd::Elapsed => "elapsed",
+            WaitEnd::Until => "until",
+            WaitEnd::Timeout => "timeout",
+        }
+    }
+}
+
 /// Sleeps `total`, printing meminfo every `interval` (phase `phase`).
 fn sleep_reporting(total: Duration, interval: Duration, phase: &str) {
+    let no = Until {
+        inflated: 0,
+        deflated: 0,
+    };
+    wait_phase(total, interval, phase, no, |_| true);
+}
+
+/// Waits up to `total`, printing meminfo every `interval` (phase `phase`) and calling `tick`
+/// with the round number after each (its `false` is remembered as a failure, see the return);
+/// with a condition set, returns as soon as it is met (checked after every interval).
+fn wait_phase(
+    total: Duration,
+    interval: Duration,
+    phase: &str,
+    until: Until,
+    mut tick: impl FnMut(u64) -> bool,
+) -> WaitEnd {
     let start = Instant::now();
     let interval = interval.max(Duration::from_millis(50));
+    let mut round = 0;
     loop {
+        if until.is_set() && until.met() {
+            return WaitEnd::Until;
+        }
         let left = total.saturating_sub(start.elapsed());
         if left.is_zero() {
-            break;
+            return if until.is_set() {
+                WaitEnd::Timeout
+            } else {
+                WaitEnd::Elapsed
+            };
         }
         std::thread::sleep(left.min(interval));
         emit_meminfo(phase);
+        round += 1;
+        tick(round);
     }
 }
 
@@ -283,30 +377,30 @@ fn touch(region: &mut Region, value: u64) {
     }
 }
 
-fn scenario_checksum(p: &Params) -> Result<bool, String> {
-    let mib = p.num("mib", 32)? as usize;
-    let seed = p.num("seed", 1)?;
-    let hold = p.secs("hold", 0.0)?;
-    let interval = p.secs("interval", 1.0)?;
-    let mut region = Region::new(mib * MIB)?;
-    let t = Instant::now();
-    let words = region.words();
-    let mut sum = FOLD_INIT;
-    for (i, w) in words.iter_mut().enumerate() {
-        let v = pattern(seed, i as u64);
-        *w = v;
-        sum = fold(sum, v);
+/// Allocates and touches `mib` MiB, then frees it (free memory for page reporting to find),
+/// printing `churn-freed`.
+fn churn(mib: usize) -> Result<(), String> {
+    if mib == 0 {
+        return Ok(());
     }
+    let t = Instant::now();
+    let mut region = Region::new(mib * MIB)?;
+    touch(&mut region, 0xc3c3_c3c3_c3c3_c3c3);
+    drop(region);
     emit(
-        "checksum-filled",
+        "churn-freed",
         &[
             ("mib", mib.to_string()),
-            ("sum", format!("{sum:016x}")),
             ("secs", format!("{:.3}", t.elapsed().as_secs_f64())),
         ],
     );
-    sleep_reporting(hold, interval, "hold");
-    let words = region.words();
+    emit_meminfo("churned");
+    Ok(())
+}
+
+/// Checks every word of `words` against the pattern of `seed`: (checksum, bad pages, first bad
+/// page).
+fn verify(words: &[u64], seed: u64) -> (u64, u64, Option<usize>) {
     let mut got = FOLD_INIT;
     let mut bad_pages = 0u64;
     let mut first_bad: Option<usize> = None;
@@ -324,6 +418,64 @@ fn scenario_checksum(p: &Params) -> Result<bool, String> {
             first_bad.get_or_insert(page);
         }
     }
+    (got, bad_pages, first_bad)
+}
+
+fn scenario_checksum(p: &Params) -> Result<bool, String> {
+    let mib = p.num("mib", 32)? as usize;
+    let seed = p.num("seed", 1)?;
+    let hold = p.secs("hold", 0.0)?;
+    let interval = p.secs("interval", 1.0)?;
+    let churn_mib = p.num("churn", 0)? as usize;
+    let verify_every = p.num("verify_every", 0)? != 0;
+    let until = Until::from(p)?;
+    let mut region = Region::new(mib * MIB)?;
+    let t = Instant::now();
+    let words = region.words();
+    let mut sum = FOLD_INIT;
+    for (i, w) in words.iter_mut().enumerate() {
+        let v = pattern(seed, i as u64);
+        *w = v;
+        sum = fold(sum, v);
+    }
+    emit(
+        "checksum-filled",
+        &[
+            ("mib", mib.to_string()),
+            ("sum", format!("{sum:016x}")),
+            ("secs", format!("{:.3}", t.elapsed().as_secs_f64())),
+        ],
+    );
+    churn(churn_mib)?;
+    let mut rounds_failed = 0u64;
+    let end = wait_phase(hold, interval, "hold", until, |round| {
+        if !verify_every {
+            return true;
+        }
+        let (got, bad_pages, first_bad) = verify(region.words(), seed);
+        let ok = got == sum && bad_pages == 0;
+        let (inflated, deflated) = balloon_counters();
+        emit(
+            "checksum-verify",
+            &[
+                ("round", round.to_string()),
+                ("status", if ok { "ok" } else { "fail" }.into()),
+                ("bad_pages", bad_pages.to_string()),
+                (
+                    "first_bad_page",
+                    first_bad.map_or("none".into(), |p| p.to_string()),
+                ),
+                ("balloon_inflate", inflated.to_string()),
+                ("balloon_deflate", deflated.to_string()),
+            ],
+        );
+        if !ok {
+            rounds_failed += 1;
+        }
+        ok
+    });
+    emit("hold-end", &[("reason", end.name().into())]);
+    let (got, bad_pages, first_bad) = verify(region.words(), seed);
     let pass = got == sum && bad_pages == 0;
     emit(
         "checksum",
@@ -337,9 +489,10 @@ fn scenario_checksum(p: &Params) -> Result<bool, String> {
                 "first_bad_page",
                 first_bad.map_or("none".into(), |p| p.to_string()),
             ),
+            ("rounds_failed", rounds_failed.to_string()),
         ],
     );
-    Ok(pass)
+    Ok(pass && rounds_failed == 0 && end != WaitEnd::Timeout)
 }
 
 fn scenario_alloc_free(p: &Params) -> Result<bool, String> {
@@ -348,6 +501,7 @@ fn scenario_alloc_free(p: &Params) -> Result<bool, String> {
     let hold = p.secs("hold", 1.0)?;
     let wait = p.secs("wait", 10.0)?;
     let interval = p.secs("interval", 1.0)?;
+    let until = Until::from(p)?;
     emit_meminfo("start");
     emit_vmstat("start");
     emit("idle-start", &[]);
@@ -371,26 +525,45 @@ fn scenario_alloc_free(p: &Params) -> Result<bool, String> {
     emit("freed", &[("mib", mib.to_string())]);
     emit_meminfo("freed");
     emit_vmstat("freed");
-    sleep_reporting(wait, interval, "wait");
+    let end = wait_phase(wait, interval, "wait", until, |_| true);
     emit_vmstat("end");
-    emit("done", &[]);
-    Ok(true)
+    emit("done", &[("reason", end.name().into())]);
+    Ok(end != WaitEnd::Timeout)
 }
 
 fn scenario_idle(p: &Params) -> Result<bool, String> {
     let wait = p.secs("wait", 10.0)?;
     let interval = p.secs("interval", 1.0)?;
+    let until = Until::from(p)?;
     emit_meminfo("start");
-    sleep_reporting(wait, interval, "idle");
+    churn(p.num("churn", 0)? as usize)?;
+    let end = wait_phase(wait, interval, "idle", until, |_| true);
     emit_vmstat("end");
-    emit("done", &[]);
-    Ok(true)
+    emit_virtio();
+    emit("done", &[("reason", end.name().into())]);
+    Ok(end != WaitEnd::Timeout)
 }
 
 fn scenario_oom(p: &Params) -> Result<bool, String> {
     let mib = p.num("mib", 256)? as usize;
     let step = (p.num("step", 16)? as usize).max(1);
+    let until = Until::from(p)?;
     emit_meminfo("start");
+    if until.is_set() {
+        // E.g. wait until the balloon the host asked for is inflated before eating memory.
+        let end = wait_phase(
+            p.secs("wait", 60.0)?,
+            p.secs("interval", 0.5)?,
+            "wait",
+            until,
+            |_| true,
+        );
+        emit("oom-ready", &[("reason", end.name().into())]);
+        if end == WaitEnd::Timeout {
+            return Ok(false);
+        }
+        emit_vmstat("ready");
+    }
     let mut held = Vec::new();
     let mut total = 0;
     while total < mib {
