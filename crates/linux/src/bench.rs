@@ -140,20 +140,40 @@ pub fn measure_alloc_free(
     device_pid: Option<i32>,
     opts: &BenchOptions,
 ) -> Result<PeerRun> {
+    measure_alloc_free_with(peer, vm, mem, cpu, device_pid, opts, &mut |_| {})
+}
+
+/// [`measure_alloc_free`], calling `on_event` as soon as each workload phase event arrives
+/// (`init`, `idle-start`, `alloc-start`, `alloc-done`, `freed`, `done`), e.g. to read the
+/// device's own counters at the phase boundaries.
+pub fn measure_alloc_free_with(
+    peer: &str,
+    vm: &mut GuestProcess,
+    mem: Box<dyn MemoryProbe>,
+    cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PeerRun> {
     let (memory_probe, cpu_probe) = (mem.describe(), cpu.describe());
     let sampler = Sampler::start(vm.t0(), opts.sample_interval, mem, cpu);
     let deadline = Instant::now() + opts.timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
     let c = vm.console();
-    let first = c.wait_event("init", left())?;
-    let idle = c.wait_event("idle-start", left())?;
-    let alloc = c.wait_event("alloc-start", left())?;
-    let done_alloc = c.wait_event("alloc-done", left())?;
-    let freed = c.wait_event("freed", left())?;
+    let mut wait = |name: &str| -> Result<Event> {
+        let e = c.wait_event(name, left())?;
+        on_event(&e);
+        Ok(e)
+    };
+    let first = wait("init")?;
+    let idle = wait("idle-start")?;
+    let alloc = wait("alloc-start")?;
+    let done_alloc = wait("alloc-done")?;
+    let freed = wait("freed")?;
     let threads_before = device_pid
         .and_then(|p| threads_cpu(p).ok())
         .unwrap_or_default();
-    let done = c.wait_event("done", left())?;
+    let done = wait("done")?;
     let threads_after = device_pid
         .and_then(|p| threads_cpu(p).ok())
         .unwrap_or_default();
@@ -216,6 +236,17 @@ pub fn bench_uml(
     device_pid: Option<i32>,
     opts: &BenchOptions,
 ) -> Result<PeerRun> {
+    bench_uml_with(cfg, device_cpu, device_pid, opts, &mut |_| {})
+}
+
+/// [`bench_uml`], calling `on_event` at each workload phase (see [`measure_alloc_free_with`]).
+pub fn bench_uml_with(
+    cfg: &UmlConfig,
+    device_cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PeerRun> {
     let cfg = cfg.clone().scenario(opts.workload.scenario());
     let peer = if cfg.balloon_socket.is_some() {
         "uml+prezero"
@@ -224,7 +255,15 @@ pub fn bench_uml(
     };
     let mut vm = Uml::boot(&cfg)?;
     let mem = vm.memory_probe();
-    let run = measure_alloc_free(peer, &mut vm, Box::new(mem), device_cpu, device_pid, opts);
+    let run = measure_alloc_free_with(
+        peer,
+        &mut vm,
+        Box::new(mem),
+        device_cpu,
+        device_pid,
+        opts,
+        on_event,
+    );
     let _ = vm.wait_exit(Duration::from_secs(30));
     vm.shutdown();
     run

@@ -14,6 +14,7 @@
 //! | [`initramfs`], [`cpio`], [`modules`], [`elf`] | a newc initramfs with busybox, kernel modules (+ dependencies), the workload and `/init` |
 //! | [`scenario`] | what the guest runs, chosen on the kernel command line (`prezero.scenario=...`) |
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
+//! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
 //! | [`procs`], [`measure`], [`mod@bench`], [`svg`] | host memory / CPU probes, sampling, curve analysis, the peer comparison and its chart |
 //!
 //! ## Use
@@ -43,11 +44,16 @@
 //! |---|---|---|
 //! | `boot` | lists virtio devices, meminfo, vmstat | `virtio` (device id, driver, negotiated feature bits), `virtio-count`, `meminfo`, `vmstat` |
 //! | `meminfo` | meminfo and vmstat once | `meminfo`, `vmstat` |
-//! | `checksum` | fills `mib` with a seeded pattern, holds `hold` s, verifies every page | `checksum-filled`, `meminfo` while holding, `checksum status=ok/fail bad_pages=...` |
-//! | `alloc-free` | idles `idle` s, allocates and touches `mib`, holds, frees, waits `wait` s | `idle-start`, `alloc-start`, `alloc-done mib_per_s=`, `freed`, `meminfo` each `interval`, `vmstat` (with `pcp_pages`), `done` |
-//! | `idle` | meminfo every `interval` s for `wait` s | `meminfo`, `done` |
-//! | `oom` | allocates `mib` in `step` chunks (deflate-on-OOM) | `oom-progress`, `oom-done` (or the kernel's OOM kill, then `exit rc=137`) |
+//! | `checksum` | fills `mib` with a seeded pattern, optionally churns `churn` MiB, holds up to `hold` s (verifying every `interval` with `verify_every=1`), verifies every page | `checksum-filled`, `churn-freed`, `meminfo` while holding, `checksum-verify round= status=`, `hold-end reason=`, `checksum status=ok/fail bad_pages=...` |
+//! | `alloc-free` | idles `idle` s, allocates and touches `mib`, holds, frees, waits up to `wait` s | `idle-start`, `alloc-start`, `alloc-done mib_per_s=`, `freed`, `meminfo` each `interval`, `vmstat` (with `pcp_pages`), `done reason=` |
+//! | `idle` | optionally churns `churn` MiB, meminfo every `interval` s for up to `wait` s, then the virtio devices | `churn-freed`, `meminfo`, `virtio`, `virtio-count`, `done reason=` |
+//! | `oom` | optionally waits for the balloon (`until_*`), allocates `mib` in `step` chunks (deflate-on-OOM) | `oom-ready`, `oom-progress`, `oom-done` (or the kernel's OOM kill, then `exit rc=137`) |
 //! | `shell` | a busybox shell instead of the workload | |
+//!
+//! `until_inflated=N` / `until_deflated=N` end a wait once the guest's `balloon_inflate` /
+//! `balloon_deflate` vmstat counters (4 KiB pages) reach N: the host signals the guest by
+//! moving the balloon ([`Scenario::until_inflated`]). Such a wait that times out fails the
+//! scenario (`reason=timeout`, exit status 1).
 //!
 //! The init script adds `init` (kernel release), one `insmod module= rc=` per module and a
 //! final `exit rc=` before `poweroff -f`.
@@ -67,6 +73,7 @@
 //!   with `MADV_DONTNEED`, below the noise of the idle guest (~0.007 CPU s/s).
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod console;
 pub mod cpio;

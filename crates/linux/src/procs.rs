@@ -197,6 +197,45 @@ impl PidSet {
     }
 }
 
+/// SIGKILLs every process of every VM this process started (their tag, see [`TAG_VAR`], begins
+/// with this process's pid), repeating until none is left or `timeout` passes; returns the
+/// survivors. For an interrupted command (SIGINT) that cannot reach its [`crate::vm::GuestProcess`]
+/// values: it finds the VMs' processes by tag, not by name.
+pub fn kill_vms_started_here(timeout: Duration) -> Vec<ProcId> {
+    let prefix = format!("{TAG_VAR}={}-", std::process::id());
+    let deadline = Instant::now() + timeout;
+    let my_pid = std::process::id() as i32;
+    loop {
+        let tagged: Vec<ProcId> = all_pids()
+            .into_iter()
+            .filter(|&p| p != my_pid)
+            .filter_map(|p| {
+                let s = stat(p)?;
+                let env = fs::read(format!("/proc/{p}/environ")).ok()?;
+                env.split(|&b| b == 0)
+                    .any(|kv| kv.starts_with(prefix.as_bytes()))
+                    .then_some(ProcId {
+                        pid: p,
+                        start: s.start,
+                    })
+            })
+            .filter(|id| is_alive(*id))
+            .collect();
+        if tagged.is_empty() || Instant::now() >= deadline {
+            return tagged;
+        }
+        for id in tagged {
+            if is_alive(id) {
+                // SAFETY: plain kill(2) on a pid whose start time we just re-checked.
+                unsafe {
+                    libc::kill(id.pid, libc::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
