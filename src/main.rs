@@ -4,6 +4,7 @@ mod balloon_cmd;
 mod bench;
 mod demo;
 mod embedded;
+mod linux_cmd;
 mod serve;
 
 use anyhow::Result;
@@ -35,6 +36,9 @@ enum Command {
     /// Run a benchmark (prints a table; --json for machines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Boot User-Mode Linux (the stock virtio_balloon driver) attached to `prezero serve` and
+    /// run a guest scenario, printing its console.
+    Linux(linux_cmd::LinuxArgs),
 }
 
 fn init_logging(filter: Option<&str>, default: &str) {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Balloon(cmd) => balloon_cmd::run(&cmd),
         Command::Bench(cmd) => bench::run(&cmd),
+        Command::Linux(args) => linux_cmd::run(&args),
     }
 }

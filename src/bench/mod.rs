@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod chart;
+pub mod linux;
 pub mod seed_table;
 
 use anyhow::Result;
@@ -37,6 +38,9 @@ pub enum BenchCommand {
     /// The upstream measurement on our system: allocate 256 MiB zeroed in a 2 GiB guest after
     /// reporting; baseline (guest zeroes), optimized (skips), floor (touch only).
     SeedTable(seed_table::SeedTableArgs),
+    /// The peer comparison with the stock Linux driver: QEMU's own virtio-balloon against User-Mode
+    /// Linux on `prezero serve`, allocating, freeing and reporting 256 MiB; plus an SVG chart.
+    Linux(linux::LinuxBenchArgs),
 }
 
 fn print<T: Serialize>(json: bool, result: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
@@ -68,6 +72,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             print(*json, &prezero_device::bench::run(&o)?, |r| r.table())
         }
         BenchCommand::SeedTable(args) => seed_table::run(args),
+        BenchCommand::Linux(args) => linux::run(args),
     }
 }
 
