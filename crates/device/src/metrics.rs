@@ -17,6 +17,8 @@ pub struct Metrics {
     pub(crate) stats_requests: AtomicU64,
     pub(crate) stats_unknown_tags: AtomicU64,
     pub(crate) reporting_requests: AtomicU64,
+    pub(crate) reporting_buffers: AtomicU64,
+    pub(crate) indirect_chains: AtomicU64,
     pub(crate) inflated_pages: AtomicU64,
     pub(crate) deflated_pages: AtomicU64,
     pub(crate) inflated_pages_zeroed: AtomicU64,
@@ -38,6 +40,8 @@ impl Default for Metrics {
             stats_requests: AtomicU64::new(0),
             stats_unknown_tags: AtomicU64::new(0),
             reporting_requests: AtomicU64::new(0),
+            reporting_buffers: AtomicU64::new(0),
+            indirect_chains: AtomicU64::new(0),
             inflated_pages: AtomicU64::new(0),
             deflated_pages: AtomicU64::new(0),
             inflated_pages_zeroed: AtomicU64::new(0),
@@ -81,6 +85,8 @@ impl Metrics {
             stats_requests: get(&self.stats_requests),
             stats_unknown_tags: get(&self.stats_unknown_tags),
             reporting_requests: get(&self.reporting_requests),
+            reporting_buffers: get(&self.reporting_buffers),
+            indirect_chains: get(&self.indirect_chains),
             inflated_pages: get(&self.inflated_pages),
             deflated_pages: get(&self.deflated_pages),
             inflated_pages_zeroed: get(&self.inflated_pages_zeroed),
@@ -113,6 +119,11 @@ pub struct MetricsSnapshot {
     pub stats_unknown_tags: u64,
     /// Reporting chains processed.
     pub reporting_requests: u64,
+    /// Buffers (reported blocks) in the well-formed reporting chains: with `reported_bytes`
+    /// and `reporting_requests`, the shape of what the driver sends.
+    pub reporting_buffers: u64,
+    /// Chains (any queue) whose head descriptor refers to an indirect descriptor table.
+    pub indirect_chains: u64,
     /// Valid PFNs inflated.
     pub inflated_pages: u64,
     /// Valid PFNs deflated.

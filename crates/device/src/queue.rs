@@ -5,11 +5,12 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::GuestMemoryBackend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::device::BalloonDevice;
 use crate::error::{DeviceError, ErrorKind};
 use crate::memory::GuestRange;
+use crate::metrics::bump;
 
 /// What to do with a chain after its handler ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,20 @@ pub(crate) fn used_ring_range<Q: QueueT>(queue: &Q) -> Option<GuestRange> {
     // flags + idx + ring + avail_event
     let len = 4 + 8 * u64::from(queue.size()) + 2;
     GuestRange::new(queue.used_ring(), len).ok()
+}
+
+/// `VIRTQ_DESC_F_INDIRECT`: the descriptor's buffer is a table of descriptors.
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+
+/// Whether the descriptor at `head` refers to an indirect table (read again from the ring:
+/// `DescriptorChain` follows indirect tables without saying so). Unreadable counts as no.
+fn head_is_indirect<Q: QueueT, M: GuestMemoryBackend>(queue: &Q, mem: &M, head: u16) -> bool {
+    // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }: flags at byte 12.
+    queue
+        .desc_table()
+        .checked_add(u64::from(head) * 16 + 12)
+        .and_then(|a| mem.read_obj::<[u8; 2]>(GuestAddress(a)).ok())
+        .is_some_and(|flags| u16::from_le_bytes(flags) & VIRTQ_DESC_F_INDIRECT != 0)
 }
 
 impl<D> BalloonDevice<D> {
@@ -59,6 +74,9 @@ impl<D> BalloonDevice<D> {
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 popped += 1;
                 let head = chain.head_index();
+                if head_is_indirect(queue, mem, head) {
+                    bump(&self.metrics.indirect_chains, 1);
+                }
                 let used = match handle(self, mem, chain, used_ring) {
                     Completion::Used(len) => Some((head, len)),
                     Completion::Hold => None,

@@ -70,6 +70,7 @@ impl<D> BalloonDevice<D> {
             self.metrics.error(ErrorKind::WrongDirection);
             return 0;
         }
+        bump(&self.metrics.reporting_buffers, s.buffers.len() as u64);
         if self.poison_forbids_zero() {
             bump(&self.metrics.poison_skipped, 1);
             return 0;

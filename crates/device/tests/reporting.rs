@@ -254,6 +254,25 @@ fn indirect_chain_is_followed() {
     process(&mut dev, &mut drv);
     assert_eq!(drv.last_used().1, 0x2000);
     assert_eq!(dev.discard_backend().discard_count(), 1);
+    // The shape is counted: one chain, indirect, of two buffers.
+    let m = dev.metrics();
+    assert_eq!(
+        (m.reporting_requests, m.indirect_chains, m.reporting_buffers),
+        (1, 1, 2)
+    );
+    // A direct chain of three buffers is not counted as indirect.
+    drv.skip_to(1);
+    drv.add(&[
+        w(REGION_C + 0x4000, 0x1000),
+        w(REGION_C + 0x5000, 0x1000),
+        w(REGION_C + 0x6000, 0x1000),
+    ]);
+    process(&mut dev, &mut drv);
+    let m = dev.metrics();
+    assert_eq!(
+        (m.reporting_requests, m.indirect_chains, m.reporting_buffers),
+        (2, 1, 5)
+    );
 }
 
 #[test]
