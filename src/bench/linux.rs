@@ -97,6 +97,8 @@ pub struct PeerFigures {
     pub boot_s: f64,
     /// The guest's own first-touch speed, MiB/s.
     pub guest_touch_mib_per_s: Option<f64>,
+    /// CPU seconds per thread of the device process from the free to the end of the wait.
+    pub threads_after_free: Vec<prezero_linux::procs::ThreadCpu>,
     /// The full run (series, marks, console) for `--json` readers.
     #[serde(skip)]
     pub run: PeerRun,
@@ -133,6 +135,7 @@ fn figures(run: PeerRun, cpu_method: String, cpu_s: f64, window_mib: f64) -> Pee
         window_mib,
         boot_s: run.boot_s,
         guest_touch_mib_per_s: run.guest_touch_mib_per_s,
+        threads_after_free: run.threads_after_free.clone(),
         run,
     }
 }
