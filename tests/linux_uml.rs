@@ -901,3 +901,160 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
         inflated as f64 / 256.0
     );
 }
+
+/// `prezero linux`: starts its own daemon, boots UML, prints the console and a summary of the
+/// negotiation and the device's work; bad input is a clear error.
+#[test]
+fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
+    let Some(e) = env() else { return };
+    let out = prezero()
+        .args([
+            "linux",
+            "--scenario",
+            "idle",
+            "--mem",
+            "256",
+            "--events-only",
+            "--serve-arg=--no-stats",
+            "churn=32",
+            "wait=4",
+        ])
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(
+        stdout.lines().all(|l| l.contains("PREZERO event=")),
+        "{stdout}"
+    );
+    let virtio = stdout
+        .lines()
+        .find_map(|l| Event::parse(l).filter(|e| e.name == "virtio"))
+        .expect("a virtio event");
+    assert_eq!(virtio.get("driver"), Some("virtio_balloon"), "{stdout}");
+    assert!(
+        stdout.contains("PREZERO event=exit scenario=idle rc=0"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("negotiated: must_tell_host deflate_on_oom reporting"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("queues: inflate deflate reporting"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("prezero balloon set 64M --control"),
+        "{stderr}"
+    );
+    let device = stderr.lines().find(|l| l.starts_with("device:")).unwrap();
+    assert!(!device.contains("reporting 0 requests"), "{device}");
+    assert!(device.ends_with(" 0 errors"), "{device}");
+
+    let fail = |args: &[&str]| {
+        let out = prezero().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fail(&["linux", "--scenario", "dance"]);
+    assert!(
+        err.contains("unknown scenario") && err.contains("alloc-free"),
+        "{err}"
+    );
+    let err = fail(&["linux", "--scenario", "idle", "wait"]);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let err = fail(&["linux", "--socket", "/nonexistent/b.sock"]);
+    assert!(
+        err.contains("/nonexistent/b.sock") && err.contains("prezero serve --socket"),
+        "{err}"
+    );
+}
+
+/// `prezero bench linux` at a small size: both peers in one invocation (QEMU where the peer is
+/// set up, as in CI), the figures the JSON promises, and the chart.
+#[test]
+fn bench_linux_compares_the_peers_in_one_invocation() {
+    use prezero_linux::setup::check;
+    let Some(e) = env() else { return };
+    let peer = check(&SetupOptions {
+        peer: true,
+        install: false,
+        cache_dir: e.h.tools.cache_dir.clone(),
+    })
+    .is_ok();
+    if !peer {
+        eprintln!("the QEMU peer is not set up (scripts/linux-setup.sh --peer): UML side only");
+    }
+    let svg =
+        e.h.tools
+            .cache_dir
+            .join("run")
+            .join(format!("bench-{}.svg", std::process::id()));
+    let mut cmd = prezero();
+    cmd.args([
+        "bench",
+        "linux",
+        "--json",
+        "--mib",
+        "96",
+        "--mem",
+        "512",
+        "--idle",
+        "2",
+        "--wait",
+        "6",
+        "--no-install",
+        "--svg",
+    ])
+    .arg(&svg)
+    .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir);
+    if !peer {
+        cmd.arg("--skip-qemu");
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut peers = vec!["prezero"];
+    if peer {
+        peers.push("qemu");
+    } else {
+        assert!(v["qemu"].is_null());
+    }
+    for p in peers {
+        let f = &v[p];
+        for k in [
+            "idle_mib",
+            "peak_mib",
+            "after_mib",
+            "seconds_to_return",
+            "device_cpu_s_per_gib",
+        ] {
+            assert!(f.get(k).is_some(), "{p}: no {k}: {f}");
+        }
+        let num = |k: &str| f[k].as_f64().unwrap();
+        // Part of the allocation may reuse memory the guest had touched before (QEMU).
+        assert!(num("peak_mib") >= num("idle_mib") + 48.0, "{p}: {f}");
+        assert!(num("after_mib") <= num("peak_mib") - 48.0, "{p}: {f}");
+        assert!(f["device_cpu_s_per_gib"].as_f64().is_some(), "{p}: {f}");
+        eprintln!(
+            "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB",
+            num("idle_mib"),
+            num("peak_mib"),
+            num("after_mib"),
+            f["seconds_to_return"],
+            f["device_cpu_s_per_gib"]
+        );
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("uml+prezero"), "{chart}");
+    if peer {
+        assert!(chart.contains("qemu"));
+    }
+    let _ = std::fs::remove_file(&svg);
+}
