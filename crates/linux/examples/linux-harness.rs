@@ -1,5 +1,6 @@
-//! Manual driver of the Linux-guest harness (until `prezero linux` / `prezero bench linux` are
-//! wired in the main binary).
+//! Manual driver of the Linux-guest harness, for working on the harness itself. Users want
+//! `prezero linux` (UML on a `prezero serve` it starts) and `prezero bench linux` (the peer
+//! comparison) instead.
 //!
 //! ```text
 //! cargo run -p prezero-linux --example linux-harness -- uml [SCENARIO [KEY=VALUE...]] [--socket PATH] [--mem MIB]

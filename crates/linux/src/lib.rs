@@ -64,13 +64,65 @@
 //!   powers off after ~1.6-1.8 s; ~20 host processes per boot, all gone after shutdown (also
 //!   when UML hangs on a backend that never answers). First touch ~22-27 MiB/s.
 //! - QEMU 7.2 (`-accel tcg`) with the cloud kernel 6.1.0-56: `/init` ~2.1 s after start; first
-//!   touch ~370 MiB/s.
-//! - QEMU peer, 256 MiB `alloc-free` in a 2 GiB guest: idle ~236-246 MiB RSS, peak ~492-502,
-//!   after ~274-282; 210-228 MiB return ~1.3-1.4 s after the free (`seconds_to_settle`), but
-//!   `seconds_to_return` is `None`: the cloud kernel keeps ~36 MiB of the freed THPs on its
-//!   per-cpu free lists (`pcp_pages` 2964 -> 12079), which reporting never sees, so host memory
-//!   stays 12-20% above idle. `device_cpu_s_per_gib` ~0-0.03 s/GiB: QEMU discards 2 MiB THPs
-//!   with `MADV_DONTNEED`, below the noise of the idle guest (~0.007 CPU s/s).
+//!   touch ~360 MiB/s.
+//! - `prezero bench linux` (256 MiB `alloc-free`, 2 GiB guests, 15 s wait), two runs:
+//!
+//!   | peer | idle MiB | peak MiB | after MiB | s to return | s to settle | device CPU s/GiB |
+//!   |---|---|---|---|---|---|---|
+//!   | qemu | 246.0-246.2 | 502.3-502.6 | 274.3-274.6 | none | 1.31-1.38 | 0.00-0.04 |
+//!   | prezero | 64.9-65.1 | 317.6-317.9 | 73.6-73.9 | none (2.18 in an earlier run at 70.5 MiB after) | 2.10-2.11 | 0.227-0.235 |
+//!
+//!   Neither comes back within 10% of idle in most runs. QEMU: the cloud kernel keeps part of
+//!   the freed THPs on its per-cpu free lists (`pcp_pages` 2964 -> 12079), which reporting
+//!   never sees. UML (no THP): the per-cpu lists hold only ~1.3 MiB; the ~9 MiB left are free
+//!   pieces smaller than a pageblock (Linux reports only whole 4 MiB pageblocks), around the
+//!   workload's page tables and slab; against UML's small idle figure (65 MiB) that is just
+//!   over 10%. Device CPU: prezero serve's `vring_worker` spends ~0.055 s per 244 MiB, i.e.
+//!   ~0.23 s/GiB, the cost of `fallocate(PUNCH_HOLE)` freeing 4 KiB tmpfs pages (`prezero
+//!   bench report` measures the raw syscall at ~5.5 GiB/s = 0.18 s/GiB on a memfd). QEMU's
+//!   `MADV_DONTNEED` of 2 MiB THPs is below the noise of its idle TCG guest (~0.007 CPU s/s).
+//!   Both return their memory at Linux's pace (a reporting pass 2 s after frees).
+//!
+//! ## What the stock driver does against `prezero serve` (tests/linux_uml.rs checks it)
+//!
+//! - vhost-user (`virtio_uml`): protocol features `REPLY_ACK | BACKEND_REQ | CONFIG` (0x228)
+//!   out of those offered, an ack asked for every message; `SET_FEATURES` is sent **twice** at
+//!   probe: first with `PAGE_POISON` (0x130000037), then, after the balloon driver's
+//!   `validate` dropped it because the guest does not poison free pages, without
+//!   (0x130000027): a device must go by the last one. `SET_MEM_TABLE` pads to two regions
+//!   (the relay trims it), `GET_CONFIG` always reads from offset 0.
+//! - Features: `MUST_TELL_HOST`, `STATS_VQ`, `DEFLATE_ON_OOM`, `REPORTING`, plus
+//!   `INDIRECT_DESC`, `EVENT_IDX`, `VERSION_1`. The proposed `DEVICE_INIT_REPORTED` and
+//!   `DEVICE_INIT_ON_INFLATE` (bits 6, 7) are offered and silently not acked: the proposal
+//!   is backward compatible with the stock driver. Queue numbering is dense for every offer
+//!   tried (all; reporting without stats: reporting is queue 2; stats without reporting;
+//!   neither).
+//! - Inflate/deflate: one device-readable buffer of at most 256 PFNs (1 MiB) per request, one
+//!   request at a time (~0.14 ms each: 768 MiB in 0.11 s), `actual` written after each.
+//!   With a non-zero target at probe the driver inflates before `/init` runs. With
+//!   `DEFLATE_ON_OOM` the balloon stays in `MemTotal` (only `MemFree` drops); without it
+//!   `MemTotal` drops by exactly the balloon. At device removal (poweroff) the driver deflates
+//!   the whole balloon.
+//! - Deflate-on-OOM: the OOM notifier gives back 256 pages per OOM event; an 80 MiB workload
+//!   in a 128 MiB guest with a 64 MiB balloon completes (12288 pages deflated) and the target
+//!   is not re-approached until the next config change. Without the feature the OOM killer
+//!   ends it.
+//! - Statistics: one buffer at probe, then one each time the device hands it back; 8 tags
+//!   (no hugetlb in UML); `free_memory`, `total_memory`, `available_memory` equal the guest's
+//!   `MemFree`, `MemTotal`, `MemAvailable` read at the same moment.
+//! - Reporting: one chain per pass of up to 32 device-writable buffers, each one pageblock
+//!   (order 10, 4 MiB, in UML), through an indirect descriptor table whenever it has more
+//!   than one buffer; the used length is ignored. A pass runs ~2 s after frees, and only while
+//!   free memory stays above the low watermark plus 32 pageblocks (128 MiB here,
+//!   `page_reporting_process_zone`): a 128 MiB guest never reports. At boot the first passes
+//!   report nearly all free memory (~1.7 GiB of a 2 GiB guest).
+//! - The daemon killed under the guest: `virtio_uml` warns `read returned 0` (about 20 times)
+//!   and unregisters the device. With an empty balloon the guest runs on and powers off
+//!   normally; with pages in the balloon the removal waits forever for a deflate nobody
+//!   answers: the workload still finishes, but the ballooned memory never returns and
+//!   `poweroff` hangs (the harness kills UML). There is no reconnect.
+//! - The guest killed mid-inflate: the daemon drops the connection, releases its descriptors,
+//!   threads and mapping of the guest memory, and serves the next guest on the same socket.
 #![deny(missing_docs)]
 
 pub mod backend;

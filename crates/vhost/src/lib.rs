@@ -60,10 +60,15 @@
 //! # Interoperability
 //!
 //! Checked against the stock Linux 6.1 `virtio_balloon` driver under User-Mode Linux
-//! (`virtio_uml`): probe with `CONFIG`/`REPLY_ACK`/`BACKEND_REQ`, inflate and deflate following
-//! a target set on the control socket (config change acked by the guest), fresh statistics,
-//! and free page reporting (discarded by hole punching in UML's shared memory file). UML 6.1
-//! pads `SET_MEM_TABLE`, which vhost 0.18 refuses: the [`relay`] trims it.
+//! (`virtio_uml`) in the root package's `tests/linux_uml.rs`, with `prezero serve` as a
+//! separate process: probe with `CONFIG`/`REPLY_ACK`/`BACKEND_REQ`, dense queue roles for
+//! several feature offers, inflate and deflate following a target set on the control socket
+//! (config change acked by the guest), fresh statistics, free page reporting (discarded by
+//! hole punching in UML's shared memory file), deflate-on-OOM, the guest killed mid-inflate.
+//! What the stock driver does is listed in the `prezero-linux` crate docs. Two things here
+//! exist for it: UML 6.1 pads `SET_MEM_TABLE`, which vhost 0.18 refuses (the [`relay`] trims
+//! it), and its call "fd" is a socket (SIGPIPE, see above). It writes `SET_FEATURES` twice at
+//! probe (with, then without `PAGE_POISON`); the device goes by the last one.
 #![deny(missing_docs)]
 
 mod backend;
