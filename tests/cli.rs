@@ -231,3 +231,34 @@ fn a_daemon_killed_in_the_middle_of_a_report_costs_the_guest_nothing() {
     // Later reporting passes do nothing and do not fail.
     g.poll(Duration::from_millis(10)).unwrap();
 }
+
+/// SIGTERM the moment the socket exists stops `prezero serve` cleanly (its handlers are in place
+/// before the sockets are bound) and removes both sockets, every time.
+#[test]
+fn serve_stops_cleanly_on_sigterm_as_soon_as_its_socket_exists() {
+    let d = Dir::new("early-term");
+    for i in 0..20 {
+        let (sock, ctl) = (
+            d.0.join(format!("b{i}.sock")),
+            d.0.join(format!("c{i}.sock")),
+        );
+        let mut child = prezero()
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .arg("--control")
+            .arg(&ctl)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "no socket");
+            std::hint::spin_loop();
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "run {i}: {status}");
+        assert!(!sock.exists() && !ctl.exists(), "run {i}: sockets left");
+    }
+}

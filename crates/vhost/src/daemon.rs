@@ -396,10 +396,13 @@ pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM (or a fatal error), then stops it cleanly.
+///
+/// The handlers are installed before the sockets are bound: once the socket exists, SIGINT or
+/// SIGTERM stops the daemon cleanly (and removes its sockets), however soon they come.
 pub fn serve(opts: ServeOptions) -> Result<()> {
-    let handle = spawn(opts)?;
     let signals =
         signals::Termination::install().map_err(Error::io("installing signal handlers"))?;
+    let handle = spawn(opts)?;
     let mut fds = [
         pollfd(signals.fd(), libc::POLLIN),
         pollfd(handle.controller.shared.stop_fd(), libc::POLLIN),
