@@ -153,6 +153,54 @@ impl Daemon {
         });
     }
 
+    /// Waits until the daemon is back to `fds` descriptors, `threads` threads and no mapping
+    /// of guest memory (a guest's connection released everything).
+    fn wait_until_released(&self, fds: usize, threads: usize) {
+        let p = &self.proc;
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let (f, t, m) = (
+                p.fd_count().unwrap(),
+                p.thread_count().unwrap(),
+                p.shared_memory_mappings().unwrap(),
+            );
+            if (f, t, m) == (fds, threads, 0) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let fd_list: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!(
+                            "{} -> {}",
+                            e.file_name().to_string_lossy(),
+                            target.display()
+                        )
+                    })
+                    .collect();
+                let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        std::fs::read_to_string(e.path().join("comm"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned()
+                    })
+                    .collect();
+                panic!(
+                    "the daemon kept {f} fds (baseline {fds}), {t} threads (baseline \
+                     {threads}), {m} guest mappings:\nfds {fd_list:#?}\nthreads {names:?}\n\
+                     log:\n{}",
+                    p.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn errors(&self) -> u64 {
         self.device()["errors"]
             .as_object()
@@ -895,8 +943,19 @@ fn daemon_killed_while_the_guest_runs() {
 fn guest_killed_mid_request_leaves_the_daemon_serving() {
     let Some(e) = env() else { return };
     let mut d = Daemon::start(e, "guest-killed", &[]);
-    let fds0 = d.proc.fd_count().unwrap();
-    let threads0 = d.proc.thread_count().unwrap();
+    // The baseline: once a control request was answered every thread runs (`prezero serve`
+    // installs its signal pipe before binding its sockets); then wait for the count to hold
+    // still (the answered control connection closes a moment after the answer).
+    d.status();
+    let mut last = (0, 0);
+    let mut same = 0;
+    while same < 5 {
+        let now = (d.proc.fd_count().unwrap(), d.proc.thread_count().unwrap());
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (fds0, threads0) = last;
     assert_eq!(d.proc.shared_memory_mappings().unwrap(), 0);
 
     // The stock driver inflates 256 pages per request, quickly (~0.15 ms per request here):
@@ -935,11 +994,7 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
         d.wait_until("the daemon to notice the guest left", |d| {
             d.status()["connected"] == false
         });
-        d.wait_until("the connection's resources to be released", |d| {
-            d.proc.fd_count().unwrap() == fds0
-                && d.proc.thread_count().unwrap() == threads0
-                && d.proc.shared_memory_mappings().unwrap() == 0
-        });
+        d.wait_until_released(fds0, threads0);
         assert!(d.proc.is_running(), "{}", d.proc.log_tail(30));
         let daemon_metrics = d.balloon(&["metrics"])["daemon"].clone();
         assert_eq!(daemon_metrics["connections"], attempt, "{daemon_metrics}");
@@ -970,9 +1025,7 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
     d.wait_actual(0);
     let out = finish(&mut vm);
     assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(40));
-    d.wait_until("the second connection's resources to be released", |d| {
-        d.proc.fd_count().unwrap() == fds0 && d.proc.shared_memory_mappings().unwrap() == 0
-    });
+    d.wait_until_released(fds0, threads0);
     assert_eq!(
         d.balloon(&["metrics"])["daemon"]["connections"],
         connections + 1
