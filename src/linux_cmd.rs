@@ -18,13 +18,14 @@ use clap::Args;
 use prezero_linux::backend::BackendProcess;
 use prezero_linux::console::Event;
 use prezero_linux::scenario::SCENARIOS;
-use prezero_linux::uml::wait_for_socket_file;
+use prezero_linux::uml::{socket_dir, wait_for_socket_file};
 use prezero_linux::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Options of `prezero linux`.
@@ -66,6 +67,8 @@ pub struct LinuxArgs {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static DAEMON_PID: AtomicI32 = AtomicI32::new(0);
+/// Scratch directories to remove if interrupted (Drop does not run on `exit`).
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -96,6 +99,9 @@ pub(crate) fn install_interrupt_cleanup() {
                     unsafe {
                         libc::kill(pid, libc::SIGTERM);
                     }
+                }
+                for dir in SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    remove_scratch(dir);
                 }
                 std::process::exit(130);
             }
@@ -131,17 +137,64 @@ pub(crate) fn start_daemon(
     Ok(daemon)
 }
 
-/// A scratch directory for one run's sockets and logs: `<cache>/run/<name>-<pid>` (short:
-/// Unix socket paths are limited to 108 bytes).
-pub(crate) fn scratch_dir(h: &Harness, name: &str) -> Result<PathBuf> {
-    let dir = h
-        .tools
-        .cache_dir
-        .join("run")
-        .join(format!("{name}-{}", std::process::id()));
+/// Removes `dir`; for a VM run directory (`<cache>/run`), only the per-boot directories of
+/// this process's VMs (`pz<pid>-<n>`, see `prezero_linux::uml::Uml::boot`).
+fn remove_scratch(dir: &Path) {
+    if dir.file_name().is_some_and(|n| n == "run") {
+        let mine = format!("pz{}-", std::process::id());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Registers the VM run directory of `h` for cleanup on interrupt (UML's per-boot scratch
+/// directories live there; the VM's own cleanup does not run when the process exits).
+pub(crate) fn clean_vm_dirs_on_interrupt(h: &Harness) {
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(h.tools.cache_dir.join("run"));
+}
+
+/// A scratch directory for one run's sockets and logs, removed on drop.
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A file in it.
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        SCRATCH
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d| d != &self.0);
+    }
+}
+
+/// A scratch directory for one run's sockets and logs: `<cache>/run/<name>-<pid>`, or under
+/// the temp dir when that is too deep for a Unix socket path (108 bytes).
+pub(crate) fn scratch_dir(h: &Harness, name: &str) -> Result<Scratch> {
+    let dir = socket_dir(
+        &h.tools.cache_dir,
+        &format!("{name}-{}", std::process::id()),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    SCRATCH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.clone());
+    Ok(Scratch(dir))
 }
 
 fn scenario_of(args: &LinuxArgs) -> Result<Scenario> {
@@ -191,6 +244,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         install: !args.no_install,
         ..Default::default()
     })?;
+    clean_vm_dirs_on_interrupt(&h);
     let initrd = h.uml_initramfs()?;
     eprintln!(
         "User-Mode Linux {} ({}), initramfs {} ({} KiB: busybox, {}, prezero-workload), ready in {:.1} s",
@@ -202,8 +256,8 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let scratch = scratch_dir(&h, "linux")?;
     let mut daemon = None;
+    let mut scratch = None;
     let (socket, control) = match &args.socket {
         Some(sock) => {
             wait_for_socket_file(sock, Duration::from_secs(2)).with_context(|| {
@@ -216,12 +270,13 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
             (sock.clone(), args.control.clone())
         }
         None => {
-            let socket = scratch.join("balloon.sock");
+            let dir = scratch.insert(scratch_dir(&h, "linux")?);
+            let socket = dir.join("balloon.sock");
             let control = args
                 .control
                 .clone()
-                .unwrap_or_else(|| scratch.join("control.sock"));
-            let log = scratch.join("serve.log");
+                .unwrap_or_else(|| dir.join("control.sock"));
+            let log = dir.join("serve.log");
             let d = start_daemon(&socket, &control, &log, &args.serve_args)?;
             eprintln!(
                 "daemon: prezero serve --socket {} --control {} {}(pid {}, log {})",
@@ -350,7 +405,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         }
         DAEMON_PID.store(0, Ordering::SeqCst);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     out?;
     match guest_rc {
         Some(0) => Ok(()),

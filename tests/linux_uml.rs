@@ -67,11 +67,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(e: &Env, name: &str, flags: &[&str]) -> Daemon {
-        let dir =
-            e.h.tools
-                .cache_dir
-                .join("run")
-                .join(format!("t-{name}-{}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = prezero_linux::uml::socket_dir(
+            &e.h.tools.cache_dir,
+            &format!("t{}-{n}", std::process::id()),
+        );
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("b.sock");
@@ -83,7 +85,7 @@ impl Daemon {
             .arg(&control)
             .args(flags);
         let proc = BackendProcess::spawn(
-            "prezero serve",
+            &format!("prezero serve ({name})"),
             cmd,
             &socket,
             Some(&control),
@@ -409,7 +411,7 @@ fn stock_driver_negotiates_and_queue_roles_match_each_feature_offer() {
 
         d.set("8M");
         d.wait_actual(8 * MIB);
-        let fresh = d.balloon(&["stats", "--wait-ms", "5000"]);
+        let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
         if want & STATS_VQ != 0 {
             assert_eq!(fresh["requested"], true, "{name}: {fresh}");
             assert_eq!(fresh["fresh"], true, "{name}: {fresh}");
@@ -659,7 +661,7 @@ fn guest_statistics_match_its_own_meminfo() {
 
     let compare = |vm: &mut Uml, label: &str| -> u64 {
         let t = now_s(vm);
-        let fresh = d.balloon(&["stats", "--wait-ms", "5000"]);
+        let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
         assert_eq!(fresh["fresh"], true, "{fresh}");
         let v = &fresh["stats"]["values"];
         let (_, mi) = meminfo_after(vm, t);
@@ -1089,7 +1091,10 @@ fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
         "{stderr}"
     );
     let device = stderr.lines().find(|l| l.starts_with("device:")).unwrap();
-    assert!(!device.contains("reporting 0 requests"), "{device}");
+    assert!(
+        device.contains("reporting ") && device.contains(" 0 stats buffers"),
+        "{device}"
+    );
     assert!(device.ends_with(" 0 errors"), "{device}");
 
     let fail = |args: &[&str]| {
@@ -1143,7 +1148,7 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         "--idle",
         "2",
         "--wait",
-        "6",
+        "8",
         "--no-install",
         "--svg",
     ])

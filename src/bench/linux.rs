@@ -21,7 +21,9 @@
 //!   it), per GiB its RSS dropped: an upper bound that includes the guest's own reporting work.
 
 use super::print;
-use crate::linux_cmd::{install_interrupt_cleanup, scratch_dir, start_daemon};
+use crate::linux_cmd::{
+    clean_vm_dirs_on_interrupt, install_interrupt_cleanup, scratch_dir, start_daemon,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use prezero_linux::bench::{
@@ -202,6 +204,7 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         install: !args.no_install,
         ..Default::default()
     })?;
+    clean_vm_dirs_on_interrupt(&h);
     let opts = BenchOptions {
         workload: AllocFree {
             mib: args.mib,
@@ -235,7 +238,7 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         "prezero: {} MiB User-Mode Linux guest on prezero serve, allocating {} MiB ...",
         args.mem, args.mib
     );
-    let scratch = scratch_dir(&h, "bench-linux")?;
+    let scratch = scratch_dir(&h, "bench")?;
     let socket = scratch.join("balloon.sock");
     let control = scratch.join("control.sock");
     let mut daemon = start_daemon(&socket, &control, &scratch.join("serve.log"), &[])?;
@@ -313,7 +316,7 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
     }
     runs.push(&prezero.run);
     write_comparison_svg(&svg, &runs)?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let result = LinuxBench {
         workload: opts.workload,
         guest_mem_mib: args.mem,

@@ -143,6 +143,21 @@ pub fn wait_for_socket_file(path: &Path, timeout: Duration) -> Result<()> {
     }
 }
 
+/// Longest socket path this crate lets callers build (Linux allows 107 bytes plus the NUL).
+pub const MAX_SOCKET_PATH: usize = 100;
+
+/// A directory for vhost-user and control sockets named `name`: `<cache_dir>/run/<name>`,
+/// or `<temp dir>/prezero-<name>` when a socket file name of up to 16 bytes in the former would
+/// not fit a Unix socket address (deep checkouts). Not created here.
+pub fn socket_dir(cache_dir: &Path, name: &str) -> PathBuf {
+    let dir = cache_dir.join("run").join(name);
+    if dir.as_os_str().len() + 17 <= MAX_SOCKET_PATH {
+        dir
+    } else {
+        std::env::temp_dir().join(format!("prezero-{name}"))
+    }
+}
+
 /// A running UML guest; derefs to its [`GuestProcess`] (console, pids, wait, shutdown).
 pub struct Uml {
     vm: GuestProcess,
@@ -222,6 +237,16 @@ mod tests {
         wait_for_socket_file(&sock, Duration::from_secs(30)).unwrap();
         drop(binder.join().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn socket_dirs_fit_a_socket_address() {
+        let short = socket_dir(Path::new("/c"), "x-1");
+        assert_eq!(short, Path::new("/c/run/x-1"));
+        let deep = "/d".repeat(60);
+        let long = socket_dir(Path::new(&deep), "x-1");
+        assert!(long.ends_with("prezero-x-1"), "{}", long.display());
+        assert!(long.join("control.sock").as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[test]
