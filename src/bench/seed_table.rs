@@ -138,61 +138,90 @@ enum Mode {
     Floor,
 }
 
-/// Times (total ms, alloc ms) and hit rate of `repeats` runs of one mode.
-fn measure(a: &SeedTableArgs, mode: Mode, source: Source) -> Result<(Vec<f64>, Vec<f64>, f64)> {
-    let offer = FeatureOffer {
-        device_init_reported: mode != Mode::Baseline,
-        ..FeatureOffer::default()
-    };
-    let guest = GuestOptions {
-        ram_size: a.mem_mib << 20,
-        huge_page_size: a.hugetlb.then_some(2 << 20),
-        ..GuestOptions::default()
-    };
-    let mut sys = Embedded::start(guest, offer)?;
-    let g = &mut sys.guest;
-    // A guest that has been running: all memory dirtied once, freed, then reported.
-    dirty_and_free(g, u64::MAX)?;
-    if source == Source::HugePool {
-        let pages = (a.alloc_mib << 20) / (2 << 20);
-        if g.set_huge_pages(pages) < pages {
-            bail!("the guest could not reserve {pages} huge pages for its pool");
+/// One mode's guest, ready to measure: it has been running (all memory dirtied once and
+/// freed) and its free memory has been reported.
+struct Subject {
+    sys: Embedded,
+    flags: AllocFlags,
+    total: Vec<f64>,
+    alloc: Vec<f64>,
+    hits: u64,
+    blocks: u64,
+}
+
+impl Subject {
+    fn start(a: &SeedTableArgs, mode: Mode, source: Source) -> Result<Subject> {
+        let offer = FeatureOffer {
+            device_init_reported: mode != Mode::Baseline,
+            ..FeatureOffer::default()
+        };
+        let guest = GuestOptions {
+            ram_size: a.mem_mib << 20,
+            huge_page_size: a.hugetlb.then_some(2 << 20),
+            ..GuestOptions::default()
+        };
+        let mut sys = Embedded::start(guest, offer)?;
+        let g = &mut sys.guest;
+        dirty_and_free(g, u64::MAX)?;
+        if source == Source::HugePool {
+            let pages = (a.alloc_mib << 20) / (2 << 20);
+            if g.set_huge_pages(pages) < pages {
+                bail!("the guest could not reserve {pages} huge pages for its pool");
+            }
         }
+        g.report_now();
+        let flags = if mode == Mode::Floor {
+            AllocFlags::NONE
+        } else {
+            AllocFlags::ZERO
+        };
+        Ok(Subject {
+            sys,
+            flags,
+            total: Vec::new(),
+            alloc: Vec::new(),
+            hits: 0,
+            blocks: 0,
+        })
     }
-    g.report_now();
-    let flags = if mode == Mode::Floor {
-        AllocFlags::NONE
-    } else {
-        AllocFlags::ZERO
-    };
-    let (mut total, mut alloc, mut hits, mut blocks) = (Vec::new(), Vec::new(), 0, 0);
-    for _ in 0..a.repeats {
-        let run = alloc_and_touch(g, a.alloc_mib << 20, source, flags)?;
-        total.push(run.total().as_secs_f64() * 1e3);
-        alloc.push(run.alloc.as_secs_f64() * 1e3);
-        hits += run.known_zero;
-        blocks += run.blocks.len() as u64;
-        // Back to the starting point: the memory is freed dirty and reported (punched) again.
+
+    /// One timed run, then back to the starting point: the memory is freed dirty and
+    /// reported (punched) again.
+    fn run_once(&mut self, bytes: u64, source: Source) -> Result<()> {
+        let g = &mut self.sys.guest;
+        let run = alloc_and_touch(g, bytes, source, self.flags)?;
+        self.total.push(run.total().as_secs_f64() * 1e3);
+        self.alloc.push(run.alloc.as_secs_f64() * 1e3);
+        self.hits += run.known_zero;
+        self.blocks += run.blocks.len() as u64;
         free_run(g, &run)?;
         let pass = g.report_now();
         if pass.pages_failed > 0 {
             bail!("the device failed {} reported pages", pass.pages_failed);
         }
+        Ok(())
     }
-    Ok((total, alloc, hits as f64 / blocks as f64))
 }
 
 fn granularity(a: &SeedTableArgs, source: Source) -> Result<Granularity> {
-    let (base, alloc_base, _) = measure(a, Mode::Baseline, source)?;
-    let (opt, alloc_opt, hit) = measure(a, Mode::Optimized, source)?;
-    let (floor, alloc_floor, _) = measure(a, Mode::Floor, source)?;
+    let [base, opt, floor] =
+        [Mode::Baseline, Mode::Optimized, Mode::Floor].map(|mode| Subject::start(a, mode, source));
+    let mut subjects = [base?, opt?, floor?];
+    // Modes take turns, so drift in the host's state (page cache, reclaim, other load) hits
+    // all three alike instead of biasing whichever ran last.
+    for _ in 0..a.repeats {
+        for s in subjects.iter_mut() {
+            s.run_once(a.alloc_mib << 20, source)?;
+        }
+    }
+    let [base, opt, floor] = subjects;
     let s = Spreads {
-        baseline: Spread::of(&base),
-        optimized: Spread::of(&opt),
-        floor: Spread::of(&floor),
-        alloc_baseline: Spread::of(&alloc_base),
-        alloc_optimized: Spread::of(&alloc_opt),
-        alloc_floor: Spread::of(&alloc_floor),
+        baseline: Spread::of(&base.total),
+        optimized: Spread::of(&opt.total),
+        floor: Spread::of(&floor.total),
+        alloc_baseline: Spread::of(&base.alloc),
+        alloc_optimized: Spread::of(&opt.alloc),
+        alloc_floor: Spread::of(&floor.alloc),
     };
     Ok(Granularity {
         baseline_ms: s.baseline.median,
@@ -200,7 +229,7 @@ fn granularity(a: &SeedTableArgs, source: Source) -> Result<Granularity> {
         floor_ms: s.floor.median,
         alloc_baseline_ms: s.alloc_baseline.median,
         alloc_optimized_ms: s.alloc_optimized.median,
-        zero_hit_rate: hit,
+        zero_hit_rate: opt.hits as f64 / opt.blocks as f64,
         optimized_over_baseline: s.optimized.median / s.baseline.median,
         optimized_over_floor: s.optimized.median / s.floor.median,
         alloc_optimized_over_baseline: s.alloc_optimized.median / s.alloc_baseline.median,
@@ -251,7 +280,7 @@ pub fn run(a: &SeedTableArgs) -> Result<()> {
     }
     let _huge = a
         .hugetlb
-        .then(|| HugePages::reserve(a.mem_mib / 2 + 8))
+        .then(|| HugePages::reserve(3 * (a.mem_mib / 2) + 8))
         .transpose()?;
     let t = SeedTable {
         block_2m: granularity(a, Source::Buddy(9))?,
