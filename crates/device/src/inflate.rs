@@ -54,11 +54,8 @@ impl<D> BalloonDevice<D> {
         M: GuestMemoryBackend,
         D: DiscardBackend<M::R>,
     {
-        self.drain(index, queue, mem, |dev, mem, chain, used_ring| {
-            let mut scratch = std::mem::take(&mut dev.scratch);
-            let used = dev.inflate_chain(mem, chain, used_ring, &mut scratch);
-            dev.scratch = scratch;
-            Completion::Used(used)
+        self.drain(index, queue, mem, |dev, mem, chain, used_ring, scratch| {
+            Completion::Used(dev.inflate_chain(mem, chain, used_ring, scratch))
         })
     }
 
@@ -74,10 +71,8 @@ impl<D> BalloonDevice<D> {
         M: GuestMemoryBackend,
         D: DiscardBackend<M::R>,
     {
-        self.drain(index, queue, mem, |dev, mem, chain, _| {
-            let mut scratch = std::mem::take(&mut dev.scratch);
-            dev.deflate_chain(mem, chain, &mut scratch);
-            dev.scratch = scratch;
+        self.drain(index, queue, mem, |dev, mem, chain, _, scratch| {
+            dev.deflate_chain(mem, chain, scratch);
             Completion::Used(0)
         })
     }

@@ -1,6 +1,7 @@
 //! The common queue loop: pop chains, hand them to a handler, complete them, decide whether the
 //! driver needs a notification.
 
+use crate::device::Scratch;
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
@@ -53,12 +54,44 @@ impl<D> BalloonDevice<D> {
         index: usize,
         queue: &mut Q,
         mem: &M,
-        mut handle: F,
+        handle: F,
     ) -> Result<bool, DeviceError>
     where
         Q: QueueT,
         M: GuestMemoryBackend,
-        F: FnMut(&mut Self, &M, DescriptorChain<&M>, Option<GuestRange>) -> Completion,
+        F: FnMut(
+            &mut Self,
+            &M,
+            DescriptorChain<&M>,
+            Option<GuestRange>,
+            &mut Scratch,
+        ) -> Completion,
+    {
+        // The handlers borrow the device mutably and need the scratch buffers alongside it.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.drain_with(index, queue, mem, handle, &mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn drain_with<Q, M, F>(
+        &mut self,
+        index: usize,
+        queue: &mut Q,
+        mem: &M,
+        mut handle: F,
+        scratch: &mut Scratch,
+    ) -> Result<bool, DeviceError>
+    where
+        Q: QueueT,
+        M: GuestMemoryBackend,
+        F: FnMut(
+            &mut Self,
+            &M,
+            DescriptorChain<&M>,
+            Option<GuestRange>,
+            &mut Scratch,
+        ) -> Completion,
     {
         if !queue.ready() {
             return Ok(false);
@@ -77,7 +110,7 @@ impl<D> BalloonDevice<D> {
                 if head_is_indirect(queue, mem, head) {
                     bump(&self.metrics.indirect_chains, 1);
                 }
-                let used = match handle(self, mem, chain, used_ring) {
+                let used = match handle(self, mem, chain, used_ring, scratch) {
                     Completion::Used(len) => Some((head, len)),
                     Completion::Hold => None,
                     Completion::HoldAndRelease(previous) => Some((previous, 0)),

@@ -41,11 +41,8 @@ impl<D> BalloonDevice<D> {
         M: GuestMemoryBackend,
         D: DiscardBackend<M::R>,
     {
-        self.drain(index, queue, mem, |dev, mem, chain, used_ring| {
-            let mut scratch = std::mem::take(&mut dev.scratch);
-            let used = dev.report_chain(mem, chain, used_ring, &mut scratch);
-            dev.scratch = scratch;
-            Completion::Used(used)
+        self.drain(index, queue, mem, |dev, mem, chain, used_ring, scratch| {
+            Completion::Used(dev.report_chain(mem, chain, used_ring, scratch))
         })
     }
 

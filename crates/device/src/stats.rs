@@ -11,6 +11,7 @@
 //! of 10-byte entries is counted and its whole entries used; one larger than the limit or with
 //! writable parts is held but not parsed.
 
+use crate::device::Scratch;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prezero_balloon::stats::{entries, StatTag, NUM_STAT_TAGS, STAT_ENTRY_SIZE};
@@ -71,8 +72,8 @@ impl<D> BalloonDevice<D> {
         Q: QueueT,
         M: GuestMemoryBackend,
     {
-        self.drain(index, queue, mem, |dev, mem, chain, _| {
-            dev.stats_chain(mem, chain)
+        self.drain(index, queue, mem, |dev, mem, chain, _, scratch| {
+            dev.stats_chain(mem, chain, scratch)
         })
     }
 
@@ -80,6 +81,7 @@ impl<D> BalloonDevice<D> {
         &mut self,
         mem: &M,
         chain: DescriptorChain<&M>,
+        scratch: &mut Scratch,
     ) -> Completion {
         bump(&self.metrics.stats_buffers, 1);
         let head = chain.head_index();
@@ -90,7 +92,7 @@ impl<D> BalloonDevice<D> {
             }
             None => Completion::Hold,
         };
-        if let Err(kind) = self.parse_stats(mem, chain) {
+        if let Err(kind) = self.parse_stats(mem, chain, scratch) {
             self.metrics.error(kind);
         }
         completion
@@ -100,10 +102,11 @@ impl<D> BalloonDevice<D> {
         &mut self,
         mem: &M,
         chain: DescriptorChain<&M>,
+        scratch: &mut Scratch,
     ) -> Result<(), ErrorKind> {
         let max_descriptors = self.options.limits.max_chain_descriptors;
-        collect(chain, max_descriptors, &mut self.scratch.buffers)?;
-        let (readable, writable) = split_directions(&self.scratch.buffers)?;
+        collect(chain, max_descriptors, &mut scratch.buffers)?;
+        let (readable, writable) = split_directions(&scratch.buffers)?;
         if !writable.is_empty() {
             return Err(ErrorKind::WrongDirection);
         }
@@ -115,7 +118,7 @@ impl<D> BalloonDevice<D> {
         if total < STAT_ENTRY_SIZE {
             return Err(ErrorKind::StatsBufferSize);
         }
-        let bytes = &mut self.scratch.bytes;
+        let bytes = &mut scratch.bytes;
         bytes.clear();
         bytes.resize(total, 0);
         let mut at = 0;
