@@ -11,10 +11,40 @@ use crate::frame::{FrameFlags, FrameMeta, NIL};
 /// The two lists of a free area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListKind {
-    /// Blocks not known to be zero (and every block under Linux placement).
-    Other = 0,
+    /// Blocks not sorted by content: every block under Linux placement, the blocks not known
+    /// to be zero under zero-aware placement.
+    Unsorted = 0,
     /// Blocks known to be zero (zero-aware placement only).
     Zeroed = 1,
+}
+
+impl ListKind {
+    /// Both kinds, in the order a reporting pass or a check walks them.
+    pub const ALL: [ListKind; 2] = [ListKind::Unsorted, ListKind::Zeroed];
+
+    /// The order in which an allocation searches the two lists: known-zero blocks first when
+    /// it wants zeroed memory, the others first otherwise (so zeroed blocks are kept for the
+    /// allocations they save work for). Under Linux placement the `Zeroed` list is empty and
+    /// the preference changes nothing.
+    pub const fn preference(prefer_zeroed: bool) -> [ListKind; 2] {
+        if prefer_zeroed {
+            [ListKind::Zeroed, ListKind::Unsorted]
+        } else {
+            [ListKind::Unsorted, ListKind::Zeroed]
+        }
+    }
+}
+
+/// The preferred free block in `areas` (ordered by increasing order): the head of the first
+/// list kind of `preference` found in any area, smallest order first. Returns the position of
+/// the area in `areas` and the block's frame index.
+pub(crate) fn first_free(areas: &[FreeArea], preference: [ListKind; 2]) -> Option<(usize, u32)> {
+    preference.iter().find_map(|&kind| {
+        areas
+            .iter()
+            .enumerate()
+            .find_map(|(i, area)| area.head(kind).map(|idx| (i, idx)))
+    })
 }
 
 /// One intrusive list: head, tail and length in blocks.

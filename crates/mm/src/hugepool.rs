@@ -4,10 +4,9 @@
 //! its own free list, where they are reported and zero-tracked like buddy blocks: a huge page
 //! allocated with `ZERO` skips zeroing when it is known to be zero.
 
-use crate::config::Placement;
 use crate::error::{AllocError, FreeError};
 use crate::frame::{FrameFlags, Pfn, PhysMem};
-use crate::free_area::ListKind;
+use crate::free_area::{first_free, ListKind};
 use crate::zone::{AllocFlags, Allocation, FreeHint, Home, Zone};
 use crate::{FrameMeta, HUGE_PAGE_ORDER};
 
@@ -38,10 +37,8 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             self.counts.pool += 1 << HUGE_PAGE_ORDER;
         }
         while self.pool_pages() > target {
-            let Some(idx) = self
-                .pool
-                .head(ListKind::Other)
-                .or(self.pool.head(ListKind::Zeroed))
+            let Some((_, idx)) =
+                first_free(core::slice::from_ref(&self.pool), self.preference(false))
             else {
                 break;
             };
@@ -54,11 +51,8 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
 
     fn pick_buddy_for_pool(&self) -> Option<(u32, u8)> {
         let areas = &self.areas[HUGE_PAGE_ORDER as usize..];
-        let lists = [ListKind::Zeroed, ListKind::Other];
-        lists.iter().find_map(|&kind| {
-            let i = areas.iter().position(|a| a.head(kind).is_some())?;
-            Some((areas[i].head(kind)?, HUGE_PAGE_ORDER + i as u8))
-        })
+        let (i, idx) = first_free(areas, ListKind::preference(true))?;
+        Some((idx, HUGE_PAGE_ORDER + i as u8))
     }
 
     /// Allocates a huge page from the pool. With [`AllocFlags::ZERO`] it reads as zero on
@@ -69,13 +63,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         mem: &mut impl PhysMem,
     ) -> Result<Allocation, AllocError> {
         let zero = flags.contains(AllocFlags::ZERO);
-        let preferred = match (self.cfg.placement, zero) {
-            (Placement::ZeroAware, true) => [ListKind::Zeroed, ListKind::Other],
-            _ => [ListKind::Other, ListKind::Zeroed],
-        };
-        let idx = preferred
-            .iter()
-            .find_map(|&kind| self.pool.head(kind))
+        let (_, idx) = first_free(core::slice::from_ref(&self.pool), self.preference(zero))
             .ok_or(AllocError::OutOfMemory(HUGE_PAGE_ORDER))?;
         let content = self.unlink(idx);
         let m = &mut self.meta.as_mut()[idx as usize];
@@ -99,7 +87,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         let content = self.free_content(pfn, HUGE_PAGE_ORDER, hint, mem);
         self.link(idx, HUGE_PAGE_ORDER, content, Home::Pool);
         if HUGE_PAGE_ORDER >= self.cfg.reporting_order {
-            self.request_report();
+            self.reporting.request();
         }
         Ok(())
     }

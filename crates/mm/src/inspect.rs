@@ -191,7 +191,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             pfn: Pfn(self.base + i as u64),
             what,
         };
-        for kind in [ListKind::Other, ListKind::Zeroed] {
+        for kind in ListKind::ALL {
             let list = area.lists[kind as usize];
             let (mut prev, mut idx, mut len, mut reported_seen) = (NIL, list.head, 0u32, false);
             while idx != NIL {

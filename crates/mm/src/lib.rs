@@ -9,7 +9,9 @@
 //!
 //! - [`Zone`]: frames over a PFN span with holes, per-order free lists, split and merge
 //!   (`zone.rs`); metadata lives outside the pages in a 12-byte [`FrameMeta`] per frame.
-//! - Free page reporting: [`Zone::report_pass`], [`ReportSink`] (`reporting.rs`).
+//! - Free page reporting: [`Zone::report_pass`], [`ReportSink`]; the engine after Linux
+//!   `mm/page_reporting.c` (`reporting.rs`) and the zone's isolate / put back side
+//!   (`isolation.rs`).
 //! - The trust gate that decides whether "the device zeroed it" is believed:
 //!   [`Config::trusts_device_zeroing`] (`config.rs`).
 //! - A huge page pool, the hugetlbfs analogue: [`Zone::alloc_huge`] (`hugepool.rs`).
@@ -53,6 +55,7 @@ mod frame;
 mod free_area;
 mod hugepool;
 mod inspect;
+mod isolation;
 mod reporting;
 mod vmstat;
 mod zone;

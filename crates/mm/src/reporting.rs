@@ -1,23 +1,26 @@
-//! Free page reporting, after Linux `mm/page_reporting.c`.
+//! Free page reporting, after Linux `mm/page_reporting.c`: the engine.
 //!
 //! Candidates are free, unreported blocks of at least the reporting order (and free huge pages
-//! of the pool). A pass isolates up to [`REPORTING_CAPACITY`] of them at a time (taken off the
-//! free lists, so nobody allocates a block while the device discards it), hands them to the
-//! device, and puts them back `Reported`, plus `Zeroed` for each block the device confirmed and
-//! the trust gate believes. A block the device failed goes back unreported.
+//! of the pool). A cycle works like Linux's `page_reporting_cycle`:
+//! - **fill** ([`fill`], the isolating loop of Linux `page_reporting_cycle`): isolate up to
+//!   [`REPORTING_CAPACITY`] candidates, taking them off the free lists so nobody allocates a
+//!   block while the device discards it;
+//! - **report**: hand the batch to the device ([`ReportSink`], or the driver's own asynchronous
+//!   path through `Zone::report_take` / `Zone::report_complete`);
+//! - **drain** ([`drain`], Linux `page_reporting_drain`): put every block back `Reported`, plus
+//!   `Zeroed` for each block the device confirmed and the trust gate believes. A block the
+//!   device failed goes back unreported.
 //!
-//! Pacing is Linux's: free activity requests a pass, which runs a delay later; a pass reports a
-//! budget of `ceil(free blocks / (capacity * 16))` requests per order, so a large backlog drains
-//! over several passes instead of monopolising the CPU. [`Zone::report_flush`] ignores both, for
-//! tests, benchmarks and shutdown.
+//! Pacing is Linux's ([`Pacing`]): free activity requests a pass, which runs a delay later; a
+//! pass reports a budget of `ceil(free blocks / (capacity * 16))` requests per order
+//! ([`budget`]), so a large backlog drains over several passes instead of monopolising the CPU.
+//! `Zone::report_flush` ignores both, for tests, benchmarks and shutdown.
 //!
-//! Drivers that can block use [`Zone::report_pass`] with a [`ReportSink`]; drivers that
-//! complete asynchronously use [`Zone::report_take`] and [`Zone::report_complete`].
+//! The engine knows the allocator only through [`FreeBlocks`], the narrow isolate / put back
+//! interface a zone implements (`isolation.rs`); it never touches free lists or frame
+//! metadata itself.
 
-use crate::frame::{FrameFlags, FrameMeta, Pfn, FRAME_SIZE};
-use crate::free_area::{FreeArea, ListKind};
-use crate::zone::{Home, Zone};
-use crate::{HUGE_PAGE_ORDER, MAX_ORDER};
+use crate::frame::{FrameFlags, Pfn, FRAME_SIZE};
 
 /// Blocks per reporting request (Linux `PAGE_REPORTING_CAPACITY`).
 pub const REPORTING_CAPACITY: usize = 32;
@@ -66,7 +69,7 @@ pub enum ReportOutcome {
     ReportedZeroed,
 }
 
-/// Isolated blocks on their way to the device. It is consumed by [`Zone::report_complete`], so
+/// Isolated blocks on their way to the device. It is consumed by `Zone::report_complete`, so
 /// a batch cannot be completed twice.
 #[derive(Debug)]
 #[must_use = "isolated blocks stay unallocatable until the batch is completed"]
@@ -125,228 +128,170 @@ pub struct ReportPass {
     pub more: bool,
 }
 
-/// Pacing state (Linux: `PAGE_REPORTING_IDLE` / `REQUESTED`).
+/// Pacing state (Linux: `PAGE_REPORTING_IDLE` / `PAGE_REPORTING_REQUESTED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ReportState {
+pub(crate) enum Pacing {
     Idle,
     /// Free activity asked for a pass; `since` is when the delay started, once seen by
-    /// [`Zone::report_due`].
+    /// [`Pacing::due`].
     Requested {
         since: Option<u64>,
     },
 }
 
-impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
+impl Pacing {
     /// Free activity at or above the reporting order asks for a pass.
-    pub(crate) fn request_report(&mut self) {
-        if self.reporting == ReportState::Idle {
-            self.reporting = ReportState::Requested { since: None };
+    pub(crate) fn request(&mut self) {
+        if *self == Pacing::Idle {
+            *self = Pacing::Requested { since: None };
         }
     }
 
-    /// Whether a reporting pass is due at time `now` (same clock units as
-    /// [`Config::reporting_delay`](crate::Config::reporting_delay)). The delay starts at the first
-    /// call after free activity, so call this regularly.
-    pub fn report_due(&mut self, now: u64) -> bool {
-        match self.reporting {
-            ReportState::Idle => false,
-            ReportState::Requested { since: None } => {
-                self.reporting = ReportState::Requested { since: Some(now) };
-                self.cfg.reporting_delay == 0
+    /// Whether a pass is due at `now`, `delay` after the first call that saw the request.
+    pub(crate) fn due(&mut self, now: u64, delay: u64) -> bool {
+        match *self {
+            Pacing::Idle => false,
+            Pacing::Requested { since: None } => {
+                *self = Pacing::Requested { since: Some(now) };
+                delay == 0
             }
-            ReportState::Requested { since: Some(t) } => {
-                now.saturating_sub(t) >= self.cfg.reporting_delay
-            }
+            Pacing::Requested { since: Some(t) } => now.saturating_sub(t) >= delay,
         }
     }
+}
 
-    /// Frames in free blocks that are reporting candidates (unreported, large enough).
-    pub fn unreported_free_pages(&self) -> u64 {
-        let mut pages = 0;
-        self.for_each_source(|_, area, meta| {
-            for kind in [ListKind::Other, ListKind::Zeroed] {
-                let mut idx = area.head(kind);
-                while let Some(i) = idx {
-                    let m = meta[i as usize];
-                    if m.flags.contains(FrameFlags::REPORTED) {
-                        break;
-                    }
-                    pages += 1u64 << m.order;
-                    idx = (m.next != crate::frame::NIL).then_some(m.next);
-                }
-            }
-        });
-        pages
-    }
+/// What the engine needs from the allocator: where candidates are, how to isolate one and how
+/// to put it back (Linux: the buddy allocator's `__isolate_free_page` and
+/// `__putback_isolated_page`). Implemented by the zone in `isolation.rs`.
+pub(crate) trait FreeBlocks {
+    /// Number of candidate sources: the free areas of the reporting order and above, smallest
+    /// order first, then the huge page pool if its pages are large enough.
+    fn sources(&self) -> usize;
 
-    /// Calls `f` on every free area holding reporting candidates, smallest order first, the
-    /// huge page pool last.
-    fn for_each_source(&self, mut f: impl FnMut(Home, &FreeArea, &[FrameMeta])) {
-        let meta = self.meta.as_ref();
-        for area in &self.areas[self.cfg.reporting_order as usize..=MAX_ORDER as usize] {
-            f(Home::Buddy, area, meta);
+    /// Free blocks in `source` (reported or not): what the budget is computed from.
+    fn source_free(&self, source: usize) -> u32;
+
+    /// Takes the first unreported free block of `source` off its list, if there is one.
+    /// Unreported blocks form the head of every free list, so this is O(1).
+    fn isolate_unreported(&mut self, source: usize) -> Option<ReportBlock>;
+
+    /// Puts an isolated block back with `content` (`Reported` / `Zeroed`) added to the
+    /// `Zeroed` it was isolated with. Returns false, changing nothing, if `block` is not an
+    /// isolated block of this allocator (a forged or foreign batch).
+    fn putback(&mut self, block: ReportBlock, content: FrameFlags) -> bool;
+
+    /// Frames in unreported candidate blocks.
+    fn unreported_pages(&self) -> u64;
+}
+
+/// The requests a pass may send: `ceil(free blocks / (capacity * 16))` per source, at least 1.
+pub(crate) fn budget(blocks: &impl FreeBlocks) -> u64 {
+    let divisor = REPORTING_CAPACITY as u64 * REPORTING_BUDGET_DIVISOR as u64;
+    let total: u64 = (0..blocks.sources())
+        .map(|s| u64::from(blocks.source_free(s)).div_ceil(divisor))
+        .sum();
+    total.max(1)
+}
+
+/// Isolates up to `max` (at most [`REPORTING_CAPACITY`]) candidates, smallest order first.
+pub(crate) fn fill(blocks: &mut impl FreeBlocks, max: usize) -> ReportBatch {
+    let mut batch = ReportBatch::new();
+    let max = max.min(REPORTING_CAPACITY);
+    for source in 0..blocks.sources() {
+        while batch.len < max {
+            let Some(block) = blocks.isolate_unreported(source) else {
+                break;
+            };
+            batch.blocks[batch.len] = block;
+            batch.len += 1;
         }
-        if HUGE_PAGE_ORDER >= self.cfg.reporting_order {
-            f(Home::Pool, &self.pool, meta);
-        }
     }
+    batch
+}
 
-    /// Isolates up to `max` (at most [`REPORTING_CAPACITY`]) candidates. Unreported blocks form
-    /// the head of every free list, so this costs O(1) per block.
-    pub fn report_take(&mut self, max: usize) -> ReportBatch {
-        let mut batch = ReportBatch::new();
-        let max = max.min(REPORTING_CAPACITY);
-        let orders = self.cfg.reporting_order..=MAX_ORDER;
-        let sources = orders.map(|o| (Home::Buddy, o)).chain(
-            (HUGE_PAGE_ORDER >= self.cfg.reporting_order).then_some((Home::Pool, HUGE_PAGE_ORDER)),
-        );
-        for (home, order) in sources {
-            for kind in [ListKind::Other, ListKind::Zeroed] {
-                while batch.len < max {
-                    let area = match home {
-                        Home::Buddy => &self.areas[order as usize],
-                        Home::Pool => &self.pool,
-                    };
-                    let Some(idx) = area.head(kind) else { break };
-                    if self.meta.as_ref()[idx as usize]
-                        .flags
-                        .contains(FrameFlags::REPORTED)
-                    {
-                        break;
-                    }
-                    self.isolate(idx);
-                    batch.blocks[batch.len] = ReportBlock {
-                        pfn: Pfn(self.base + idx as u64),
-                        order,
-                    };
-                    batch.len += 1;
-                }
-            }
-        }
-        batch
-    }
+/// What draining one batch did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Drained {
+    /// The batch as a pass of one request.
+    pub pass: ReportPass,
+    /// Frames the device claimed zeroed that the trust gate did not believe.
+    pub zeroed_untrusted: u64,
+}
 
-    /// Takes a free block off its list for reporting. Its `Zeroed` flag is kept on the head
-    /// frame so that completion can restore it.
-    fn isolate(&mut self, idx: u32) {
-        let order = self.meta.as_ref()[idx as usize].order;
-        let content = self.unlink(idx);
-        let m = &mut self.meta.as_mut()[idx as usize];
-        m.flags = m
-            .flags
-            .union(FrameFlags::ISOLATED)
-            .union(content.and(FrameFlags::ZEROED));
-        m.order = order;
-        self.counts.isolated += 1 << order;
-    }
-
-    /// Puts an isolated batch back on the free lists with the device's answers. Missing answers
-    /// count as [`ReportOutcome::Failed`]. Returns what happened, as a [`ReportPass`] of one
-    /// request.
-    pub fn report_complete(
-        &mut self,
-        batch: ReportBatch,
-        outcomes: &[ReportOutcome],
-    ) -> ReportPass {
-        let trusted = self.cfg.trusts_device_zeroing(self.device.reported);
-        let mut pass = ReportPass {
+/// Puts an isolated batch back with the device's answers (missing answers count as
+/// [`ReportOutcome::Failed`]). "Zeroed" is believed only if `trusted` (the trust gate).
+pub(crate) fn drain(
+    blocks: &mut impl FreeBlocks,
+    batch: ReportBatch,
+    outcomes: &[ReportOutcome],
+    trusted: bool,
+) -> Drained {
+    let mut out = Drained {
+        pass: ReportPass {
             requests: 1,
             ..ReportPass::default()
+        },
+        zeroed_untrusted: 0,
+    };
+    for (i, &block) in batch.blocks().iter().enumerate() {
+        let outcome = outcomes.get(i).copied().unwrap_or(ReportOutcome::Failed);
+        let frames = block.frames();
+        let (content, reported, zeroed, untrusted) = match outcome {
+            ReportOutcome::Failed => (FrameFlags::empty(), 0, 0, 0),
+            ReportOutcome::Reported => (FrameFlags::REPORTED, frames, 0, 0),
+            ReportOutcome::ReportedZeroed if trusted => (
+                FrameFlags::REPORTED.union(FrameFlags::ZEROED),
+                frames,
+                frames,
+                0,
+            ),
+            ReportOutcome::ReportedZeroed => (FrameFlags::REPORTED, frames, 0, frames),
         };
-        for (i, block) in batch.blocks().iter().enumerate() {
-            let outcome = outcomes.get(i).copied().unwrap_or(ReportOutcome::Failed);
-            // A batch of another zone, or a forged one, must not corrupt this zone.
-            let Some(idx) = self.index(block.pfn) else {
-                continue;
-            };
-            let m = self.meta.as_ref()[idx as usize];
-            if !m.flags.contains(FrameFlags::ISOLATED) || m.order != block.order {
-                continue;
-            }
-            let frames = block.frames();
-            let mut content = m.flags.and(FrameFlags::ZEROED);
-            match outcome {
-                ReportOutcome::Failed => pass.pages_failed += frames,
-                ReportOutcome::Reported | ReportOutcome::ReportedZeroed => {
-                    pass.pages_reported += frames;
-                    content = content.union(FrameFlags::REPORTED);
-                }
-            }
-            if outcome == ReportOutcome::ReportedZeroed {
-                if trusted {
-                    pass.pages_zeroed += frames;
-                    content = content.union(FrameFlags::ZEROED);
-                } else {
-                    self.stat.pages_zeroed_untrusted += frames;
-                }
-            }
-            self.counts.isolated -= frames;
-            if m.flags.contains(FrameFlags::HUGE) {
-                self.link(idx, block.order, content, Home::Pool);
-            } else {
-                // Linux puts reported pages back without asking for another pass.
-                self.merge_and_link(idx, block.order, content);
-            }
+        // A batch of another zone, or a forged one, must not corrupt this zone.
+        if !blocks.putback(block, content) {
+            continue;
         }
-        self.stat.report_requests += 1;
-        self.stat.pages_reported += pass.pages_reported;
-        self.stat.pages_reported_zeroed += pass.pages_zeroed;
-        self.stat.pages_report_failed += pass.pages_failed;
-        pass.more = pass.pages_failed > 0;
-        pass
+        if outcome == ReportOutcome::Failed {
+            out.pass.pages_failed += frames;
+        }
+        out.pass.pages_reported += reported;
+        out.pass.pages_zeroed += zeroed;
+        out.zeroed_untrusted += untrusted;
     }
+    out.pass.more = out.pass.pages_failed > 0;
+    out
+}
 
-    /// Runs a reporting pass if one is due at `now`, within Linux's budget. If candidates are
-    /// left, another pass is requested (a delay later).
-    pub fn report_pass(&mut self, now: u64, sink: &mut impl ReportSink) -> ReportPass {
-        if !self.report_due(now) {
-            return ReportPass::default();
+/// Fill, report, drain, up to `budget` requests or until the candidates run out. Stops early
+/// if the device fails a block, so a broken device cannot make it spin.
+pub(crate) fn cycle(
+    blocks: &mut impl FreeBlocks,
+    mut budget: u64,
+    sink: &mut impl ReportSink,
+    trusted: bool,
+) -> Drained {
+    let mut total = Drained::default();
+    loop {
+        if budget == 0 {
+            total.pass.more = blocks.unreported_pages() > 0;
+            return total;
         }
-        let divisor = REPORTING_CAPACITY as u64 * REPORTING_BUDGET_DIVISOR as u64;
-        let mut budget = 0u64;
-        self.for_each_source(|_, area, _| budget += (area.nr_free() as u64).div_ceil(divisor));
-        let pass = self.report_batches(budget.max(1), sink);
-        self.reporting = if pass.more {
-            ReportState::Requested { since: Some(now) }
-        } else {
-            ReportState::Idle
-        };
-        pass
-    }
-
-    /// Reports every candidate now, ignoring delay and budget. Stops early if the device fails
-    /// a block, so a broken device cannot make it spin.
-    pub fn report_flush(&mut self, sink: &mut impl ReportSink) -> ReportPass {
-        let pass = self.report_batches(u64::MAX, sink);
-        if !pass.more {
-            self.reporting = ReportState::Idle;
+        let batch = fill(blocks, REPORTING_CAPACITY);
+        if batch.is_empty() {
+            return total;
         }
-        pass
-    }
-
-    fn report_batches(&mut self, mut budget: u64, sink: &mut impl ReportSink) -> ReportPass {
-        let mut total = ReportPass::default();
-        loop {
-            if budget == 0 {
-                total.more = self.unreported_free_pages() > 0;
-                return total;
-            }
-            let batch = self.report_take(REPORTING_CAPACITY);
-            if batch.is_empty() {
-                return total;
-            }
-            let mut outcomes = [ReportOutcome::Failed; REPORTING_CAPACITY];
-            sink.report(batch.blocks(), &mut outcomes[..batch.len()]);
-            let pass = self.report_complete(batch, &outcomes);
-            total.requests += 1;
-            total.pages_reported += pass.pages_reported;
-            total.pages_zeroed += pass.pages_zeroed;
-            total.pages_failed += pass.pages_failed;
-            if pass.more {
-                total.more = true;
-                return total;
-            }
-            budget -= 1;
+        let mut outcomes = [ReportOutcome::Failed; REPORTING_CAPACITY];
+        sink.report(batch.blocks(), &mut outcomes[..batch.len()]);
+        let one = drain(blocks, batch, &outcomes, trusted);
+        total.pass.requests += 1;
+        total.pass.pages_reported += one.pass.pages_reported;
+        total.pass.pages_zeroed += one.pass.pages_zeroed;
+        total.pass.pages_failed += one.pass.pages_failed;
+        total.zeroed_untrusted += one.zeroed_untrusted;
+        if one.pass.more {
+            total.pass.more = true;
+            return total;
         }
+        budget -= 1;
     }
 }

@@ -11,8 +11,8 @@
 use crate::config::{Config, DeviceInit, Placement};
 use crate::error::{AllocError, FreeError, MemoryError};
 use crate::frame::{FrameFlags, FrameMeta, Pfn, PhysMem};
-use crate::free_area::{FreeArea, ListKind};
-use crate::reporting::ReportState;
+use crate::free_area::{first_free, FreeArea, ListKind};
+use crate::reporting::Pacing;
 use crate::vmstat::VmStat;
 use crate::{MAX_ORDER, NR_ORDERS};
 
@@ -103,7 +103,7 @@ pub struct Zone<S> {
     pub(crate) pool: FreeArea,
     pub(crate) counts: ZoneCounts,
     pub(crate) stat: VmStat,
-    pub(crate) reporting: ReportState,
+    pub(crate) reporting: Pacing,
 }
 
 impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
@@ -132,7 +132,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             pool: FreeArea::EMPTY,
             counts: ZoneCounts::default(),
             stat: VmStat::default(),
-            reporting: ReportState::Idle,
+            reporting: Pacing::Idle,
         }
     }
 
@@ -180,7 +180,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             self.merge_and_link(idx, order, content);
             pfn += 1 << order;
         }
-        self.request_report();
+        self.reporting.request();
         Ok(())
     }
 
@@ -257,30 +257,24 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         let content = self.free_content(pfn, order, hint, mem);
         let merged = self.merge_and_link(idx, order, content);
         if merged >= self.cfg.reporting_order {
-            self.request_report();
+            self.reporting.request();
         }
         Ok(())
     }
 
-    /// The free block an allocation of `order` takes: `(frame index, its order)`.
+    /// The free block an allocation of `order` takes: `(frame index, its order)`. Zero-aware
+    /// placement serves a ZERO allocation from known-zero blocks first, of any order, before it
+    /// splits a dirty one (and the reverse for the others).
     fn pick(&self, order: u8, zero: bool) -> Option<(u32, u8)> {
         let areas = &self.areas[order as usize..];
-        if self.cfg.placement == Placement::ZeroAware {
-            let kind = if zero {
-                ListKind::Zeroed
-            } else {
-                ListKind::Other
-            };
-            let found = areas.iter().position(|a| a.head(kind).is_some());
-            if let Some(i) = found {
-                return Some((areas[i].head(kind)?, order + i as u8));
-            }
-        }
-        let i = areas.iter().position(|a| a.nr_free() > 0)?;
-        let head = areas[i]
-            .head(ListKind::Other)
-            .or(areas[i].head(ListKind::Zeroed))?;
-        Some((head, order + i as u8))
+        let (i, idx) = first_free(areas, self.preference(zero))?;
+        Some((idx, order + i as u8))
+    }
+
+    /// The list search order of an allocation that does (`zero`) or does not want zeroed
+    /// memory, under the zone's placement.
+    pub(crate) fn preference(&self, zero: bool) -> [ListKind; 2] {
+        ListKind::preference(zero && self.cfg.placement == Placement::ZeroAware)
     }
 
     /// Splits the free block at `idx` from order `high` down to `low`, giving the upper halves
@@ -403,7 +397,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         if self.cfg.placement == Placement::ZeroAware && content.contains(FrameFlags::ZEROED) {
             ListKind::Zeroed
         } else {
-            ListKind::Other
+            ListKind::Unsorted
         }
     }
 
