@@ -15,11 +15,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use prezero_linux::backend::BackendProcess;
-use prezero_linux::console::Event;
-use prezero_linux::scenario::SCENARIOS;
-use prezero_linux::uml::{socket_dir, wait_for_socket_file};
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::backend::BackendProcess;
+use prezero_linux_harness::console::Event;
+use prezero_linux_harness::scenario::SCENARIOS;
+use prezero_linux_harness::uml::{socket_dir, wait_for_socket_file};
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug)]
 pub struct LinuxArgs {
     /// What the guest runs: boot, meminfo, checksum, alloc-free, idle, oom (see
-    /// crates/linux/src/lib.rs for what each prints).
+    /// harness/linux/src/lib.rs for what each prints).
     #[arg(long, default_value = "boot")]
     scenario: String,
     /// Guest memory in MiB (UML's `mem=`). Free page reporting needs more than ~160 MiB free:
@@ -75,7 +75,7 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 }
 
 /// Installs SIGINT/SIGTERM handlers and a thread that, once one arrives, kills every VM process
-/// this process started (by their tag, see `prezero_linux::procs::kill_vms_started_here`) and
+/// this process started (by their tag, see `prezero_linux_harness::procs::kill_vms_started_here`) and
 /// the daemon it started, then exits with status 130.
 pub(crate) fn install_interrupt_cleanup() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -88,7 +88,7 @@ pub(crate) fn install_interrupt_cleanup() {
         .spawn(|| loop {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 eprintln!("interrupted: killing the guest and the daemon");
-                let left = prezero_linux::procs::kill_vms_started_here(Duration::from_secs(5));
+                let left = prezero_linux_harness::procs::kill_vms_started_here(Duration::from_secs(5));
                 if !left.is_empty() {
                     eprintln!("processes that survived SIGKILL: {left:?}");
                 }
@@ -138,7 +138,7 @@ pub(crate) fn start_daemon(
 }
 
 /// Removes `dir`; for a VM run directory (`<cache>/run`), only the per-boot directories of
-/// this process's VMs (`pz<pid>-<n>`, see `prezero_linux::uml::Uml::boot`).
+/// this process's VMs (`pz<pid>-<n>`, see `prezero_linux_harness::uml::Uml::boot`).
 fn remove_scratch(dir: &Path) {
     if dir.file_name().is_some_and(|n| n == "run") {
         let mine = format!("pz{}-", std::process::id());

@@ -26,11 +26,11 @@ use crate::linux_cmd::{
 };
 use anyhow::{Context, Result};
 use clap::Args;
-use prezero_linux::bench::{
+use prezero_linux_harness::bench::{
     bench_qemu, bench_uml_with, write_comparison_svg, AllocFree, BenchOptions, PeerRun,
 };
-use prezero_linux::measure::cpu_at;
-use prezero_linux::{Harness, SetupOptions};
+use prezero_linux_harness::measure::cpu_at;
+use prezero_linux_harness::{Harness, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -100,7 +100,7 @@ pub struct PeerFigures {
     /// The guest's own first-touch speed, MiB/s.
     pub guest_touch_mib_per_s: Option<f64>,
     /// CPU seconds per thread of the device process from the free to the end of the wait.
-    pub threads_after_free: Vec<prezero_linux::procs::ThreadCpu>,
+    pub threads_after_free: Vec<prezero_linux_harness::procs::ThreadCpu>,
     /// The full run (series, marks, console) for `--json` readers.
     #[serde(skip)]
     pub run: PeerRun,

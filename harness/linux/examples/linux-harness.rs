@@ -3,9 +3,9 @@
 //! comparison) instead.
 //!
 //! ```text
-//! cargo run -p prezero-linux --example linux-harness -- uml [SCENARIO [KEY=VALUE...]] [--socket PATH] [--mem MIB]
-//! cargo run -p prezero-linux --example linux-harness -- qemu [SCENARIO [KEY=VALUE...]]
-//! cargo run -p prezero-linux --example linux-harness -- bench [--mib N] [--wait S] [--out DIR] [--uml] [--socket PATH]
+//! cargo run -p prezero-linux-harness --example linux-harness -- uml [SCENARIO [KEY=VALUE...]] [--socket PATH] [--mem MIB]
+//! cargo run -p prezero-linux-harness --example linux-harness -- qemu [SCENARIO [KEY=VALUE...]]
+//! cargo run -p prezero-linux-harness --example linux-harness -- bench [--mib N] [--wait S] [--out DIR] [--uml] [--socket PATH]
 //! ```
 //!
 //! `uml`/`qemu` boot one guest, echo its console and print timings. `bench` runs the QEMU peer
@@ -15,9 +15,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use prezero_linux::bench::{bench_qemu, bench_uml, write_comparison_svg, BenchOptions, PeerRun};
-use prezero_linux::procs::NoCpu;
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::bench::{bench_qemu, bench_uml, write_comparison_svg, BenchOptions, PeerRun};
+use prezero_linux_harness::procs::NoCpu;
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
 fn main() {
     if let Err(e) = run() {
@@ -67,7 +67,7 @@ fn summary(r: &PeerRun) -> serde_json::Value {
     })
 }
 
-fn run() -> prezero_linux::Result<()> {
+fn run() -> prezero_linux_harness::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
         eprintln!("usage: linux-harness uml|qemu|bench ... (see the source's doc comment)");
@@ -86,7 +86,7 @@ fn run() -> prezero_linux::Result<()> {
     match cmd.as_str() {
         "uml" | "qemu" => {
             let t = Instant::now();
-            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux::vm::GuestProcess>> =
+            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux_harness::vm::GuestProcess>> =
                 if cmd == "uml" {
                     let initrd = h.uml_initramfs()?;
                     eprintln!(
@@ -146,7 +146,7 @@ fn run() -> prezero_linux::Result<()> {
                     .unwrap_or_else(|| h.tools.cache_dir.join("bench").display().to_string()),
             );
             let with_uml = take_flag(&mut args, "--uml");
-            std::fs::create_dir_all(&out).map_err(|e| prezero_linux::Error::Io {
+            std::fs::create_dir_all(&out).map_err(|e| prezero_linux_harness::Error::Io {
                 context: format!("creating {}", out.display()),
                 source: e,
             })?;
@@ -170,7 +170,7 @@ fn run() -> prezero_linux::Result<()> {
             write_comparison_svg(&svg, &refs)?;
             let json = out.join("linux-peers.json");
             std::fs::write(&json, serde_json::to_string_pretty(&runs).unwrap()).map_err(|e| {
-                prezero_linux::Error::Io {
+                prezero_linux_harness::Error::Io {
                     context: format!("writing {}", json.display()),
                     source: e,
                 }

@@ -20,7 +20,7 @@
 //! ## Use
 //!
 //! ```no_run
-//! use prezero_linux::{Harness, Scenario, SetupOptions};
+//! use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 //! use std::time::Duration;
 //!
 //! // Check/install the tools, build the workload (cached in target/prezero-linux).
@@ -31,7 +31,7 @@
 //! let out = vm.run_to_exit(Duration::from_secs(60))?;
 //! assert_eq!(out.event("checksum").unwrap().get("status"), Some("ok"));
 //! drop(vm); // kills every UML process that is left
-//! # Ok::<(), prezero_linux::Error>(())
+//! # Ok::<(), prezero_linux_harness::Error>(())
 //! ```
 //!
 //! The QEMU peer: `Harness::new(&SetupOptions { peer: true, ..Default::default() })`, then

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use prezero_linux::procs::is_alive;
-use prezero_linux::setup::{is_root, which};
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::procs::is_alive;
+use prezero_linux_harness::setup::{is_root, which};
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
 fn harness() -> Option<Harness> {
     if which("linux.uml").is_none() && !is_root() {
@@ -38,13 +38,13 @@ fn uml_runs_the_checksum_workload_and_leaves_no_process() {
         .memory_file()
         .unwrap()
         .expect("UML's guest-memory file in /proc/<pid>/fd");
-    let allocated = prezero_linux::procs::allocated_bytes(&file).unwrap();
+    let allocated = prezero_linux_harness::procs::allocated_bytes(&file).unwrap();
     assert!(
         allocated >= 16 << 20,
         "memory file has only {allocated} bytes allocated"
     );
     let mut probe = vm.memory_probe();
-    use prezero_linux::procs::MemoryProbe as _;
+    use prezero_linux_harness::procs::MemoryProbe as _;
     assert!(probe.read_mib().unwrap() >= 16.0);
 
     let out = vm.run_to_exit(TIMEOUT).unwrap();
@@ -217,8 +217,8 @@ fn uml_hung_on_a_silent_backend_is_killed_completely() {
 /// guest touches and, with nobody punching holes, does not shrink after the free.
 #[test]
 fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
-    use prezero_linux::bench::{bench_uml, AllocFree, BenchOptions};
-    use prezero_linux::procs::NoCpu;
+    use prezero_linux_harness::bench::{bench_uml, AllocFree, BenchOptions};
+    use prezero_linux_harness::procs::NoCpu;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
     let opts = BenchOptions {
@@ -230,7 +230,7 @@ fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
             interval_s: 0.5,
         },
         sample_interval: Duration::from_millis(50),
-        analysis: prezero_linux::measure::AnalysisOptions {
+        analysis: prezero_linux_harness::measure::AnalysisOptions {
             idle_window_s: 0.8,
             settle_s: 0.5,
             ..Default::default()
@@ -260,6 +260,6 @@ fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
     );
     assert!(!run.guest_meminfo.is_empty());
     // The chart of it is well-formed and carries the series.
-    let svg = prezero_linux::bench::comparison_chart(&[&run]).to_svg();
+    let svg = prezero_linux_harness::bench::comparison_chart(&[&run]).to_svg();
     assert!(svg.contains("uml (no balloon)"));
 }
