@@ -88,7 +88,8 @@ pub(crate) fn install_interrupt_cleanup() {
         .spawn(|| loop {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 eprintln!("interrupted: killing the guest and the daemon");
-                let left = prezero_linux_harness::procs::kill_vms_started_here(Duration::from_secs(5));
+                let left =
+                    prezero_linux_harness::procs::kill_vms_started_here(Duration::from_secs(5));
                 if !left.is_empty() {
                     eprintln!("processes that survived SIGKILL: {left:?}");
                 }

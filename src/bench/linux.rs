@@ -20,15 +20,14 @@
 //!   extra CPU while memory returns (the return window, minus the rate of the quiet tail after
 //!   it), per GiB its RSS dropped: an upper bound that includes the guest's own reporting work.
 
+use super::chart::Chart;
 use super::print;
 use crate::linux_cmd::{
     clean_vm_dirs_on_interrupt, install_interrupt_cleanup, scratch_dir, start_daemon,
 };
 use anyhow::{Context, Result};
 use clap::Args;
-use prezero_linux_harness::bench::{
-    bench_qemu, bench_uml_with, write_comparison_svg, AllocFree, BenchOptions, PeerRun,
-};
+use prezero_linux_harness::bench::{bench_qemu, bench_uml_with, AllocFree, BenchOptions, PeerRun};
 use prezero_linux_harness::measure::cpu_at;
 use prezero_linux_harness::{Harness, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
@@ -196,6 +195,28 @@ impl LinuxBench {
     }
 }
 
+/// Host memory over time of several runs in one chart, each shifted so that its allocation
+/// starts at 0 s; a marker at each run's free.
+fn comparison_chart(runs: &[&PeerRun]) -> Chart {
+    let mut chart = Chart::new(
+        "Host memory of the guest: allocate, free, free page reporting",
+        "seconds since the guest started allocating",
+        "host memory (MiB)",
+    );
+    for r in runs {
+        let t0 = r.marks.alloc_start_s;
+        let pts = r
+            .result
+            .series
+            .iter()
+            .map(|s| (s.t_s - t0, s.mib))
+            .collect();
+        chart = chart.series(&r.peer, pts);
+        chart = chart.marker(&format!("{} free", r.peer), r.marks.freed_s - t0);
+    }
+    chart
+}
+
 /// Runs the comparison.
 pub fn run(args: &LinuxBenchArgs) -> Result<()> {
     install_interrupt_cleanup();
@@ -315,7 +336,8 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         runs.push(&q.run);
     }
     runs.push(&prezero.run);
-    write_comparison_svg(&svg, &runs)?;
+    std::fs::write(&svg, comparison_chart(&runs).to_svg())
+        .with_context(|| format!("writing {}", svg.display()))?;
     drop(scratch);
     let result = LinuxBench {
         workload: opts.workload,

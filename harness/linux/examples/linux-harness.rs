@@ -10,12 +10,12 @@
 //!
 //! `uml`/`qemu` boot one guest, echo its console and print timings. `bench` runs the QEMU peer
 //! (and with `--uml` the UML side, attached to `--socket` if given), prints the figures as JSON
-//! and writes `DIR/linux-peers.svg` and `DIR/linux-peers.json`.
+//! and writes `DIR/linux-peers.json` (`prezero bench linux` draws the chart).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use prezero_linux_harness::bench::{bench_qemu, bench_uml, write_comparison_svg, BenchOptions, PeerRun};
+use prezero_linux_harness::bench::{bench_qemu, bench_uml, BenchOptions, PeerRun};
 use prezero_linux_harness::procs::NoCpu;
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
@@ -86,39 +86,40 @@ fn run() -> prezero_linux_harness::Result<()> {
     match cmd.as_str() {
         "uml" | "qemu" => {
             let t = Instant::now();
-            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux_harness::vm::GuestProcess>> =
-                if cmd == "uml" {
-                    let initrd = h.uml_initramfs()?;
-                    eprintln!(
-                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
-                        initrd.path.display(),
-                        initrd.bytes,
-                        initrd.modules,
-                        t.elapsed().as_secs_f64()
-                    );
-                    let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
-                    if let Some(m) = mem {
-                        cfg = cfg.mem_mib(m);
-                    }
-                    if let Some(s) = &socket {
-                        cfg = cfg.balloon_socket(s);
-                    }
-                    Box::new(cfg.boot()?)
-                } else {
-                    let initrd = h.qemu_initramfs()?;
-                    eprintln!(
-                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
-                        initrd.path.display(),
-                        initrd.bytes,
-                        initrd.modules,
-                        t.elapsed().as_secs_f64()
-                    );
-                    let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
-                    if let Some(m) = mem {
-                        cfg = cfg.mem_mib(m);
-                    }
-                    Box::new(cfg.boot()?)
-                };
+            let mut vm: Box<
+                dyn std::ops::DerefMut<Target = prezero_linux_harness::vm::GuestProcess>,
+            > = if cmd == "uml" {
+                let initrd = h.uml_initramfs()?;
+                eprintln!(
+                    "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                    initrd.path.display(),
+                    initrd.bytes,
+                    initrd.modules,
+                    t.elapsed().as_secs_f64()
+                );
+                let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
+                if let Some(m) = mem {
+                    cfg = cfg.mem_mib(m);
+                }
+                if let Some(s) = &socket {
+                    cfg = cfg.balloon_socket(s);
+                }
+                Box::new(cfg.boot()?)
+            } else {
+                let initrd = h.qemu_initramfs()?;
+                eprintln!(
+                    "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                    initrd.path.display(),
+                    initrd.bytes,
+                    initrd.modules,
+                    t.elapsed().as_secs_f64()
+                );
+                let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
+                if let Some(m) = mem {
+                    cfg = cfg.mem_mib(m);
+                }
+                Box::new(cfg.boot()?)
+            };
             let out = vm.follow(Duration::from_secs(600), |l| {
                 println!("[{:8.3}] {}", l.t_s, l.text)
             })?;
@@ -165,9 +166,6 @@ fn run() -> prezero_linux_harness::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary(&u)).unwrap());
                 runs.push(u);
             }
-            let refs: Vec<&PeerRun> = runs.iter().collect();
-            let svg = out.join("linux-peers.svg");
-            write_comparison_svg(&svg, &refs)?;
             let json = out.join("linux-peers.json");
             std::fs::write(&json, serde_json::to_string_pretty(&runs).unwrap()).map_err(|e| {
                 prezero_linux_harness::Error::Io {
@@ -175,7 +173,7 @@ fn run() -> prezero_linux_harness::Result<()> {
                     source: e,
                 }
             })?;
-            eprintln!("wrote {} and {}", svg.display(), json.display());
+            eprintln!("wrote {}", json.display());
         }
         other => {
             eprintln!("unknown command {other}");

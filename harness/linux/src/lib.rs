@@ -15,7 +15,7 @@
 //! | [`scenario`] | what the guest runs, chosen on the kernel command line (`prezero.scenario=...`) |
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
 //! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
-//! | [`procs`], [`measure`], [`mod@bench`], [`svg`] | host memory / CPU probes, sampling, curve analysis, the peer comparison and its chart |
+//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs |
 //!
 //! ## Use
 //!
@@ -35,8 +35,7 @@
 //! ```
 //!
 //! The QEMU peer: `Harness::new(&SetupOptions { peer: true, ..Default::default() })`, then
-//! [`bench::bench_qemu`] with [`Harness::qemu`]`(&h.qemu_initramfs()?)`; write the chart with
-//! [`bench::write_comparison_svg`].
+//! [`bench::bench_qemu`] with [`Harness::qemu`]`(&h.qemu_initramfs()?)`.
 //!
 //! ## Scenarios (`prezero.scenario=NAME prezero.KEY=VALUE` on the kernel command line)
 //!
@@ -138,7 +137,6 @@ pub mod procs;
 pub mod qemu;
 pub mod scenario;
 pub mod setup;
-pub mod svg;
 pub mod uml;
 pub mod vm;
 pub mod workload;

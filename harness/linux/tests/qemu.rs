@@ -60,7 +60,9 @@ fn qemu_peer_boots_binds_the_balloon_and_runs_the_workload() {
     assert_eq!(out.guest_rc(), Some(0));
     let pids = vm.pids();
     drop(vm);
-    assert!(pids.iter().all(|id| !prezero_linux_harness::procs::is_alive(*id)));
+    assert!(pids
+        .iter()
+        .all(|id| !prezero_linux_harness::procs::is_alive(*id)));
 }
 
 #[test]
