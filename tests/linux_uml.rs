@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::{Event, Meminfo};
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
+use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::setup::{is_root, which};
 use prezero_linux_harness::uml::Uml;
 use prezero_linux_harness::vm::RunOutcome;
@@ -61,39 +62,30 @@ fn prezero() -> Command {
 /// `prezero serve` as a separate process with a control socket, in its own scratch directory.
 struct Daemon {
     proc: BackendProcess,
-    dir: PathBuf,
     control: PathBuf,
+    /// Removed after the daemon is killed (fields drop after `Drop::drop`).
+    _dir: ScratchDir,
 }
 
 impl Daemon {
     fn start(e: &Env, name: &str, flags: &[&str]) -> Daemon {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = prezero_linux_harness::uml::socket_dir(
-            &e.h.tools.cache_dir,
-            &format!("t{}-{n}", std::process::id()),
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("b.sock");
+        let dir = ScratchDir::for_sockets(&e.h.tools.cache_dir, "t").unwrap();
         let control = dir.join("c.sock");
-        let mut cmd = prezero();
-        cmd.args(["serve", "--log", "info", "--socket"])
-            .arg(&socket)
-            .arg("--control")
-            .arg(&control)
-            .args(flags);
-        let proc = BackendProcess::spawn(
-            &format!("prezero serve ({name})"),
-            cmd,
-            &socket,
-            Some(&control),
+        let args: Vec<&str> = ["--log", "info"].iter().chain(flags).copied().collect();
+        let proc = BackendProcess::serve(
+            Path::new(env!("CARGO_BIN_EXE_prezero")),
+            &dir.join("b.sock"),
+            &control,
             &dir.join("serve.log"),
+            &args,
             Duration::from_secs(20),
         )
-        .expect("starting prezero serve");
-        Daemon { proc, dir, control }
+        .unwrap_or_else(|err| panic!("starting prezero serve ({name}): {err}"));
+        Daemon {
+            proc,
+            control,
+            _dir: dir,
+        }
     }
 
     fn socket(&self) -> &Path {
@@ -223,7 +215,6 @@ impl Drop for Daemon {
             );
         }
         self.proc.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -22,13 +22,13 @@
 
 use super::chart::Chart;
 use super::print;
-use crate::linux_cmd::{
-    clean_vm_dirs_on_interrupt, install_interrupt_cleanup, scratch_dir, start_daemon,
-};
+use crate::linux_cmd::start_daemon;
 use anyhow::{Context, Result};
 use clap::Args;
 use prezero_linux_harness::bench::{bench_qemu, bench_uml_with, AllocFree, BenchOptions, PeerRun};
 use prezero_linux_harness::measure::cpu_at;
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::session::install_interrupt_cleanup;
 use prezero_linux_harness::{Harness, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde::Serialize;
@@ -225,7 +225,6 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         install: !args.no_install,
         ..Default::default()
     })?;
-    clean_vm_dirs_on_interrupt(&h);
     let opts = BenchOptions {
         workload: AllocFree {
             mib: args.mib,
@@ -259,7 +258,7 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         "prezero: {} MiB User-Mode Linux guest on prezero serve, allocating {} MiB ...",
         args.mem, args.mib
     );
-    let scratch = scratch_dir(&h, "bench")?;
+    let scratch = ScratchDir::for_sockets(&h.tools.cache_dir, "bench-")?;
     let socket = scratch.join("balloon.sock");
     let control = scratch.join("control.sock");
     let mut daemon = start_daemon(&socket, &control, &scratch.join("serve.log"), &[])?;

@@ -202,9 +202,7 @@ mod tests {
 
     #[test]
     fn image_layout() {
-        let dir =
-            std::env::temp_dir().join(format!("prezero-linux-initramfs-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::temp("initramfs").unwrap();
         let (bb, wl) = (dir.join("busybox"), dir.join("workload"));
         fs::write(&bb, b"BUSYBOX").unwrap();
         fs::write(&wl, b"WORKLOAD").unwrap();
@@ -241,6 +239,5 @@ mod tests {
             pos("bin") < pos("bin/busybox")
                 && pos("lib/modules") < pos("lib/modules/virtio_balloon.ko")
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -136,6 +136,8 @@ pub mod modules;
 pub mod procs;
 pub mod qemu;
 pub mod scenario;
+pub mod scratch;
+pub mod session;
 pub mod setup;
 pub mod uml;
 pub mod vm;

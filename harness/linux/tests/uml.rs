@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use prezero_linux_harness::procs::is_alive;
+use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::setup::{is_root, which};
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
@@ -132,12 +133,10 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     use std::os::unix::net::UnixListener;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
-    let dir = h.tools.cache_dir.join("run");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::for_sockets(&h.tools.cache_dir, "refused-").unwrap();
 
     // Bound, then closed: the file stays, connect() is refused.
-    let refused = dir.join(format!("refused-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&refused);
+    let refused = dir.join("refused.sock");
     drop(UnixListener::bind(&refused).unwrap());
     let mut vm = h.uml(&initrd).balloon_socket(&refused).boot().unwrap();
     let out = vm.run_to_exit(TIMEOUT).unwrap();
@@ -148,11 +147,9 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     );
     assert_eq!(out.guest_rc(), Some(0));
     drop(vm);
-    let _ = std::fs::remove_file(&refused);
 
     // Accepts, then hangs up.
-    let hangup = dir.join(format!("hangup-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&hangup);
+    let hangup = dir.join("hangup.sock");
     let listener = UnixListener::bind(&hangup).unwrap();
     let acceptor = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
@@ -169,7 +166,6 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     );
     assert_eq!(out.guest_rc(), Some(0));
     drop(vm);
-    let _ = std::fs::remove_file(&hangup);
 }
 
 /// A backend that accepts and never answers hangs UML in early boot (it ignores SIGTERM);
@@ -179,10 +175,8 @@ fn uml_hung_on_a_silent_backend_is_killed_completely() {
     use std::os::unix::net::UnixListener;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
-    let dir = h.tools.cache_dir.join("run");
-    std::fs::create_dir_all(&dir).unwrap();
-    let silent = dir.join(format!("silent-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&silent);
+    let dir = ScratchDir::for_sockets(&h.tools.cache_dir, "silent-").unwrap();
+    let silent = dir.join("silent.sock");
     let listener = UnixListener::bind(&silent).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
@@ -210,7 +204,6 @@ fn uml_hung_on_a_silent_backend_is_killed_completely() {
         assert!(!is_alive(*id), "UML process {} still alive", id.pid);
     }
     holder.join().unwrap();
-    let _ = std::fs::remove_file(&silent);
 }
 
 /// The measurement path end to end on UML without a balloon: the memory file grows by what the
