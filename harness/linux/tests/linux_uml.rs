@@ -11,6 +11,11 @@
 //!
 //! Skipped, with the reason printed, only when `linux.uml` is not installed and we are not
 //! root to install it (`scripts/linux-setup.sh`, which CI runs).
+//!
+//! This file is a test target of the root package (`[[test]] linux_uml` in the root
+//! `Cargo.toml`), not of the harness: cargo builds the `prezero` binary it runs
+//! (`CARGO_BIN_EXE_prezero`) only for that package's tests, so it is always the binary of
+//! this tree. `cargo test --release --test linux_uml` runs it alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
