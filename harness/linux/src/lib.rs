@@ -1,11 +1,17 @@
-//! # prezero-linux: the Linux-guest harness
+//! # prezero-linux-harness: the Linux-guest interop and comparison harness
 //!
 //! Runs the **stock Linux `virtio_balloon` driver** against a virtio-balloon device: under
 //! User-Mode Linux (UML, Debian's `user-mode-linux`, kernel 6.1) attached to prezero's
 //! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (software emulation) with
 //! QEMU's own virtio-balloon as the peer to compare with.
 //!
-//! ## Pieces
+//! **What it is:** test and measurement infrastructure. The Linux interop suite
+//! (`tests/linux_uml.rs` here, a test of the root package), `prezero linux` and
+//! `prezero bench linux` are built on it. **What it is not:** product. No crate under
+//! `crates/` depends on it, and it depends on none of them: it talks to the daemon only as a
+//! process (`prezero serve`) and over its sockets, as any VMM would.
+//!
+//! ## Parts
 //!
 //! | module | what |
 //! |---|---|
@@ -15,7 +21,11 @@
 //! | [`scenario`] | what the guest runs, chosen on the kernel command line (`prezero.scenario=...`) |
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
 //! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
-//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs |
+//! | [`scratch`], [`session`] | short-named scratch directories for sockets and logs; the cleanup of an interrupted command (VMs, backends, scratch) |
+//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs (the CLI draws the table and chart) |
+//!
+//! Everything it builds or downloads lives in `target/prezero-linux` ([`setup::default_cache_dir`]),
+//! never committed.
 //!
 //! ## Use
 //!
