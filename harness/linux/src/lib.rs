@@ -150,6 +150,7 @@ pub mod scratch;
 pub mod session;
 pub mod setup;
 pub mod uml;
+pub mod uml_xstate;
 pub mod vm;
 pub mod workload;
 

@@ -159,6 +159,12 @@ impl Uml {
         let (program, args) = cfg.command(&umid, uml_dir.path())?;
         let mut cmd = Command::new(program);
         cmd.args(&args);
+        if crate::uml_xstate::needed() {
+            crate::uml_xstate::apply(&mut cmd).map_err(|e| Error::Io {
+                context: "building the UML xstate seccomp filter".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
         let vm = GuestProcess::spawn("User-Mode Linux", cmd, vec![uml_dir])?;
         Ok(Uml { vm, umid })
     }
