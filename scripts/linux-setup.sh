@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# linux-setup.sh: install what prezero's Linux-guest harness (crates/linux) needs.
+# linux-setup.sh: install what prezero's Linux-guest harness (harness/linux) needs.
 #
 #   scripts/linux-setup.sh [--peer] [--cache DIR]
 #
@@ -13,7 +13,7 @@
 #
 # Installing packages needs root; without root, missing packages are an error that names the
 # command to run. Fetching the cloud kernel needs no root. Nothing fetched here is committed.
-# The Rust harness (prezero_linux::setup) runs this same script, embedded, when root.
+# The Rust harness (prezero_linux_harness::setup) runs this same script, embedded, when root.
 set -euo pipefail
 
 peer=0

@@ -15,24 +15,23 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use prezero_linux::backend::BackendProcess;
-use prezero_linux::console::Event;
-use prezero_linux::scenario::SCENARIOS;
-use prezero_linux::uml::{socket_dir, wait_for_socket_file};
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::backend::BackendProcess;
+use prezero_linux_harness::console::Event;
+use prezero_linux_harness::scenario::SCENARIOS;
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::session::install_interrupt_cleanup;
+use prezero_linux_harness::uml::wait_for_socket_file;
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Options of `prezero linux`.
 #[derive(Args, Debug)]
 pub struct LinuxArgs {
     /// What the guest runs: boot, meminfo, checksum, alloc-free, idle, oom (see
-    /// crates/linux/src/lib.rs for what each prints).
+    /// harness/linux/src/lib.rs for what each prints).
     #[arg(long, default_value = "boot")]
     scenario: String,
     /// Guest memory in MiB (UML's `mem=`). Free page reporting needs more than ~160 MiB free:
@@ -65,50 +64,6 @@ pub struct LinuxArgs {
     params: Vec<String>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static DAEMON_PID: AtomicI32 = AtomicI32::new(0);
-/// Scratch directories to remove if interrupted (Drop does not run on `exit`).
-static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM handlers and a thread that, once one arrives, kills every VM process
-/// this process started (by their tag, see `prezero_linux::procs::kill_vms_started_here`) and
-/// the daemon it started, then exits with status 130.
-pub(crate) fn install_interrupt_cleanup() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let _ = std::thread::Builder::new()
-        .name("interrupt-cleanup".into())
-        .spawn(|| loop {
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                eprintln!("interrupted: killing the guest and the daemon");
-                let left = prezero_linux::procs::kill_vms_started_here(Duration::from_secs(5));
-                if !left.is_empty() {
-                    eprintln!("processes that survived SIGKILL: {left:?}");
-                }
-                let pid = DAEMON_PID.load(Ordering::SeqCst);
-                if pid > 0 {
-                    // SAFETY: kill(2) on the daemon child this process started (not yet reaped:
-                    // the main thread is still running).
-                    unsafe {
-                        libc::kill(pid, libc::SIGTERM);
-                    }
-                }
-                for dir in SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    remove_scratch(dir);
-                }
-                std::process::exit(130);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        });
-}
-
 /// Starts `prezero serve` (this executable) on `socket` and `control`, with `extra` arguments,
 /// logging to `log`; returns once it listens.
 pub(crate) fn start_daemon(
@@ -118,83 +73,14 @@ pub(crate) fn start_daemon(
     extra: &[String],
 ) -> Result<BackendProcess> {
     let exe = std::env::current_exe().context("locating the prezero executable")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .arg("--socket")
-        .arg(socket)
-        .arg("--control")
-        .arg(control)
-        .args(extra);
-    let daemon = BackendProcess::spawn(
-        "prezero serve",
-        cmd,
+    Ok(BackendProcess::serve(
+        &exe,
         socket,
-        Some(control),
+        control,
         log,
+        extra,
         Duration::from_secs(10),
-    )?;
-    DAEMON_PID.store(daemon.pid(), Ordering::SeqCst);
-    Ok(daemon)
-}
-
-/// Removes `dir`; for a VM run directory (`<cache>/run`), only the per-boot directories of
-/// this process's VMs (`pz<pid>-<n>`, see `prezero_linux::uml::Uml::boot`).
-fn remove_scratch(dir: &Path) {
-    if dir.file_name().is_some_and(|n| n == "run") {
-        let mine = format!("pz{}-", std::process::id());
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&mine) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    } else {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
-
-/// Registers the VM run directory of `h` for cleanup on interrupt (UML's per-boot scratch
-/// directories live there; the VM's own cleanup does not run when the process exits).
-pub(crate) fn clean_vm_dirs_on_interrupt(h: &Harness) {
-    SCRATCH
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(h.tools.cache_dir.join("run"));
-}
-
-/// A scratch directory for one run's sockets and logs, removed on drop.
-pub(crate) struct Scratch(PathBuf);
-
-impl Scratch {
-    /// A file in it.
-    pub(crate) fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        SCRATCH
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|d| d != &self.0);
-    }
-}
-
-/// A scratch directory for one run's sockets and logs: `<cache>/run/<name>-<pid>`, or under
-/// the temp dir when that is too deep for a Unix socket path (108 bytes).
-pub(crate) fn scratch_dir(h: &Harness, name: &str) -> Result<Scratch> {
-    let dir = socket_dir(
-        &h.tools.cache_dir,
-        &format!("{name}-{}", std::process::id()),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    SCRATCH
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(dir.clone());
-    Ok(Scratch(dir))
+    )?)
 }
 
 fn scenario_of(args: &LinuxArgs) -> Result<Scenario> {
@@ -244,7 +130,6 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         install: !args.no_install,
         ..Default::default()
     })?;
-    clean_vm_dirs_on_interrupt(&h);
     let initrd = h.uml_initramfs()?;
     eprintln!(
         "User-Mode Linux {} ({}), initramfs {} ({} KiB: busybox, {}, prezero-workload), ready in {:.1} s",
@@ -270,7 +155,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
             (sock.clone(), args.control.clone())
         }
         None => {
-            let dir = scratch.insert(scratch_dir(&h, "linux")?);
+            let dir = scratch.insert(ScratchDir::for_sockets(&h.tools.cache_dir, "linux-")?);
             let socket = dir.join("balloon.sock");
             let control = args
                 .control
@@ -403,7 +288,6 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
             ),
             Err(e) => eprintln!("stopping the daemon: {e}"),
         }
-        DAEMON_PID.store(0, Ordering::SeqCst);
     }
     drop(scratch);
     out?;

@@ -20,17 +20,16 @@
 //!   extra CPU while memory returns (the return window, minus the rate of the quiet tail after
 //!   it), per GiB its RSS dropped: an upper bound that includes the guest's own reporting work.
 
+use super::chart::Chart;
 use super::print;
-use crate::linux_cmd::{
-    clean_vm_dirs_on_interrupt, install_interrupt_cleanup, scratch_dir, start_daemon,
-};
+use crate::linux_cmd::start_daemon;
 use anyhow::{Context, Result};
 use clap::Args;
-use prezero_linux::bench::{
-    bench_qemu, bench_uml_with, write_comparison_svg, AllocFree, BenchOptions, PeerRun,
-};
-use prezero_linux::measure::cpu_at;
-use prezero_linux::{Harness, SetupOptions};
+use prezero_linux_harness::bench::{bench_qemu, bench_uml_with, AllocFree, BenchOptions, PeerRun};
+use prezero_linux_harness::measure::cpu_at;
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::session::install_interrupt_cleanup;
+use prezero_linux_harness::{Harness, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -100,7 +99,7 @@ pub struct PeerFigures {
     /// The guest's own first-touch speed, MiB/s.
     pub guest_touch_mib_per_s: Option<f64>,
     /// CPU seconds per thread of the device process from the free to the end of the wait.
-    pub threads_after_free: Vec<prezero_linux::procs::ThreadCpu>,
+    pub threads_after_free: Vec<prezero_linux_harness::procs::ThreadCpu>,
     /// The full run (series, marks, console) for `--json` readers.
     #[serde(skip)]
     pub run: PeerRun,
@@ -196,6 +195,28 @@ impl LinuxBench {
     }
 }
 
+/// Host memory over time of several runs in one chart, each shifted so that its allocation
+/// starts at 0 s; a marker at each run's free.
+fn comparison_chart(runs: &[&PeerRun]) -> Chart {
+    let mut chart = Chart::new(
+        "Host memory of the guest: allocate, free, free page reporting",
+        "seconds since the guest started allocating",
+        "host memory (MiB)",
+    );
+    for r in runs {
+        let t0 = r.marks.alloc_start_s;
+        let pts = r
+            .result
+            .series
+            .iter()
+            .map(|s| (s.t_s - t0, s.mib))
+            .collect();
+        chart = chart.series(&r.peer, pts);
+        chart = chart.marker(&format!("{} free", r.peer), r.marks.freed_s - t0);
+    }
+    chart
+}
+
 /// Runs the comparison.
 pub fn run(args: &LinuxBenchArgs) -> Result<()> {
     install_interrupt_cleanup();
@@ -204,7 +225,6 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         install: !args.no_install,
         ..Default::default()
     })?;
-    clean_vm_dirs_on_interrupt(&h);
     let opts = BenchOptions {
         workload: AllocFree {
             mib: args.mib,
@@ -238,7 +258,7 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         "prezero: {} MiB User-Mode Linux guest on prezero serve, allocating {} MiB ...",
         args.mem, args.mib
     );
-    let scratch = scratch_dir(&h, "bench")?;
+    let scratch = ScratchDir::for_sockets(&h.tools.cache_dir, "bench-")?;
     let socket = scratch.join("balloon.sock");
     let control = scratch.join("control.sock");
     let mut daemon = start_daemon(&socket, &control, &scratch.join("serve.log"), &[])?;
@@ -315,7 +335,8 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         runs.push(&q.run);
     }
     runs.push(&prezero.run);
-    write_comparison_svg(&svg, &runs)?;
+    std::fs::write(&svg, comparison_chart(&runs).to_svg())
+        .with_context(|| format!("writing {}", svg.display()))?;
     drop(scratch);
     let result = LinuxBench {
         workload: opts.workload,

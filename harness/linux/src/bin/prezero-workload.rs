@@ -1,7 +1,7 @@
 //! `prezero-workload`: the guest-side workload of prezero's Linux-guest harness.
 //!
 //! This program runs *inside* a Linux guest (User-Mode Linux or QEMU), started by the
-//! initramfs `/init` that `prezero_linux::initramfs` generates. It is std-only on purpose: the
+//! initramfs `/init` that `prezero_linux_harness::initramfs` generates. It is std-only on purpose: the
 //! harness compiles this one file with `rustc -C target-feature=+crt-static` at run time into a
 //! static binary (no cargo, no crates), so it must not use any dependency.
 //!
@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Values never contain spaces. The host side parses these with
-//! `prezero_linux::console::Event`.
+//! `prezero_linux_harness::console::Event`.
 //!
 //! Usage: `prezero-workload run` takes the scenario and its parameters from the kernel command
 //! line (`prezero.scenario=NAME prezero.KEY=VALUE ...`); `prezero-workload NAME [KEY=VALUE ...]`

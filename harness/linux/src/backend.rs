@@ -6,12 +6,15 @@
 //! never block on a full pipe nobody reads), waits until it has bound its sockets (or exited,
 //! in which case the error carries its log), and gives the probes a test or benchmark needs:
 //! CPU time, open descriptors, threads, shared-memory mappings (what a leaked guest would
-//! leave behind). Dropping it SIGKILLs the process if it still runs.
+//! leave behind). Dropping it SIGKILLs the process if it still runs. [`BackendProcess::serve`]
+//! starts `prezero serve` itself; every backend still running is listed for
+//! [`terminate_all`], which an interrupted command calls ([`crate::session`]).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{io_err, Error, Result};
@@ -26,6 +29,25 @@ pub struct BackendProcess {
     control: Option<PathBuf>,
     log: PathBuf,
     exit: Option<ExitStatus>,
+}
+
+/// The pids of the backends this process started and has not reaped yet.
+static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGTERMs every backend this process started that is still running (for a process about to
+/// `exit` without unwinding: Ctrl-C on a command). Not reaped here: the process is exiting.
+pub fn terminate_all() {
+    for pid in running().drain(..) {
+        // SAFETY: kill(2) on a child of this process that has not been reaped (its pid is
+        // taken off the list when it is), so the pid cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
 }
 
 fn is_socket(path: &Path) -> bool {
@@ -57,6 +79,7 @@ impl BackendProcess {
             context: format!("starting {name} ({:?})", cmd.get_program()),
             source: e,
         })?;
+        running().push(child.id() as i32);
         let mut b = BackendProcess {
             name: name.to_owned(),
             child,
@@ -87,6 +110,26 @@ impl BackendProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts `<exe> serve --socket S --control C EXTRA...` (the `prezero` binary at `exe`)
+    /// logging to `log`, and waits up to `timeout` for both sockets (see [`BackendProcess::spawn`]).
+    pub fn serve(
+        exe: &Path,
+        socket: &Path,
+        control: &Path,
+        log: &Path,
+        extra: &[impl AsRef<std::ffi::OsStr>],
+        timeout: Duration,
+    ) -> Result<BackendProcess> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--control")
+            .arg(control)
+            .args(extra);
+        BackendProcess::spawn("prezero serve", cmd, socket, Some(control), log, timeout)
     }
 
     /// The process id.
@@ -130,8 +173,17 @@ impl BackendProcess {
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();
+            self.forget_if_reaped();
         }
         self.exit
+    }
+
+    /// Takes the pid off the [`terminate_all`] list once the process is reaped.
+    fn forget_if_reaped(&self) {
+        if self.exit.is_some() {
+            let pid = self.pid();
+            running().retain(|&p| p != pid);
+        }
     }
 
     /// Whether it still runs.
@@ -144,6 +196,7 @@ impl BackendProcess {
         if self.try_wait().is_none() {
             let _ = self.child.kill();
             self.exit = self.child.wait().ok();
+            self.forget_if_reaped();
         }
         self.exit
     }
@@ -207,10 +260,7 @@ mod tests {
 
     #[test]
     fn a_backend_that_binds_and_one_that_fails() {
-        let dir =
-            std::env::temp_dir().join(format!("prezero-linux-backend-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::temp("backend").unwrap();
         let sock = dir.join("b.sock");
         // A stand-in backend: `sleep`, with its socket bound by a thread of this test.
         let s2 = sock.clone();
@@ -253,6 +303,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no such luck"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,7 @@ use std::process::Command;
 
 use crate::elf;
 use crate::error::{io_err, Error, Result};
+use crate::scratch::ScratchDir;
 
 /// The workload's source, compiled at run time.
 pub const WORKLOAD_SOURCE: &str = include_str!("bin/prezero-workload.rs");
@@ -73,8 +74,8 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     fs::write(&src_tmp, WORKLOAD_SOURCE)
         .map_err(io_err(format!("writing {}", src_tmp.display())))?;
     fs::rename(&src_tmp, &src).map_err(io_err(format!("renaming to {}", src.display())))?;
-    let scratch = temp_sibling(&out);
-    fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
+    // Removed on every path out (drop).
+    let scratch = ScratchDir::new(&dir, ".build-")?;
     let tmp = scratch.join("prezero-workload");
     let cmd = [
         "--edition=2021",
@@ -96,7 +97,6 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
         .output()
         .map_err(io_err("running rustc"))?;
     if !res.status.success() {
-        let _ = fs::remove_dir_all(&scratch);
         let stderr = String::from_utf8_lossy(&res.stderr);
         let hint = if stderr.contains("cannot find -lc") || stderr.contains("libc.a") {
             " (static glibc is missing: apt-get install libc6-dev)"
@@ -124,14 +124,11 @@ pub fn build_workload(cache_dir: &Path) -> Result<PathBuf> {
     }
     let bytes = fs::read(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?;
     if elf::has_interp(&bytes)? {
-        let _ = fs::remove_dir_all(&scratch);
         return Err(Error::invalid(
             "workload binary",
             "rustc produced a dynamically linked binary despite +crt-static",
         ));
     }
-    let renamed = fs::rename(&tmp, &out).map_err(io_err(format!("renaming to {}", out.display())));
-    let _ = fs::remove_dir_all(&scratch);
-    renamed?;
+    fs::rename(&tmp, &out).map_err(io_err(format!("renaming to {}", out.display())))?;
     Ok(out)
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::error::{io_err, Error, Result};
 use crate::procs::{find_uml_memory_file, UmlMemoryProbe};
 use crate::scenario::Scenario;
+use crate::scratch::ScratchDir;
 use crate::setup::HostTools;
 use crate::vm::GuestProcess;
 
@@ -143,21 +144,6 @@ pub fn wait_for_socket_file(path: &Path, timeout: Duration) -> Result<()> {
     }
 }
 
-/// Longest socket path this crate lets callers build (Linux allows 107 bytes plus the NUL).
-pub const MAX_SOCKET_PATH: usize = 100;
-
-/// A directory for vhost-user and control sockets named `name`: `<cache_dir>/run/<name>`,
-/// or `<temp dir>/prezero-<name>` when a socket file name of up to 16 bytes in the former would
-/// not fit a Unix socket address (deep checkouts). Not created here.
-pub fn socket_dir(cache_dir: &Path, name: &str) -> PathBuf {
-    let dir = cache_dir.join("run").join(name);
-    if dir.as_os_str().len() + 17 <= MAX_SOCKET_PATH {
-        dir
-    } else {
-        std::env::temp_dir().join(format!("prezero-{name}"))
-    }
-}
-
 /// A running UML guest; derefs to its [`GuestProcess`] (console, pids, wait, shutdown).
 pub struct Uml {
     vm: GuestProcess,
@@ -167,20 +153,18 @@ pub struct Uml {
 impl Uml {
     /// Boots UML per `cfg` (returns once the process is started; read the console to follow).
     pub fn boot(cfg: &UmlConfig) -> Result<Uml> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
         // Short: UML puts its mconsole socket at <uml_dir>/<umid>/mconsole (108-byte limit).
-        let umid = format!(
-            "pz{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let uml_dir = cfg.run_dir.join(&umid);
-        std::fs::create_dir_all(&uml_dir)
-            .map_err(io_err(format!("creating {}", uml_dir.display())))?;
-        let (program, args) = cfg.command(&umid, &uml_dir)?;
+        let uml_dir = ScratchDir::new(&cfg.run_dir, "pz")?;
+        let umid = uml_dir.name();
+        let (program, args) = cfg.command(&umid, uml_dir.path())?;
         let mut cmd = Command::new(program);
         cmd.args(&args);
+        if crate::uml_xstate::needed() {
+            crate::uml_xstate::apply(&mut cmd).map_err(|e| Error::Io {
+                context: "building the UML xstate seccomp filter".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
         let vm = GuestProcess::spawn("User-Mode Linux", cmd, vec![uml_dir])?;
         Ok(Uml { vm, umid })
     }
@@ -221,10 +205,8 @@ mod tests {
 
     #[test]
     fn waits_for_a_socket_file() {
-        let dir = std::env::temp_dir().join(format!("prezero-linux-sock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::temp("sock").unwrap();
         let sock = dir.join("s.sock");
-        let _ = std::fs::remove_file(&sock);
         let plain = dir.join("plain");
         std::fs::write(&plain, b"").unwrap();
         assert!(wait_for_socket_file(&sock, Duration::from_millis(30)).is_err());
@@ -236,17 +218,6 @@ mod tests {
         });
         wait_for_socket_file(&sock, Duration::from_secs(30)).unwrap();
         drop(binder.join().unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn socket_dirs_fit_a_socket_address() {
-        let short = socket_dir(Path::new("/c"), "x-1");
-        assert_eq!(short, Path::new("/c/run/x-1"));
-        let deep = "/d".repeat(60);
-        let long = socket_dir(Path::new(&deep), "x-1");
-        assert!(long.ends_with("prezero-x-1"), "{}", long.display());
-        assert!(long.join("control.sock").as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use prezero_linux::procs::is_alive;
-use prezero_linux::setup::{is_root, which};
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::procs::is_alive;
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::setup::{is_root, which};
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
 fn harness() -> Option<Harness> {
     if which("linux.uml").is_none() && !is_root() {
@@ -38,13 +39,13 @@ fn uml_runs_the_checksum_workload_and_leaves_no_process() {
         .memory_file()
         .unwrap()
         .expect("UML's guest-memory file in /proc/<pid>/fd");
-    let allocated = prezero_linux::procs::allocated_bytes(&file).unwrap();
+    let allocated = prezero_linux_harness::procs::allocated_bytes(&file).unwrap();
     assert!(
         allocated >= 16 << 20,
         "memory file has only {allocated} bytes allocated"
     );
     let mut probe = vm.memory_probe();
-    use prezero_linux::procs::MemoryProbe as _;
+    use prezero_linux_harness::procs::MemoryProbe as _;
     assert!(probe.read_mib().unwrap() >= 16.0);
 
     let out = vm.run_to_exit(TIMEOUT).unwrap();
@@ -132,12 +133,10 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     use std::os::unix::net::UnixListener;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
-    let dir = h.tools.cache_dir.join("run");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::for_sockets(&h.tools.cache_dir, "refused-").unwrap();
 
     // Bound, then closed: the file stays, connect() is refused.
-    let refused = dir.join(format!("refused-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&refused);
+    let refused = dir.join("refused.sock");
     drop(UnixListener::bind(&refused).unwrap());
     let mut vm = h.uml(&initrd).balloon_socket(&refused).boot().unwrap();
     let out = vm.run_to_exit(TIMEOUT).unwrap();
@@ -148,11 +147,9 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     );
     assert_eq!(out.guest_rc(), Some(0));
     drop(vm);
-    let _ = std::fs::remove_file(&refused);
 
     // Accepts, then hangs up.
-    let hangup = dir.join(format!("hangup-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&hangup);
+    let hangup = dir.join("hangup.sock");
     let listener = UnixListener::bind(&hangup).unwrap();
     let acceptor = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
@@ -169,7 +166,6 @@ fn uml_boots_on_when_the_backend_refuses_or_hangs_up() {
     );
     assert_eq!(out.guest_rc(), Some(0));
     drop(vm);
-    let _ = std::fs::remove_file(&hangup);
 }
 
 /// A backend that accepts and never answers hangs UML in early boot (it ignores SIGTERM);
@@ -179,10 +175,8 @@ fn uml_hung_on_a_silent_backend_is_killed_completely() {
     use std::os::unix::net::UnixListener;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
-    let dir = h.tools.cache_dir.join("run");
-    std::fs::create_dir_all(&dir).unwrap();
-    let silent = dir.join(format!("silent-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&silent);
+    let dir = ScratchDir::for_sockets(&h.tools.cache_dir, "silent-").unwrap();
+    let silent = dir.join("silent.sock");
     let listener = UnixListener::bind(&silent).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
@@ -210,15 +204,14 @@ fn uml_hung_on_a_silent_backend_is_killed_completely() {
         assert!(!is_alive(*id), "UML process {} still alive", id.pid);
     }
     holder.join().unwrap();
-    let _ = std::fs::remove_file(&silent);
 }
 
 /// The measurement path end to end on UML without a balloon: the memory file grows by what the
 /// guest touches and, with nobody punching holes, does not shrink after the free.
 #[test]
 fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
-    use prezero_linux::bench::{bench_uml, AllocFree, BenchOptions};
-    use prezero_linux::procs::NoCpu;
+    use prezero_linux_harness::bench::{bench_uml, AllocFree, BenchOptions};
+    use prezero_linux_harness::procs::NoCpu;
     let Some(h) = harness() else { return };
     let initrd = h.uml_initramfs().unwrap();
     let opts = BenchOptions {
@@ -230,7 +223,7 @@ fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
             interval_s: 0.5,
         },
         sample_interval: Duration::from_millis(50),
-        analysis: prezero_linux::measure::AnalysisOptions {
+        analysis: prezero_linux_harness::measure::AnalysisOptions {
             idle_window_s: 0.8,
             settle_s: 0.5,
             ..Default::default()
@@ -259,7 +252,4 @@ fn uml_alloc_free_is_measured_and_nothing_returns_without_a_balloon() {
         run.marks.idle_start_s < run.marks.alloc_start_s && run.marks.freed_s < run.marks.end_s
     );
     assert!(!run.guest_meminfo.is_empty());
-    // The chart of it is well-formed and carries the series.
-    let svg = prezero_linux::bench::comparison_chart(&[&run]).to_svg();
-    assert!(svg.contains("uml (no balloon)"));
 }

@@ -3,21 +3,21 @@
 //! comparison) instead.
 //!
 //! ```text
-//! cargo run -p prezero-linux --example linux-harness -- uml [SCENARIO [KEY=VALUE...]] [--socket PATH] [--mem MIB]
-//! cargo run -p prezero-linux --example linux-harness -- qemu [SCENARIO [KEY=VALUE...]]
-//! cargo run -p prezero-linux --example linux-harness -- bench [--mib N] [--wait S] [--out DIR] [--uml] [--socket PATH]
+//! cargo run -p prezero-linux-harness --example linux-harness -- uml [SCENARIO [KEY=VALUE...]] [--socket PATH] [--mem MIB]
+//! cargo run -p prezero-linux-harness --example linux-harness -- qemu [SCENARIO [KEY=VALUE...]]
+//! cargo run -p prezero-linux-harness --example linux-harness -- bench [--mib N] [--wait S] [--out DIR] [--uml] [--socket PATH]
 //! ```
 //!
 //! `uml`/`qemu` boot one guest, echo its console and print timings. `bench` runs the QEMU peer
 //! (and with `--uml` the UML side, attached to `--socket` if given), prints the figures as JSON
-//! and writes `DIR/linux-peers.svg` and `DIR/linux-peers.json`.
+//! and writes `DIR/linux-peers.json` (`prezero bench linux` draws the chart).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use prezero_linux::bench::{bench_qemu, bench_uml, write_comparison_svg, BenchOptions, PeerRun};
-use prezero_linux::procs::NoCpu;
-use prezero_linux::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::bench::{bench_qemu, bench_uml, BenchOptions, PeerRun};
+use prezero_linux_harness::procs::NoCpu;
+use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 
 fn main() {
     if let Err(e) = run() {
@@ -67,7 +67,7 @@ fn summary(r: &PeerRun) -> serde_json::Value {
     })
 }
 
-fn run() -> prezero_linux::Result<()> {
+fn run() -> prezero_linux_harness::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
         eprintln!("usage: linux-harness uml|qemu|bench ... (see the source's doc comment)");
@@ -86,39 +86,40 @@ fn run() -> prezero_linux::Result<()> {
     match cmd.as_str() {
         "uml" | "qemu" => {
             let t = Instant::now();
-            let mut vm: Box<dyn std::ops::DerefMut<Target = prezero_linux::vm::GuestProcess>> =
-                if cmd == "uml" {
-                    let initrd = h.uml_initramfs()?;
-                    eprintln!(
-                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
-                        initrd.path.display(),
-                        initrd.bytes,
-                        initrd.modules,
-                        t.elapsed().as_secs_f64()
-                    );
-                    let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
-                    if let Some(m) = mem {
-                        cfg = cfg.mem_mib(m);
-                    }
-                    if let Some(s) = &socket {
-                        cfg = cfg.balloon_socket(s);
-                    }
-                    Box::new(cfg.boot()?)
-                } else {
-                    let initrd = h.qemu_initramfs()?;
-                    eprintln!(
-                        "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
-                        initrd.path.display(),
-                        initrd.bytes,
-                        initrd.modules,
-                        t.elapsed().as_secs_f64()
-                    );
-                    let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
-                    if let Some(m) = mem {
-                        cfg = cfg.mem_mib(m);
-                    }
-                    Box::new(cfg.boot()?)
-                };
+            let mut vm: Box<
+                dyn std::ops::DerefMut<Target = prezero_linux_harness::vm::GuestProcess>,
+            > = if cmd == "uml" {
+                let initrd = h.uml_initramfs()?;
+                eprintln!(
+                    "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                    initrd.path.display(),
+                    initrd.bytes,
+                    initrd.modules,
+                    t.elapsed().as_secs_f64()
+                );
+                let mut cfg = h.uml(&initrd).scenario(scenario_of(&args));
+                if let Some(m) = mem {
+                    cfg = cfg.mem_mib(m);
+                }
+                if let Some(s) = &socket {
+                    cfg = cfg.balloon_socket(s);
+                }
+                Box::new(cfg.boot()?)
+            } else {
+                let initrd = h.qemu_initramfs()?;
+                eprintln!(
+                    "initramfs {} ({} bytes, modules {:?}) in {:.2} s",
+                    initrd.path.display(),
+                    initrd.bytes,
+                    initrd.modules,
+                    t.elapsed().as_secs_f64()
+                );
+                let mut cfg = h.qemu(&initrd)?.scenario(scenario_of(&args));
+                if let Some(m) = mem {
+                    cfg = cfg.mem_mib(m);
+                }
+                Box::new(cfg.boot()?)
+            };
             let out = vm.follow(Duration::from_secs(600), |l| {
                 println!("[{:8.3}] {}", l.t_s, l.text)
             })?;
@@ -146,7 +147,7 @@ fn run() -> prezero_linux::Result<()> {
                     .unwrap_or_else(|| h.tools.cache_dir.join("bench").display().to_string()),
             );
             let with_uml = take_flag(&mut args, "--uml");
-            std::fs::create_dir_all(&out).map_err(|e| prezero_linux::Error::Io {
+            std::fs::create_dir_all(&out).map_err(|e| prezero_linux_harness::Error::Io {
                 context: format!("creating {}", out.display()),
                 source: e,
             })?;
@@ -165,17 +166,14 @@ fn run() -> prezero_linux::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary(&u)).unwrap());
                 runs.push(u);
             }
-            let refs: Vec<&PeerRun> = runs.iter().collect();
-            let svg = out.join("linux-peers.svg");
-            write_comparison_svg(&svg, &refs)?;
             let json = out.join("linux-peers.json");
             std::fs::write(&json, serde_json::to_string_pretty(&runs).unwrap()).map_err(|e| {
-                prezero_linux::Error::Io {
+                prezero_linux_harness::Error::Io {
                     context: format!("writing {}", json.display()),
                     source: e,
                 }
             })?;
-            eprintln!("wrote {} and {}", svg.display(), json.display());
+            eprintln!("wrote {}", json.display());
         }
         other => {
             eprintln!("unknown command {other}");

@@ -393,7 +393,8 @@ mod tests {
 
     #[test]
     fn finds_unpacked_cloud_kernel() {
-        let dir = std::env::temp_dir().join(format!("prezero-linux-ck-{}", std::process::id()));
+        let scratch = crate::scratch::ScratchDir::temp("ck").unwrap();
+        let dir = scratch.path();
         for (pkg, rel) in [
             ("linux-image-6.1.0-50-cloud-amd64", "6.1.0-50-cloud-amd64"),
             ("linux-image-6.1.0-56-cloud-amd64", "6.1.0-56-cloud-amd64"),
@@ -403,9 +404,8 @@ mod tests {
             fs::create_dir_all(base.join("lib/modules").join(rel)).unwrap();
             fs::write(base.join("boot").join(format!("vmlinuz-{rel}")), b"").unwrap();
         }
-        let k = find_cloud_kernel(&dir).unwrap();
+        let k = find_cloud_kernel(dir).unwrap();
         assert_eq!(k.release, "6.1.0-56-cloud-amd64");
         assert!(k.vmlinuz.ends_with("boot/vmlinuz-6.1.0-56-cloud-amd64"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

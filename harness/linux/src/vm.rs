@@ -6,7 +6,6 @@
 //! (or [`GuestProcess::shutdown`]) SIGKILLs every recorded process that is still alive, reaps the
 //! main one and removes its scratch directories.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::console::{events_of, Console, Event, Line, Stream};
 use crate::error::{Error, Result};
 use crate::procs::{PidSet, ProcId, TAG_VAR};
+use crate::scratch::ScratchDir;
 
 /// A running VM process.
 pub struct GuestProcess {
@@ -30,7 +30,7 @@ pub struct GuestProcess {
     exit: Option<ExitStatus>,
     t0: Instant,
     command_line: String,
-    scratch: Vec<PathBuf>,
+    scratch: Vec<ScratchDir>,
     shut_down: bool,
 }
 
@@ -87,7 +87,7 @@ impl GuestProcess {
     pub fn spawn(
         kind: &'static str,
         mut cmd: Command,
-        scratch: Vec<PathBuf>,
+        scratch: Vec<ScratchDir>,
     ) -> Result<GuestProcess> {
         use std::os::unix::process::CommandExt;
         let tag = unique_tag();
@@ -298,9 +298,7 @@ impl GuestProcess {
         if !left.is_empty() {
             tracing::warn!(kind = self.kind, ?left, "VM processes survived SIGKILL");
         }
-        for d in &self.scratch {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        self.scratch.clear();
         left
     }
 }

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use prezero_linux::setup::{check, SetupOptions};
-use prezero_linux::{Harness, Scenario};
+use prezero_linux_harness::setup::{check, SetupOptions};
+use prezero_linux_harness::{Harness, Scenario};
 
 fn harness() -> Option<Harness> {
     let opts = SetupOptions {
@@ -60,7 +60,9 @@ fn qemu_peer_boots_binds_the_balloon_and_runs_the_workload() {
     assert_eq!(out.guest_rc(), Some(0));
     let pids = vm.pids();
     drop(vm);
-    assert!(pids.iter().all(|id| !prezero_linux::procs::is_alive(*id)));
+    assert!(pids
+        .iter()
+        .all(|id| !prezero_linux_harness::procs::is_alive(*id)));
 }
 
 #[test]
@@ -90,7 +92,7 @@ fn qemu_balloon_negotiates_reporting() {
 /// after frees). Some freed THPs stay on the guest's per-cpu lists, unreported.
 #[test]
 fn qemu_peer_returns_freed_memory() {
-    use prezero_linux::bench::{bench_qemu, AllocFree, BenchOptions};
+    use prezero_linux_harness::bench::{bench_qemu, AllocFree, BenchOptions};
     let Some(h) = harness() else { return };
     let initrd = h.qemu_initramfs().unwrap();
     let opts = BenchOptions {
@@ -102,7 +104,7 @@ fn qemu_peer_returns_freed_memory() {
             interval_s: 1.0,
         },
         sample_interval: Duration::from_millis(100),
-        analysis: prezero_linux::measure::AnalysisOptions {
+        analysis: prezero_linux_harness::measure::AnalysisOptions {
             idle_window_s: 1.0,
             ..Default::default()
         },

@@ -3,7 +3,7 @@
 //! started as a separate process and steered with `prezero balloon ... --control`.
 //!
 //! Every test boots small UML guests (128-256 MiB; UML touches fresh memory at ~22 MiB/s) with
-//! a scenario of the guest workload (`crates/linux/src/bin/prezero-workload.rs`). The host
+//! a scenario of the guest workload (`harness/linux/src/bin/prezero-workload.rs`). The host
 //! signals the guest by moving the balloon: a wait with `until_inflated` / `until_deflated`
 //! ends when the guest's `balloon_inflate` / `balloon_deflate` vmstat counters get there.
 //! Timeouts are hang guards only; nothing asserts on wall-clock time. Every UML process is
@@ -11,19 +11,25 @@
 //!
 //! Skipped, with the reason printed, only when `linux.uml` is not installed and we are not
 //! root to install it (`scripts/linux-setup.sh`, which CI runs).
+//!
+//! This file is a test target of the root package (`[[test]] linux_uml` in the root
+//! `Cargo.toml`), not of the harness: cargo builds the `prezero` binary it runs
+//! (`CARGO_BIN_EXE_prezero`) only for that package's tests, so it is always the binary of
+//! this tree. `cargo test --release --test linux_uml` runs it alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use prezero_linux::backend::BackendProcess;
-use prezero_linux::console::{Event, Meminfo};
-use prezero_linux::procs::{is_alive, MemoryProbe};
-use prezero_linux::setup::{is_root, which};
-use prezero_linux::uml::Uml;
-use prezero_linux::vm::RunOutcome;
-use prezero_linux::{Harness, Initramfs, Scenario, SetupOptions};
+use prezero_linux_harness::backend::BackendProcess;
+use prezero_linux_harness::console::{Event, Meminfo};
+use prezero_linux_harness::procs::{is_alive, MemoryProbe};
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::setup::{is_root, which};
+use prezero_linux_harness::uml::Uml;
+use prezero_linux_harness::vm::RunOutcome;
+use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 
@@ -61,39 +67,30 @@ fn prezero() -> Command {
 /// `prezero serve` as a separate process with a control socket, in its own scratch directory.
 struct Daemon {
     proc: BackendProcess,
-    dir: PathBuf,
     control: PathBuf,
+    /// Removed after the daemon is killed (fields drop after `Drop::drop`).
+    _dir: ScratchDir,
 }
 
 impl Daemon {
     fn start(e: &Env, name: &str, flags: &[&str]) -> Daemon {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = prezero_linux::uml::socket_dir(
-            &e.h.tools.cache_dir,
-            &format!("t{}-{n}", std::process::id()),
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("b.sock");
+        let dir = ScratchDir::for_sockets(&e.h.tools.cache_dir, "t").unwrap();
         let control = dir.join("c.sock");
-        let mut cmd = prezero();
-        cmd.args(["serve", "--log", "info", "--socket"])
-            .arg(&socket)
-            .arg("--control")
-            .arg(&control)
-            .args(flags);
-        let proc = BackendProcess::spawn(
-            &format!("prezero serve ({name})"),
-            cmd,
-            &socket,
-            Some(&control),
+        let args: Vec<&str> = ["--log", "info"].iter().chain(flags).copied().collect();
+        let proc = BackendProcess::serve(
+            Path::new(env!("CARGO_BIN_EXE_prezero")),
+            &dir.join("b.sock"),
+            &control,
             &dir.join("serve.log"),
+            &args,
             Duration::from_secs(20),
         )
-        .expect("starting prezero serve");
-        Daemon { proc, dir, control }
+        .unwrap_or_else(|err| panic!("starting prezero serve ({name}): {err}"));
+        Daemon {
+            proc,
+            control,
+            _dir: dir,
+        }
     }
 
     fn socket(&self) -> &Path {
@@ -223,7 +220,6 @@ impl Drop for Daemon {
             );
         }
         self.proc.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -290,15 +286,15 @@ fn mem_file_mib(vm: &Uml) -> f64 {
 
 /// The UML memory file's allocated MiB, sampled every 50 ms from boot on the console's clock,
 /// so a value "at" a guest event does not depend on when the test thread gets to read it.
-struct FileWatch(prezero_linux::measure::Sampler);
+struct FileWatch(prezero_linux_harness::measure::Sampler);
 
 impl FileWatch {
     fn start(vm: &Uml) -> FileWatch {
-        FileWatch(prezero_linux::measure::Sampler::start(
+        FileWatch(prezero_linux_harness::measure::Sampler::start(
             vm.t0(),
             Duration::from_millis(50),
             Box::new(vm.memory_probe()),
-            Box::new(prezero_linux::procs::NoCpu),
+            Box::new(prezero_linux_harness::procs::NoCpu),
         ))
     }
 
@@ -481,8 +477,8 @@ fn stock_driver_negotiates_and_queue_roles_match_each_feature_offer() {
 /// once the driver reports it and the daemon punches holes.
 #[test]
 fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
-    use prezero_linux::measure::Sampler;
-    use prezero_linux::procs::NoCpu;
+    use prezero_linux_harness::measure::Sampler;
+    use prezero_linux_harness::procs::NoCpu;
     let Some(e) = env() else { return };
     let d = Daemon::start(e, "report", &[]);
     let mib = 64;
@@ -1120,7 +1116,7 @@ fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
 /// set up, as in CI), the figures the JSON promises, and the chart.
 #[test]
 fn bench_linux_compares_the_peers_in_one_invocation() {
-    use prezero_linux::setup::check;
+    use prezero_linux_harness::setup::check;
     let Some(e) = env() else { return };
     let peer = check(&SetupOptions {
         peer: true,

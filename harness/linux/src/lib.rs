@@ -1,11 +1,17 @@
-//! # prezero-linux: the Linux-guest harness
+//! # prezero-linux-harness: the Linux-guest interop and comparison harness
 //!
 //! Runs the **stock Linux `virtio_balloon` driver** against a virtio-balloon device: under
 //! User-Mode Linux (UML, Debian's `user-mode-linux`, kernel 6.1) attached to prezero's
 //! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (software emulation) with
 //! QEMU's own virtio-balloon as the peer to compare with.
 //!
-//! ## Pieces
+//! **What it is:** test and measurement infrastructure. The Linux interop suite
+//! (`tests/linux_uml.rs` here, a test of the root package), `prezero linux` and
+//! `prezero bench linux` are built on it. **What it is not:** product. No crate under
+//! `crates/` depends on it, and it depends on none of them: it talks to the daemon only as a
+//! process (`prezero serve`) and over its sockets, as any VMM would.
+//!
+//! ## Parts
 //!
 //! | module | what |
 //! |---|---|
@@ -15,12 +21,16 @@
 //! | [`scenario`] | what the guest runs, chosen on the kernel command line (`prezero.scenario=...`) |
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
 //! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
-//! | [`procs`], [`measure`], [`mod@bench`], [`svg`] | host memory / CPU probes, sampling, curve analysis, the peer comparison and its chart |
+//! | [`scratch`], [`session`] | short-named scratch directories for sockets and logs; the cleanup of an interrupted command (VMs, backends, scratch) |
+//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs (the CLI draws the table and chart) |
+//!
+//! Everything it builds or downloads lives in `target/prezero-linux` ([`setup::default_cache_dir`]),
+//! never committed.
 //!
 //! ## Use
 //!
 //! ```no_run
-//! use prezero_linux::{Harness, Scenario, SetupOptions};
+//! use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 //! use std::time::Duration;
 //!
 //! // Check/install the tools, build the workload (cached in target/prezero-linux).
@@ -31,12 +41,11 @@
 //! let out = vm.run_to_exit(Duration::from_secs(60))?;
 //! assert_eq!(out.event("checksum").unwrap().get("status"), Some("ok"));
 //! drop(vm); // kills every UML process that is left
-//! # Ok::<(), prezero_linux::Error>(())
+//! # Ok::<(), prezero_linux_harness::Error>(())
 //! ```
 //!
 //! The QEMU peer: `Harness::new(&SetupOptions { peer: true, ..Default::default() })`, then
-//! [`bench::bench_qemu`] with [`Harness::qemu`]`(&h.qemu_initramfs()?)`; write the chart with
-//! [`bench::write_comparison_svg`].
+//! [`bench::bench_qemu`] with [`Harness::qemu`]`(&h.qemu_initramfs()?)`.
 //!
 //! ## Scenarios (`prezero.scenario=NAME prezero.KEY=VALUE` on the kernel command line)
 //!
@@ -137,9 +146,11 @@ pub mod modules;
 pub mod procs;
 pub mod qemu;
 pub mod scenario;
+pub mod scratch;
+pub mod session;
 pub mod setup;
-pub mod svg;
 pub mod uml;
+pub mod uml_xstate;
 pub mod vm;
 pub mod workload;
 

@@ -4,20 +4,19 @@
 //!
 //! [`measure_alloc_free`] is the common part: it samples a running VM while following the
 //! workload's console events, then analyses the curve. [`bench_qemu`] and [`bench_uml`] boot the
-//! respective VM and call it; [`comparison_chart`] draws both curves, aligned at the allocation.
+//! respective VM and call it. The CLI (`prezero bench linux`) turns the runs into a table and a
+//! chart.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::console::{Event, Line};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::measure::{analyze, AnalysisOptions, Details, Marks, PeerResult, Sampler};
 use crate::procs::{threads_cpu, CpuProbe, MemoryProbe, ThreadCpu};
 use crate::qemu::{Qemu, QemuConfig};
 use crate::scenario::Scenario;
-use crate::svg::Chart;
 use crate::uml::{Uml, UmlConfig};
 use crate::vm::GuestProcess;
 
@@ -267,36 +266,6 @@ pub fn bench_uml_with(
     let _ = vm.wait_exit(Duration::from_secs(30));
     vm.shutdown();
     run
-}
-
-/// Host memory over time of several runs in one chart, each shifted so that its allocation
-/// starts at 0 s; a marker at each run's free.
-pub fn comparison_chart(runs: &[&PeerRun]) -> Chart {
-    let mut chart = Chart::new(
-        "Host memory of the guest: allocate, free, free page reporting",
-        "seconds since the guest started allocating",
-        "host memory (MiB)",
-    );
-    for r in runs {
-        let t0 = r.marks.alloc_start_s;
-        let pts = r
-            .result
-            .series
-            .iter()
-            .map(|s| (s.t_s - t0, s.mib))
-            .collect();
-        chart = chart.series(&r.peer, pts);
-        chart = chart.marker(&format!("{} free", r.peer), r.marks.freed_s - t0);
-    }
-    chart
-}
-
-/// Writes [`comparison_chart`] of `runs` to `path`.
-pub fn write_comparison_svg(path: &Path, runs: &[&PeerRun]) -> Result<()> {
-    std::fs::write(path, comparison_chart(runs).to_svg()).map_err(|e| Error::Io {
-        context: format!("writing {}", path.display()),
-        source: e,
-    })
 }
 
 #[cfg(test)]

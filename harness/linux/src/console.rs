@@ -163,7 +163,7 @@ impl Console {
     }
 
     fn take(&mut self, line: Line) {
-        tracing::trace!(target: "prezero_linux::console", "{:>8.3} {}", line.t_s, line.text);
+        tracing::trace!(target: "prezero_linux_harness::console", "{:>8.3} {}", line.t_s, line.text);
         self.log.push(line);
     }
 
