@@ -72,23 +72,26 @@
 #![deny(missing_docs)]
 
 mod backend;
-pub mod backend_channel;
 pub mod control;
+mod controller;
 mod daemon;
 pub mod error;
+mod exit_pipe;
 mod http;
+pub mod notifier;
 pub mod options;
 pub mod relay;
 mod session;
 mod signals;
 mod socket;
 pub mod status;
-mod sys;
+mod wait;
 
-pub use backend_channel::Notification;
 pub use control::{control_request, ControlRequest};
-pub use daemon::{serve, spawn, Controller, DaemonHandle};
+pub use controller::Controller;
+pub use daemon::{serve, spawn, DaemonHandle};
 pub use error::{Error, Result};
+pub use notifier::{ConfigNotifier, Notification};
 pub use options::{bytes_to_pages, parse_size, FeatureOffer, ServeOptions};
 pub use status::{
     BalloonStatus, DaemonMetrics, MetricsReport, StatsReport, StatsRequestOutcome, TargetOutcome,
