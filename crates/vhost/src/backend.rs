@@ -259,7 +259,10 @@ fn signal(vring: &VringRwLock, index: usize) {
 impl Drop for BalloonBackend {
     fn drop(&mut self) {
         // This is the last reference to the backend, so the worker's handler was dropped.
-        let leaked = self.exit_consumers.get_mut().unwrap_or_else(|p| p.into_inner());
+        let leaked = self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
         for consumer in leaked.drain(..) {
             consumer.close();
         }

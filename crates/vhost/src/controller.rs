@@ -319,4 +319,3 @@ impl Controller {
         self.shared.stopping()
     }
 }
-

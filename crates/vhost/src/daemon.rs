@@ -59,7 +59,9 @@ impl DaemonHandle {
     fn join(&mut self) -> Result<()> {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
-                self.controller.shared().fail("a daemon thread panicked".into());
+                self.controller
+                    .shared()
+                    .fail("a daemon thread panicked".into());
             }
         }
         match self.controller.shared().failure() {
@@ -89,9 +91,8 @@ pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
     let cell = Arc::new(DeviceCell::new(opts.device, opts.discard)?);
     let vhost_socket = BoundSocket::bind(&opts.socket)?;
     let control_socket = opts.control.as_deref().map(BoundSocket::bind).transpose()?;
-    let shared = Arc::new(
-        DaemonShared::new(opts, cell).map_err(Error::io("creating the stop event"))?,
-    );
+    let shared =
+        Arc::new(DaemonShared::new(opts, cell).map_err(Error::io("creating the stop event"))?);
     tracing::info!(
         socket = %shared.opts.socket.display(),
         control = ?shared.opts.control,

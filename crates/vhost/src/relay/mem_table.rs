@@ -1,13 +1,12 @@
 //! User-Mode Linux's padded `SET_MEM_TABLE`, trimmed to what vhost 0.18 accepts.
 //!
 //! The payload is `struct VhostUserMemory` (region count `u32`, padding `u32`) and then one
-//! 32-byte `VhostUserMemoryRegion` per region. UML 6.1 (`arch/um/drivers/virtio_uml.c`,
-//! `vhost_user_set_mem_table`) sends the size of the whole two-region array it fills even
-//! when it describes one region: 72 bytes for one region. vhost 0.18's
+//! 32-byte `VhostUserMemoryRegion` per region. User-Mode Linux 6.1 (`virtio_uml`) sends room
+//! for two regions (72 bytes) when it uses one. vhost 0.18's
 //! `BackendReqHandler::set_mem_table` wants exactly `8 + regions * 32` and refuses anything
 //! else as an invalid message, which ends the connection. The unused trailing slots are cut
-//! off (payload and header size); the regions and descriptors go on as they were. See
-//! `/work/shared/UML-NOTES.md` and `docs/upstream/0002-accept-padded-set-mem-table.patch`.
+//! off (payload and header size); the regions and descriptors go on as they were. The upstream
+//! change that makes this file unnecessary: `docs/upstream/0002-accept-padded-set-mem-table.md`.
 
 use std::mem::size_of;
 

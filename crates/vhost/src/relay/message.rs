@@ -137,7 +137,11 @@ fn recv(from: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result
         match unsafe { from.recv_with_fds(&mut iov, &mut raw) } {
             Ok((n, count)) => {
                 // SAFETY: recvmsg just created these descriptors for us.
-                fds.extend(raw[..count].iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw[..count]
+                        .iter()
+                        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
                 return Ok(n);
             }
             Err(e) if e.errno() == libc::EINTR => {}

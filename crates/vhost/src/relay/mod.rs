@@ -308,7 +308,8 @@ pub fn private_connection() -> io::Result<(UnixListener, UnixStream)> {
     if base.as_os_str().len() > 60 {
         base = PathBuf::from("/tmp");
     }
-    let dir = TempDir::new_with_prefix(base.join(format!("prezero-vhost-{}-", std::process::id())))?;
+    let dir =
+        TempDir::new_with_prefix(base.join(format!("prezero-vhost-{}-", std::process::id())))?;
     let path = dir.as_path().join("daemon.sock");
     let listener = UnixListener::bind(&path)?;
     let stream = UnixStream::connect(&path)?;
@@ -487,7 +488,12 @@ mod tests {
             *b = i as u8 + 1;
         }
         payload[40..].fill(0xee);
-        send(&r.frontend, header(SET_MEM_TABLE, 0x9, 72), &payload, &[&memfd]);
+        send(
+            &r.frontend,
+            header(SET_MEM_TABLE, 0x9, 72),
+            &payload,
+            &[&memfd],
+        );
         let m = recv(&r.daemon);
         assert_eq!(m.payload.len(), 40);
         assert_eq!(u32::from_le_bytes(m.header[8..12].try_into().unwrap()), 40);
