@@ -309,7 +309,7 @@ impl Controller {
         }
     }
 
-    /// Asks the daemon to stop (returns at once; [`DaemonHandle::wait`] waits for it).
+    /// Asks the daemon to stop (returns at once; [`DaemonHandle::wait`](crate::DaemonHandle::wait) waits for it).
     pub fn request_shutdown(&self) {
         self.shared.request_stop();
     }

@@ -19,7 +19,7 @@
 //! this directory; [`BackendChannel`]'s place as the [`ConfigNotifier`](crate::ConfigNotifier) is then taken by the
 //! `Backend` the device receives in `set_backend_req_fd` (a few lines in `backend.rs`), and
 //! `session.rs` starts the `VhostUserDaemon` on the accepted frontend stream directly. With
-//! only (1) upstream, keep [`mem_table`] for UML and the relay around it; with only (2), keep
+//! only (1) upstream, keep `mem_table.rs` for UML and the relay around it; with only (2), keep
 //! [`channel`]. Nothing else in the daemon knows the relay: `session.rs` constructs it and
 //! the host API holds its notifier as an `Arc<dyn ConfigNotifier>`.
 //!
@@ -32,7 +32,7 @@
 //!                      config-change messages (BackendChannel)
 //! ```
 //!
-//! Two threads, one per direction, copy whole messages ([`message`]); the descriptors the
+//! Two threads, one per direction, copy whole messages (`message.rs`); the descriptors the
 //! sender attached are forwarded with the same message, and the relay's own copies closed
 //! once forwarded. Nothing is reordered or answered by the relay; it looks at two frontend
 //! requests on the way:
@@ -41,7 +41,7 @@
 //! - `SET_BACKEND_REQ_FD` (21): a duplicate of its descriptor becomes the [`BackendChannel`];
 //!
 //! and changes one, for compatibility: a padded `SET_MEM_TABLE` (5) is trimmed
-//! ([`mem_table`]).
+//! (`mem_table.rs`).
 //!
 //! When either side closes (or breaks the framing), both connections are shut down, so each
 //! end sees the other go away exactly as without the relay.
