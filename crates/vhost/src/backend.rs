@@ -13,7 +13,6 @@
 //! Lock order where both are taken: device, then vring.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,7 +29,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::sys;
+use crate::exit_pipe::{self, LeakedConsumer};
 
 /// The device type the daemon serves.
 pub(crate) type Device = BalloonDevice<HostDiscard<()>>;
@@ -157,14 +156,6 @@ impl DeviceCell {
     }
 }
 
-/// An exit pipe handed to a worker thread: `vhost-user-backend` 0.24 registers the consumer
-/// end with `into_raw_fd` and never closes it, so we close it once the worker is gone.
-#[derive(Debug)]
-struct ExitPipe {
-    fd: RawFd,
-    id: (u64, u64),
-}
-
 /// The `vhost-user-backend` backend of one frontend connection.
 #[derive(Debug)]
 pub(crate) struct BalloonBackend {
@@ -172,7 +163,8 @@ pub(crate) struct BalloonBackend {
     mem: Memory,
     /// Written by the host API to make the worker hand the stats buffer back.
     stats_event: EventFd,
-    exit_pipes: Mutex<Vec<ExitPipe>>,
+    /// Closed when the backend goes ([`exit_pipe`]).
+    exit_consumers: Mutex<Vec<LeakedConsumer>>,
     warned: [AtomicBool; MAX_QUEUES],
     /// Dropped with the backend: tells the session every clone is gone (worker included).
     _gone: Sender<()>,
@@ -190,7 +182,7 @@ impl BalloonBackend {
             cell,
             mem,
             stats_event: EventFd::new(EFD_NONBLOCK)?,
-            exit_pipes: Mutex::new(Vec::new()),
+            exit_consumers: Mutex::new(Vec::new()),
             warned: Default::default(),
             _gone: gone,
         })
@@ -266,16 +258,13 @@ fn signal(vring: &VringRwLock, index: usize) {
 
 impl Drop for BalloonBackend {
     fn drop(&mut self) {
-        let pipes = std::mem::take(self.exit_pipes.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for pipe in pipes {
-            // Close it only if it still is our pipe (a later vhost-user-backend may close it
-            // itself, and the number could then name someone else's file).
-            if sys::file_id(pipe.fd).ok() == Some(pipe.id) {
-                // SAFETY: the fd is the read end of our pipe, leaked by vhost-user-backend into
-                // an epoll instance that is gone with the worker (this is the last reference to
-                // the backend, so the worker's handler was dropped).
-                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(pipe.fd) });
-            }
+        // This is the last reference to the backend, so the worker's handler was dropped.
+        let leaked = self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        for consumer in leaked.drain(..) {
+            consumer.close();
         }
     }
 }
@@ -349,31 +338,23 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn set_backend_req_fd(&self, _backend: Backend) {
-        // The relay keeps its own copy of this channel and sends config changes on it; the
-        // vhost crate's Backend cannot, so it is dropped here.
+        // The relay keeps its own copy of this channel and sends config changes on it; vhost
+        // 0.18's Backend cannot, so it is dropped here (see the relay's module docs).
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (read, write) = match sys::pipe() {
-            Ok(p) => p,
+        let (consumer, notifier, leaked) = match exit_pipe::exit_event() {
+            Ok(ends) => ends,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a worker exit pipe");
                 return None;
             }
         };
-        let id = sys::file_id(read.as_raw_fd()).ok()?;
-        let fd = read.into_raw_fd();
-        self.exit_pipes
+        self.exit_consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(ExitPipe { fd, id });
-        // SAFETY: both fds are fresh and owned; ownership moves into the wrappers.
-        unsafe {
-            Some((
-                EventConsumer::from_raw_fd(fd),
-                EventNotifier::from_raw_fd(write.into_raw_fd()),
-            ))
-        }
+            .push(leaked);
+        Some((consumer, notifier))
     }
 
     fn handle_event(
@@ -400,6 +381,7 @@ impl VhostUserBackend for BalloonBackend {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixStream;
     use vm_memory::GuestAddress;
 
@@ -448,12 +430,12 @@ mod tests {
         // As vhost-user-backend does with it.
         let fd = consumer.into_raw_fd();
         notifier.notify().unwrap();
-        let id = sys::file_id(fd).unwrap();
+        let id = exit_pipe::file_id(fd).unwrap();
         drop(backend);
         assert!(rx.recv().is_err(), "the session learns the backend is gone");
         // (Another test may have reused the number since: compare identities.)
         assert_ne!(
-            sys::file_id(fd).ok(),
+            exit_pipe::file_id(fd).ok(),
             Some(id),
             "the leaked consumer end was closed"
         );

@@ -27,12 +27,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::daemon::Controller;
+use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::http::{self, ReadError};
 use crate::options::bytes_to_pages;
 use crate::socket::BoundSocket;
-use crate::sys::{poll, pollfd};
+use crate::wait::Waiter;
 
 /// How long the server waits for a slow client to send or take its bytes.
 const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,18 +147,25 @@ pub fn control_request(path: impl AsRef<Path>, request: &ControlRequest) -> Resu
 
 /// Serves the control socket until the daemon stops.
 pub(crate) fn serve_control(socket: BoundSocket, controller: &Controller) {
-    let stop = controller.stop_fd();
-    loop {
-        let mut fds = [
-            pollfd(socket.raw_fd(), libc::POLLIN),
-            pollfd(stop, libc::POLLIN),
-        ];
-        if let Err(e) = poll(&mut fds, None) {
+    let stop_event = controller.shared().stop_event();
+    let waiters = Waiter::readable([&socket.listener, stop_event])
+        .and_then(|both| Ok((both, Waiter::readable([stop_event])?)));
+    let (request_or_stop, stop) = match waiters {
+        Ok(w) => w,
+        Err(e) => {
             tracing::error!(error = %e, "control socket: poll failed; control stops");
             return;
         }
-        if fds[1].revents != 0 || controller.is_stopping() {
-            return;
+    };
+    loop {
+        match request_or_stop.wait(None) {
+            Err(e) => {
+                tracing::error!(error = %e, "control socket: poll failed; control stops");
+                return;
+            }
+            Ok([_, true]) => return,
+            Ok(_) if controller.is_stopping() => return,
+            Ok(_) => {}
         }
         match socket.accept() {
             Ok(Some(stream)) => {
@@ -169,8 +176,7 @@ pub(crate) fn serve_control(socket: BoundSocket, controller: &Controller) {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "control socket: accept failed");
-                let mut stop_only = [pollfd(stop, libc::POLLIN)];
-                let _ = poll(&mut stop_only, Some(Duration::from_millis(200)));
+                let _ = stop.wait(Some(Duration::from_millis(200)));
             }
         }
     }

@@ -38,6 +38,21 @@
 //!
 //! # How the pieces fit
 //!
+//! | file | job |
+//! |---|---|
+//! | `daemon.rs` | [`spawn`] / [`serve`]: bind the sockets, the accept loop (one guest at a time), [`DaemonHandle`] |
+//! | `session.rs` | one frontend connection: backend, `VhostUserDaemon`, relay, teardown |
+//! | `controller.rs` | the host API: [`Controller`], the state shared with the daemon's threads, the link to the connected guest |
+//! | `backend.rs` | the device as a `vhost-user-backend` backend (`DeviceCell`, `BalloonBackend`) |
+//! | [`notifier`] | [`ConfigNotifier`]: "tell the frontend the config changed" -> [`Notification`] |
+//! | [`relay`] | the vhost 0.18 workaround (message relay, config-change sender, UML's padded `SET_MEM_TABLE`); deleted when `docs/upstream/` lands |
+//! | [`control`] (+ `http.rs`) | the operator's control socket (HTTP/1.1 + JSON) and its client |
+//! | [`status`], [`options`], [`error`] | reported values, options, errors |
+//! | `socket.rs`, `signals.rs`, `wait.rs`, `exit_pipe.rs` | listening sockets, SIGINT/SIGTERM, waiting on fds (`vmm-sys-util`), `vhost-user-backend`'s leaked exit events |
+//!
+//! Imports run one way: `daemon` -> `session` -> `controller` -> `backend` / `notifier`;
+//! `relay` knows only `notifier` (and `wait`).
+//!
 //! | vhost-user event | where | device call |
 //! |---|---|---|
 //! | `GET_FEATURES` | backend | offered features + `VHOST_USER_F_PROTOCOL_FEATURES` |
@@ -45,9 +60,9 @@
 //! | `SET_FEATURES` | backend | `ack_features` (queue roles become dense) |
 //! | `SET_MEM_TABLE` | `vhost-user-backend` | regions mapped from the frontend's fds |
 //! | `GET_CONFIG` / `SET_CONFIG` | backend | config mirror / `write_config` |
-//! | `SET_BACKEND_REQ_FD` | [`relay`] keeps a dup | config changes sent by [`backend_channel`] |
+//! | `SET_BACKEND_REQ_FD` | [`relay`] keeps a dup | config changes sent by [`relay::BackendChannel`] |
 //! | a queue kick | worker thread | `process_queue`, then signal the call fd if asked |
-//! | host: new target | [`Controller`] | `set_target_pages`, then a config-change message |
+//! | host: new target | [`Controller`] | `set_target_pages`, then [`ConfigNotifier::notify_config_change`] |
 //! | host: fresh stats | [`Controller`] -> worker | `request_stats`, then signal |
 //!
 //! Faults: a guest that disconnects or dies ends its connection only: the daemon drops its
@@ -72,23 +87,26 @@
 #![deny(missing_docs)]
 
 mod backend;
-pub mod backend_channel;
 pub mod control;
+mod controller;
 mod daemon;
 pub mod error;
+mod exit_pipe;
 mod http;
+pub mod notifier;
 pub mod options;
 pub mod relay;
 mod session;
 mod signals;
 mod socket;
 pub mod status;
-mod sys;
+mod wait;
 
-pub use backend_channel::Notification;
 pub use control::{control_request, ControlRequest};
-pub use daemon::{serve, spawn, Controller, DaemonHandle};
+pub use controller::Controller;
+pub use daemon::{serve, spawn, DaemonHandle};
 pub use error::{Error, Result};
+pub use notifier::{ConfigNotifier, Notification};
 pub use options::{bytes_to_pages, parse_size, FeatureOffer, ServeOptions};
 pub use status::{
     BalloonStatus, DaemonMetrics, MetricsReport, StatsReport, StatsRequestOutcome, TargetOutcome,

@@ -3,8 +3,9 @@
 //! 1. A fresh [`BalloonBackend`] and guest memory map over the daemon's device (reset).
 //! 2. A `VhostUserDaemon` for it, started on a private connection
 //!    ([`relay::private_connection`]).
-//! 3. The [`Relay`] between the frontend and that connection; the session is published so
-//!    the host API can notify and request stats.
+//! 3. The [`Relay`] between the frontend and that connection; the session's
+//!    [`SessionLink`] (the relay's notifier, the stats event, a hang-up) is published so the
+//!    host API can notify, request stats and disconnect.
 //! 4. `VhostUserDaemon::wait` returns when either side closed (the relay closes both).
 //! 5. Teardown: the exit event to every worker thread (`send_exit_event` on each epoll
 //!    handler), the daemon dropped, then a wait until the last reference to the backend is
@@ -21,31 +22,12 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{stats_event_id, BalloonBackend, Memory};
-use crate::backend_channel::ChannelSlot;
-use crate::daemon::DaemonShared;
+use crate::controller::{DaemonShared, SessionLink};
 use crate::error::{Error, Result};
-use crate::relay::{self, Cutter, Relay};
+use crate::relay::{self, Relay};
 use crate::status::DaemonCounters;
-
-/// What the host API reaches of the live connection.
-#[derive(Debug)]
-pub(crate) struct SessionLink {
-    /// The backend request channel (config changes).
-    pub(crate) channel: Arc<ChannelSlot>,
-    /// Writing it makes the worker give the stats buffer back.
-    pub(crate) stats_kick: EventFd,
-    cutter: Cutter,
-}
-
-impl SessionLink {
-    /// Ends the connection (both sides see a hang-up).
-    pub(crate) fn cut(&self) {
-        self.cutter.cut();
-    }
-}
 
 /// Serves `front` until it disconnects or the daemon stops. Errors are this connection's
 /// only: the caller logs them and accepts the next guest.
@@ -107,15 +89,14 @@ fn serve_connection(
             .start(&mut Listener::from(listener))
             .map_err(|e| Error::Daemon(e.to_string()))?;
 
-        let channel = Arc::new(ChannelSlot::default());
-        let relay = Relay::start(front, back, channel.clone())
-            .map_err(Error::io("starting the relay threads"))?;
+        let relay = Relay::start(front, back).map_err(Error::io("starting the relay threads"))?;
+        let cutter = relay
+            .cutter()
+            .map_err(Error::io("duplicating the relay sockets"))?;
         let link = Arc::new(SessionLink {
-            channel,
+            notifier: relay.notifier(),
             stats_kick,
-            cutter: relay
-                .cutter()
-                .map_err(Error::io("duplicating the relay sockets"))?,
+            hang_up: Box::new(move || cutter.cut()),
         });
         shared.publish(Some(link.clone()));
         if shared.stopping() {
@@ -124,17 +105,15 @@ fn serve_connection(
 
         let waited = daemon.wait();
         relay.cut();
-        let counters = relay.counters.clone();
-        relay.join();
+        let relayed = relay.join();
         shared.publish(None);
-        shared.counters.messages_to_backend.fetch_add(
-            counters.to_backend.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        shared.counters.messages_to_frontend.fetch_add(
-            counters.to_frontend.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        let counters = &shared.counters;
+        counters
+            .messages_to_backend
+            .fetch_add(relayed.to_backend, Ordering::Relaxed);
+        counters
+            .messages_to_frontend
+            .fetch_add(relayed.to_frontend, Ordering::Relaxed);
         classify(waited)
     })();
     // Worker threads exit on this; the daemon's threads are gone after wait().

@@ -1,40 +1,41 @@
-//! SIGINT / SIGTERM as a readable fd (the self-pipe trick), for [`serve`](crate::serve).
+//! SIGINT / SIGTERM as a readable fd (the self-pipe trick, with an eventfd for the pipe), for
+//! [`serve`](crate::serve).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::sys;
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
-/// Write end of the pipe the handler writes to (-1: no handler installed).
-static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
-/// The pipe, created once and never closed, so a handler running late can never write to a
-/// reused fd number.
-static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+/// The eventfd the handler writes to (-1: no handler installed).
+static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The eventfd, created once and never closed, so a handler running late can never write to
+/// a reused fd number.
+static EVENT: OnceLock<EventFd> = OnceLock::new();
 /// One installation at a time.
 static INSTALLED: Mutex<()> = Mutex::new(());
 
 const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 extern "C" fn on_signal(_sig: libc::c_int) {
-    let fd = PIPE_WRITE.load(Ordering::SeqCst);
+    let fd = EVENT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
-        let byte = 1u8;
-        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking (a full pipe
+        let one = 1u64;
+        // SAFETY: write(2) is async-signal-safe; the eventfd is non-blocking (a full counter
         // already says "terminate"). errno is saved and restored around it.
         unsafe {
             let errno = *libc::__errno_location();
-            libc::write(fd, (&byte as *const u8).cast(), 1);
+            libc::write(fd, (&one as *const u64).cast(), 8);
             *libc::__errno_location() = errno;
         }
     }
 }
 
-/// SIGINT and SIGTERM handlers that make [`fd`](Termination::fd) readable; the previous
-/// handlers come back when it is dropped.
+/// SIGINT and SIGTERM handlers that make [`event`](Termination::event) readable; the
+/// previous handlers come back when it is dropped.
 pub(crate) struct Termination {
-    read: RawFd,
+    event: &'static EventFd,
     previous: Vec<(libc::c_int, libc::sigaction)>,
     _guard: std::sync::MutexGuard<'static, ()>,
 }
@@ -47,20 +48,18 @@ impl Termination {
                 "another serve() already handles SIGINT/SIGTERM in this process",
             )
         })?;
-        let (read, write) = match PIPE.get() {
-            Some(p) => p,
+        let event = match EVENT.get() {
+            Some(e) => e,
             None => {
-                let p = sys::pipe()?;
-                PIPE.get_or_init(|| p)
+                let e = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
+                EVENT.get_or_init(|| e)
             }
         };
-        // Forget signals of an earlier installation.
-        let mut sink = [0u8; 64];
-        // SAFETY: reading into a live buffer from our non-blocking pipe.
-        while unsafe { libc::read(read.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
-        PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
+        // Forget signals of an earlier installation (one read empties the counter).
+        let _ = event.read();
+        EVENT_FD.store(event.as_raw_fd(), Ordering::SeqCst);
         let mut t = Termination {
-            read: read.as_raw_fd(),
+            event,
             previous: Vec::new(),
             _guard: guard,
         };
@@ -83,8 +82,9 @@ impl Termination {
         Ok(t)
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.read
+    /// Readable once SIGINT or SIGTERM arrived.
+    pub(crate) fn event(&self) -> &EventFd {
+        self.event
     }
 }
 
@@ -94,7 +94,7 @@ impl Drop for Termination {
             // SAFETY: restoring the action sigaction gave us.
             unsafe { libc::sigaction(sig, &old, std::ptr::null_mut()) };
         }
-        PIPE_WRITE.store(-1, Ordering::SeqCst);
+        EVENT_FD.store(-1, Ordering::SeqCst);
     }
 }
 
@@ -122,18 +122,21 @@ pub(crate) fn ignore_sigpipe() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::{poll, pollfd};
+    use crate::wait::Waiter;
     use std::time::Duration;
 
     #[test]
     fn a_termination_signal_makes_the_fd_readable_and_handlers_are_restored() {
         let t = Termination::install().unwrap();
         assert!(Termination::install().is_err(), "one at a time");
-        let mut fds = [pollfd(t.fd(), libc::POLLIN)];
-        assert_eq!(poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+        let signalled = Waiter::readable([t.event()]).unwrap();
+        assert_eq!(signalled.wait(Some(Duration::ZERO)).unwrap(), [false]);
         // SAFETY: raising a signal whose handler we installed.
         unsafe { libc::raise(libc::SIGTERM) };
-        assert_eq!(poll(&mut fds, Some(Duration::from_secs(30))).unwrap(), 1);
+        assert_eq!(
+            signalled.wait(Some(Duration::from_secs(30))).unwrap(),
+            [true]
+        );
         drop(t);
         // SAFETY: reading the current action into a zeroed struct.
         let mut now: libc::sigaction = unsafe { std::mem::zeroed() };

@@ -2,7 +2,6 @@
 //! and removing the socket file on the way out only if it is still ours.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -120,10 +119,6 @@ impl BoundSocket {
             }
         }
     }
-
-    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.listener.as_raw_fd()
-    }
 }
 
 impl Drop for BoundSocket {
@@ -145,17 +140,13 @@ fn path_id(path: &Path) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
-    fn scratch(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("prezero-vhost-socket-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn clear_errors_for_each_obstacle() {
-        let dir = scratch("errors");
+        let scratch = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+            std::env::temp_dir().join("prezero-vhost-socket-"),
+        )
+        .unwrap();
+        let dir = scratch.as_path();
         let missing = dir.join("nope").join("s.sock");
         assert!(matches!(
             BoundSocket::bind(&missing),
@@ -196,6 +187,5 @@ mod tests {
         drop(s);
         assert!(stale.exists());
         drop(other);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

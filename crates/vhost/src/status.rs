@@ -10,7 +10,7 @@ use prezero_balloon::stats::StatTag;
 use prezero_device::{GuestStats, MetricsSnapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::backend_channel::Notification;
+use crate::notifier::Notification;
 
 /// The balloon as the host sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,321 @@
+//! The host's API on a running daemon: the [`Controller`], the state it shares with the
+//! daemon's threads ([`DaemonShared`]), and the link to the connected guest ([`SessionLink`]).
+//!
+//! | call | device | guest |
+//! |---|---|---|
+//! | [`Controller::set_target_pages`] | `set_target_pages` | a config change through the link's [`ConfigNotifier`] |
+//! | [`Controller::request_stats`] | `holds_stats_buffer` | the worker gives the stats buffer back (the link's stats event) |
+//! | [`Controller::status`], [`stats`](Controller::stats), [`metrics`](Controller::metrics) | reads | none |
+//! | [`Controller::disconnect_guest`] | none | the connection is cut (the link's hang-up) |
+//! | [`Controller::request_shutdown`] | none | cut, then the daemon's threads stop |
+//!
+//! The accept loop ([`daemon`](crate::daemon)) and each connection
+//! ([`session`](crate::session)) publish into the shared state; this file knows neither.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::backend::DeviceCell;
+use crate::error::Result;
+use crate::notifier::{ConfigNotifier, Notification};
+use crate::options::{bytes_to_pages, ServeOptions};
+use crate::status::{
+    feature_names, pages_to_bytes, queue_names, BalloonStatus, DaemonCounters, MetricsReport,
+    StatsReport, StatsRequestOutcome, TargetOutcome,
+};
+
+/// What the host API reaches of the live connection.
+pub(crate) struct SessionLink {
+    /// Tells the frontend the config space changed.
+    pub(crate) notifier: Arc<dyn ConfigNotifier>,
+    /// Writing it makes the worker give the stats buffer back.
+    pub(crate) stats_kick: EventFd,
+    /// Ends the connection (both sides see a hang-up).
+    pub(crate) hang_up: Box<dyn Fn() + Send + Sync>,
+}
+
+impl SessionLink {
+    /// Ends the connection (both sides see a hang-up).
+    pub(crate) fn cut(&self) {
+        (self.hang_up)();
+    }
+}
+
+impl fmt::Debug for SessionLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLink")
+            .field("notifier", &self.notifier)
+            .field("stats_kick", &self.stats_kick)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the daemon's threads and every [`Controller`].
+#[derive(Debug)]
+pub(crate) struct DaemonShared {
+    pub(crate) opts: ServeOptions,
+    pub(crate) cell: Arc<DeviceCell>,
+    pub(crate) counters: DaemonCounters,
+    session: Mutex<Option<Arc<SessionLink>>>,
+    /// Readable once a stop was requested (never read, so it stays readable).
+    stop_event: EventFd,
+    stopping: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// Serialises target changes with their notifications, so notifications go out in the
+    /// order the targets were set.
+    target_lock: Mutex<()>,
+}
+
+impl DaemonShared {
+    /// Fresh state for a daemon about to start.
+    pub(crate) fn new(opts: ServeOptions, cell: Arc<DeviceCell>) -> std::io::Result<Self> {
+        Ok(DaemonShared {
+            opts,
+            cell,
+            counters: DaemonCounters::default(),
+            session: Mutex::new(None),
+            stop_event: EventFd::new(EFD_NONBLOCK)?,
+            stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            target_lock: Mutex::new(()),
+        })
+    }
+
+    /// The connection the host API reaches (`None`: no guest).
+    pub(crate) fn publish(&self, link: Option<Arc<SessionLink>>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    fn link(&self) -> Option<Arc<SessionLink>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Readable once a stop was requested.
+    pub(crate) fn stop_event(&self) -> &EventFd {
+        &self.stop_event
+    }
+
+    pub(crate) fn request_stop(&self) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            tracing::info!("daemon stopping");
+            if let Err(e) = self.stop_event.write(1) {
+                tracing::error!(error = %e, "cannot wake the daemon's threads");
+            }
+        }
+        if let Some(link) = self.link() {
+            link.cut();
+        }
+    }
+
+    /// Records why the daemon cannot go on (the first reason wins) and stops it.
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!(%why, "daemon failed");
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
+        self.request_stop();
+    }
+
+    /// Why the daemon failed, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The host's handle on a running daemon: set the balloon target, read guest statistics and
+/// metrics, request fresh statistics, stop it. Cheap to clone, usable from any thread.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    shared: Arc<DaemonShared>,
+}
+
+impl Controller {
+    pub(crate) fn new(shared: Arc<DaemonShared>) -> Self {
+        Controller { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<DaemonShared> {
+        &self.shared
+    }
+
+    /// The vhost-user socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.opts.socket
+    }
+
+    /// The control socket path, if any.
+    pub fn control_path(&self) -> Option<&Path> {
+        self.shared.opts.control.as_deref()
+    }
+
+    /// Whether a guest is connected.
+    pub fn connected(&self) -> bool {
+        self.shared.link().is_some()
+    }
+
+    /// Sets the balloon target in 4 KiB pages and, if it changed and a guest is connected,
+    /// notifies it (a config-change message, waiting up to the configured timeout for its
+    /// ack).
+    pub fn set_target_pages(&self, pages: u32) -> TargetOutcome {
+        let _order = self
+            .shared
+            .target_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = self.shared.cell.with_device(|d| d.set_target_pages(pages));
+        tracing::info!(pages, changed, "balloon target set");
+        let notification = if !changed {
+            Notification::Unchanged
+        } else {
+            match self.shared.link() {
+                None => Notification::NoGuest,
+                Some(link) => {
+                    let n = link
+                        .notifier
+                        .notify_config_change(self.shared.opts.notify_timeout);
+                    let c = &self.shared.counters;
+                    match &n {
+                        Notification::Acked => {
+                            DaemonCounters::bump(&c.config_changes_sent);
+                            DaemonCounters::bump(&c.config_changes_acked);
+                        }
+                        Notification::Sent => DaemonCounters::bump(&c.config_changes_sent),
+                        Notification::Refused(_) | Notification::TimedOut => {
+                            DaemonCounters::bump(&c.config_changes_sent);
+                            DaemonCounters::bump(&c.config_changes_failed);
+                        }
+                        Notification::Failed(_) => DaemonCounters::bump(&c.config_changes_failed),
+                        _ => {}
+                    }
+                    match &n {
+                        Notification::Acked | Notification::Sent | Notification::NoChannel => {
+                            tracing::debug!(?n, "config change notification")
+                        }
+                        _ => tracing::warn!(?n, "config change notification not acknowledged"),
+                    }
+                    n
+                }
+            }
+        };
+        TargetOutcome {
+            target_pages: pages,
+            target_bytes: pages_to_bytes(pages),
+            changed,
+            notification,
+        }
+    }
+
+    /// Sets the balloon target in bytes (rounded down to 4 KiB pages).
+    pub fn set_target_bytes(&self, bytes: u64) -> Result<TargetOutcome> {
+        Ok(self.set_target_pages(bytes_to_pages(bytes)?))
+    }
+
+    /// The balloon's state.
+    pub fn status(&self) -> BalloonStatus {
+        let link = self.shared.link();
+        let (target, actual, negotiated, roles, holds) = self.shared.cell.with_device_queues(|d| {
+            (
+                d.target_pages(),
+                d.actual_pages(),
+                d.negotiated_features(),
+                d.queue_roles(),
+                d.holds_stats_buffer(),
+            )
+        });
+        BalloonStatus {
+            connected: link.is_some(),
+            target_pages: target,
+            target_bytes: pages_to_bytes(target),
+            actual_pages: actual,
+            actual_bytes: pages_to_bytes(actual),
+            offered_features: self.shared.cell.offered,
+            negotiated_features: negotiated.bits(),
+            negotiated: feature_names(negotiated),
+            queues: queue_names(roles),
+            holds_stats_buffer: holds,
+            config_change_channel: link.as_ref().is_some_and(|l| l.notifier.has_channel()),
+            reply_ack: link.as_ref().is_some_and(|l| l.notifier.reply_ack()),
+        }
+    }
+
+    /// The latest guest statistics, if the guest ever sent any.
+    pub fn stats(&self) -> Option<StatsReport> {
+        self.shared
+            .cell
+            .with_device_queues(|d| d.latest_stats().map(StatsReport::from_stats))
+    }
+
+    /// Asks the guest for fresh statistics (gives its stats buffer back) and waits up to
+    /// `wait` (capped by the options' `max_stats_wait`) for them to arrive.
+    pub fn request_stats(&self, wait: Option<Duration>) -> StatsRequestOutcome {
+        DaemonCounters::bump(&self.shared.counters.stats_requests);
+        let before = self.shared.cell.stats_sequence();
+        let holds = self
+            .shared
+            .cell
+            .with_device_queues(|d| d.holds_stats_buffer());
+        let requested = match (holds, self.shared.link()) {
+            (true, Some(link)) => match link.stats_kick.write(1) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask the worker for fresh stats");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let fresh = requested
+            && wait.is_some_and(|w| {
+                let w = w.min(self.shared.opts.max_stats_wait);
+                self.shared.cell.wait_stats_after(before, w)
+            });
+        StatsRequestOutcome {
+            requested,
+            fresh,
+            stats: self.stats(),
+        }
+    }
+
+    /// The device's and the daemon's counters.
+    pub fn metrics(&self) -> MetricsReport {
+        MetricsReport {
+            device: self.shared.cell.with_device_queues(|d| d.metrics()),
+            daemon: self.shared.counters.snapshot(),
+        }
+    }
+
+    /// Disconnects the current guest, if any (it sees the backend hang up); the daemon goes
+    /// on and accepts the next one.
+    pub fn disconnect_guest(&self) {
+        if let Some(link) = self.shared.link() {
+            tracing::info!("disconnecting the guest on request");
+            link.cut();
+        }
+    }
+
+    /// Asks the daemon to stop (returns at once; [`DaemonHandle::wait`](crate::DaemonHandle::wait) waits for it).
+    pub fn request_shutdown(&self) {
+        self.shared.request_stop();
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+}
