@@ -9,8 +9,8 @@
 //! The driver owns no memory policy: every call that allocates or frees guest pages takes the
 //! [`Zone`] and does it there, so the allocator stays the single owner of guest memory.
 
-use crate::error::{QueueError, TransportError};
-use crate::ram::GuestRam;
+use crate::error::{BalloonError, TransportError};
+use crate::ram::{GuestRam, RamFrames};
 use crate::vhost_user::VhostUserTransport;
 use crate::virtqueue::{Buffer, SplitQueue};
 use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
@@ -19,8 +19,8 @@ use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SIZE};
 use prezero_balloon::stats::{encode_entry, STAT_ENTRY_SIZE};
 use prezero_balloon::{QueueRole, QueueRoles, StatTag};
 use prezero_mm::{
-    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, PhysMem, ReportBlock, ReportOutcome,
-    ReportSink, Zone, FRAME_SIZE,
+    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, ReportBlock, ReportOutcome, ReportSink, Zone,
+    FRAME_SIZE,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -54,38 +54,6 @@ pub struct DriverOptions {
     pub poison: Option<u8>,
     /// Feature bits the driver must not accept even if offered (for experiments and tests).
     pub refuse: u64,
-}
-
-/// Errors of the balloon driver.
-#[derive(Debug, thiserror::Error)]
-pub enum BalloonError {
-    /// The transport failed (the daemon died, the socket is gone, ...).
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A virtqueue operation failed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The guest has no memory left for the driver's rings and buffers.
-    #[error("not enough guest memory for the balloon driver's rings and buffers")]
-    NoMemory,
-    /// The device did not answer a request in time.
-    #[error("the balloon device did not answer a {0} request within {t:?}", t = REQUEST_TIMEOUT)]
-    Timeout(&'static str),
-    /// The device returned a chain the driver never gave it.
-    #[error("the balloon device returned an unexpected chain on the {0} queue")]
-    Protocol(&'static str),
-}
-
-/// Physical memory access to the guest's memfd, for the allocator.
-pub struct RamFrames<'a>(pub &'a GuestRam);
-
-impl PhysMem for RamFrames<'_> {
-    fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
-        // The allocator only fills blocks it owns inside the zone, which spans guest RAM.
-        self.0
-            .fill(pfn.addr(), frames * FRAME_SIZE, byte)
-            .expect("the allocator fills only frames inside guest RAM");
-    }
 }
 
 /// A page in the balloon and what the device said about it on inflate.
@@ -482,7 +450,10 @@ impl BalloonDriver {
             if now >= deadline {
                 // A device that keeps the buffers may still write them later: stop using it.
                 self.dead = true;
-                return Err(BalloonError::Timeout(name));
+                return Err(BalloonError::Timeout {
+                    queue: name,
+                    after: REQUEST_TIMEOUT,
+                });
             }
             match self
                 .transport

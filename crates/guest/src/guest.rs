@@ -5,12 +5,12 @@
 //! [`Guest::poll`] is where the "kernel" services the device (config changes, stats) and runs
 //! free page reporting when it is due, like Linux's delayed work.
 
-use crate::balloon::{BalloonDriver, BalloonError, DriverOptions, RamFrames};
-use crate::error::RamError;
-use crate::ram::GuestRam;
+use crate::balloon::{BalloonDriver, DriverOptions};
+use crate::error::GuestError;
+use crate::ram::{GuestRam, RamFrames};
 use prezero_mm::{
-    AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeError, FreeHint, Pfn, ReportPass,
-    Zone, FRAME_SIZE,
+    AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeHint, Pfn, ReportPass, Zone,
+    FRAME_SIZE,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -38,23 +38,6 @@ impl Default for GuestOptions {
             refuse_features: 0,
         }
     }
-}
-
-/// Errors of the guest.
-#[derive(Debug, thiserror::Error)]
-pub enum GuestError {
-    /// Guest RAM could not be created.
-    #[error(transparent)]
-    Ram(#[from] RamError),
-    /// The balloon driver failed.
-    #[error(transparent)]
-    Balloon(#[from] BalloonError),
-    /// An allocation failed.
-    #[error(transparent)]
-    Alloc(#[from] AllocError),
-    /// A free was refused.
-    #[error(transparent)]
-    Free(#[from] FreeError),
 }
 
 /// The guest.

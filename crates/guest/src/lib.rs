@@ -63,9 +63,9 @@ pub mod vhost_user;
 pub mod virtqueue;
 pub mod workload;
 
-pub use balloon::{BalloonDriver, BalloonError, DriverOptions};
-pub use error::{QueueError, RamError, TransportError};
-pub use guest::{Guest, GuestError, GuestOptions};
+pub use balloon::{BalloonDriver, DriverOptions};
+pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
+pub use guest::{Guest, GuestOptions};
 pub use ram::GuestRam;
 pub use vhost_user::{Events, VhostUserTransport};
 pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
