@@ -57,7 +57,6 @@ mod backend_channel;
 pub mod balloon;
 mod error;
 pub mod guest;
-mod poll;
 pub mod ram;
 pub mod vhost_user;
 pub mod virtqueue;

@@ -38,10 +38,10 @@ use vhost::vhost_user::{Error as VhostUserError, Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::poll::{EpollContext, EpollEvents, PollEvents, WatchingEvents};
 
 use crate::backend_channel::BackendChannel;
 use crate::error::TransportError;
-use crate::poll::{poll, pollfd, HANGUP};
 use crate::ram::GuestRam;
 use crate::virtqueue::SplitQueue;
 
@@ -85,6 +85,13 @@ impl Events {
     }
 }
 
+// Tokens of the fds `wait` watches, besides the queue indices below MAX_QUEUES.
+const CONFIG_TOKEN: u64 = MAX_QUEUES as u64;
+const SOCKET_TOKEN: u64 = MAX_QUEUES as u64 + 1;
+
+/// Events that mean "the peer is gone or the fd is broken".
+const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLRDHUP | libc::EPOLLERR) as u32;
+
 #[derive(Debug)]
 struct QueueEvents {
     kick: EventFd,
@@ -106,6 +113,8 @@ pub struct VhostUserTransport {
     queues: Vec<Option<QueueEvents>>,
     // Present when BACKEND_REQ was negotiated: config-change notifications.
     channel: Option<BackendChannel>,
+    // What `wait` watches: the main socket, the config-change eventfd and each queue's call fd.
+    events: EpollContext<u64>,
     disconnected: AtomicBool,
 }
 
@@ -142,6 +151,11 @@ impl VhostUserTransport {
             source,
         })?;
         let frontend = Frontend::from_stream(stream, u64::from(num_queues));
+        let events = EpollContext::new().map_err(|e| TransportError::Io {
+            what: "epoll_create1",
+            source: e.into(),
+        })?;
+        watch(&events, &socket, SOCKET_TOKEN)?;
         let mut t = VhostUserTransport {
             frontend,
             socket,
@@ -153,6 +167,7 @@ impl VhostUserTransport {
             memory: None,
             queues: (0..num_queues).map(|_| None).collect(),
             channel: None,
+            events,
             disconnected: AtomicBool::new(false),
         };
         t.request("SET_OWNER", |f| f.set_owner())?;
@@ -185,6 +200,7 @@ impl VhostUserTransport {
                 let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
                 let channel = BackendChannel::start(&mut t.frontend, reply_ack)
                     .map_err(|e| t.classify_channel_error(e))?;
+                watch(&t.events, &channel.state.config_evt, CONFIG_TOKEN)?;
                 t.channel = Some(channel);
             }
         }
@@ -308,6 +324,12 @@ impl VhostUserTransport {
             // With protocol features, rings start disabled until enabled explicitly.
             self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
+        if let Some(old) = self.queues[i].take() {
+            // The backend holds a copy of the old call fd, so closing ours would not take it
+            // out of the epoll set.
+            let _ = self.events.delete(&old.call);
+        }
+        watch(&self.events, &events.call, u64::from(index))?;
         self.queues[i] = Some(events);
         tracing::debug!(index, size, ?layout, "queue started");
         Ok(())
@@ -327,15 +349,25 @@ impl VhostUserTransport {
     /// Returns whether the call came. Config changes are left pending for [`wait`](Self::wait).
     pub fn wait_call(&self, index: u16, timeout: Option<Duration>) -> Result<bool, TransportError> {
         let q = self.queue(index)?;
-        let mut fds = [
-            pollfd(q.call.as_raw_fd(), libc::POLLIN),
-            pollfd(self.socket.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP),
-        ];
-        self.poll(&mut fds, timeout)?;
-        if fds[0].revents != 0 && drain(&q.call)? {
+        let fds = EpollContext::new().map_err(|e| TransportError::Io {
+            what: "epoll_create1",
+            source: e.into(),
+        })?;
+        watch(&fds, &q.call, u64::from(index))?;
+        watch(&fds, &self.socket, SOCKET_TOKEN)?;
+        let ready = EpollEvents::new();
+        let mut socket = 0;
+        let mut called = false;
+        for event in self.poll(&fds, &ready, timeout)?.iter() {
+            match event.token() {
+                SOCKET_TOKEN => socket = event.raw_events(),
+                _ => called = true,
+            }
+        }
+        if called && drain(&q.call)? {
             return Ok(true);
         }
-        self.check_socket(fds[1].revents, "waiting for a queue call")?;
+        self.check_socket(socket, "waiting for a queue call")?;
         Ok(false)
     }
 
@@ -345,40 +377,24 @@ impl VhostUserTransport {
     /// A driver loop: add chains and kick; `wait`; for each called queue pop used chains until
     /// none are left; on `config_changed` re-read the config; repeat.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Events, TransportError> {
-        let mut fds = Vec::with_capacity(usize::from(self.num_queues) + 2);
-        let mut owners = Vec::with_capacity(fds.capacity());
-        for (i, q) in self.queues.iter().enumerate() {
-            if let Some(q) = q {
-                fds.push(pollfd(q.call.as_raw_fd(), libc::POLLIN));
-                owners.push(Some(i as u16));
-            }
-        }
-        if let Some(channel) = &self.channel {
-            fds.push(pollfd(channel.state.config_evt.as_raw_fd(), libc::POLLIN));
-            owners.push(None);
-        }
-        fds.push(pollfd(
-            self.socket.as_raw_fd(),
-            libc::POLLIN | libc::POLLRDHUP,
-        ));
-        self.poll(&mut fds, timeout)?;
-
+        let ready = EpollEvents::new();
         let mut events = Events::default();
-        let (socket, rest) = fds.split_last().expect("the socket is always polled");
-        for (fd, owner) in rest.iter().zip(&owners) {
-            if fd.revents == 0 {
-                continue;
-            }
-            match owner {
-                Some(i) => {
-                    let q = self.queues[usize::from(*i)].as_ref().expect("polled");
+        let mut socket = 0;
+        // Level-triggered: a ready fd that did not fit this round is reported by the next wait.
+        for event in self.poll(&self.events, &ready, timeout)?.iter() {
+            match event.token() {
+                SOCKET_TOKEN => socket = event.raw_events(),
+                CONFIG_TOKEN => {
+                    let channel = self.channel.as_ref().expect("watched with the channel");
+                    events.config_changed |= drain(&channel.state.config_evt)?;
+                }
+                i => {
+                    let q = self.queues[i as usize]
+                        .as_ref()
+                        .expect("watched once set up");
                     if drain(&q.call)? {
                         events.calls |= 1 << i;
                     }
-                }
-                None => {
-                    let channel = self.channel.as_ref().expect("polled");
-                    events.config_changed |= drain(&channel.state.config_evt)?;
                 }
             }
         }
@@ -386,7 +402,7 @@ impl VhostUserTransport {
         if !events.is_empty() {
             return Ok(events);
         }
-        self.check_socket(socket.revents, "waiting for device events")?;
+        self.check_socket(socket, "waiting for device events")?;
         if let Some(why) = self.channel.as_ref().and_then(BackendChannel::failure) {
             return Err(TransportError::BackendChannel(why));
         }
@@ -515,32 +531,35 @@ impl VhostUserTransport {
         }
     }
 
-    fn poll(
+    /// Waits until an fd of `fds` is ready or `timeout` passes (`None`: forever); no events
+    /// means the timeout passed.
+    fn poll<'a>(
         &self,
-        fds: &mut [libc::pollfd],
+        fds: &EpollContext<u64>,
+        ready: &'a EpollEvents,
         timeout: Option<Duration>,
-    ) -> Result<(), TransportError> {
+    ) -> Result<PollEvents<'a, u64>, TransportError> {
         if self.disconnected.load(Ordering::SeqCst) {
             return Err(self.disconnected("waiting on a closed connection"));
         }
-        poll(fds, timeout).map_err(|source| TransportError::Io {
-            what: "poll",
-            source,
-        })?;
-        Ok(())
+        let events = match timeout {
+            None => fds.wait(ready),
+            // Whole milliseconds, rounded up so a short positive timeout is not a busy 0 ms wait.
+            Some(t) => fds.wait_timeout(ready, Duration::from_millis(ceil_millis(t))),
+        };
+        events.map_err(|e| TransportError::Io {
+            what: "epoll_wait",
+            source: e.into(),
+        })
     }
 
     // Between requests the backend has nothing to say on the main socket: readable means
     // either EOF (it is gone) or a protocol violation.
-    fn check_socket(
-        &self,
-        revents: libc::c_short,
-        during: &'static str,
-    ) -> Result<(), TransportError> {
+    fn check_socket(&self, revents: u32, during: &'static str) -> Result<(), TransportError> {
         if revents & HANGUP != 0 {
             return Err(self.disconnected(during));
         }
-        if revents & libc::POLLIN != 0 {
+        if revents & libc::EPOLLIN as u32 != 0 {
             let mut byte = 0u8;
             // SAFETY: a one-byte peek into a local; the fd is the live main socket.
             let n = unsafe {
@@ -631,6 +650,22 @@ fn is_disconnect(e: &vhost::Error) -> bool {
                 | VhostUserError::SocketBroken(_)
         )
     )
+}
+
+/// Adds `fd` to `fds` for reading (and, for a socket, the peer's hang-up) under `token`.
+fn watch(fds: &EpollContext<u64>, fd: &impl AsRawFd, token: u64) -> Result<(), TransportError> {
+    let events = WatchingEvents::new((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
+    fds.add_fd_with_events(fd, events, token)
+        .map_err(|e| TransportError::Io {
+            what: "epoll_ctl",
+            source: e.into(),
+        })
+}
+
+fn ceil_millis(t: Duration) -> u64 {
+    t.as_nanos()
+        .div_ceil(1_000_000)
+        .min(u128::from(i32::MAX as u32)) as u64
 }
 
 /// Reads an eventfd's counter; `false` if it was already zero.
