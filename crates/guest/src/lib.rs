@@ -58,6 +58,7 @@ pub mod balloon;
 mod error;
 pub mod guest;
 pub mod ram;
+pub mod transport;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod workload;
@@ -66,7 +67,8 @@ pub use balloon::{BalloonDriver, DriverOptions};
 pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
 pub use guest::{Guest, GuestOptions};
 pub use ram::GuestRam;
-pub use vhost_user::{Events, VhostUserTransport};
+pub use transport::{Events, VirtioTransport};
+pub use vhost_user::VhostUserTransport;
 pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
 
 #[cfg(test)]

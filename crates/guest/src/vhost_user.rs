@@ -3,7 +3,8 @@
 //!
 //! It plays the part a VMM plays for a kernel guest: it shares guest RAM (the memfd) with the
 //! backend, tells it where each queue's rings are, and turns kicks and calls into eventfds.
-//! It is generic over the device: feature bits and config space are opaque here.
+//! It is generic over the device: feature bits and config space are opaque here. It is one
+//! [`VirtioTransport`]; the balloon driver sees it only through that trait.
 //!
 //! Sequence (the order QEMU uses, which backends expect):
 //! 1. [`connect`](VhostUserTransport::connect): `SET_OWNER`, `GET_FEATURES`, and when the
@@ -41,15 +42,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::poll::{EpollContext, EpollEvents, PollEvents, WatchingEvents};
 
 use crate::backend_channel::BackendChannel;
-use crate::error::TransportError;
+use crate::error::{RamError, TransportError};
 use crate::ram::GuestRam;
-use crate::virtqueue::SplitQueue;
+use crate::transport::{Events, VirtioTransport, MAX_QUEUES};
+use crate::virtqueue::{RingLayout, SplitQueue};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user transport bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-
-/// Queues a transport can drive (one bit each in [`Events`]).
-pub const MAX_QUEUES: u16 = 64;
 
 /// The protocol features this frontend uses when the backend offers them.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -57,32 +56,6 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::MQ
-}
-
-/// What [`VhostUserTransport::wait`] saw. Empty means the timeout passed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Events {
-    /// Bit `i` set: queue `i` was called (the device used chains, or may have).
-    pub calls: u64,
-    /// The device reported a config space change since the last wait.
-    pub config_changed: bool,
-}
-
-impl Events {
-    /// Nothing happened (the wait timed out).
-    pub fn is_empty(&self) -> bool {
-        self.calls == 0 && !self.config_changed
-    }
-
-    /// Whether queue `index` was called.
-    pub fn called(&self, index: u16) -> bool {
-        index < MAX_QUEUES && self.calls & (1 << index) != 0
-    }
-
-    /// The queues that were called, in index order.
-    pub fn called_queues(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..MAX_QUEUES).filter(|&i| self.called(i))
-    }
 }
 
 // Tokens of the fds `wait` watches, besides the queue indices below MAX_QUEUES.
@@ -277,12 +250,7 @@ impl VhostUserTransport {
         queue: &SplitQueue<T>,
     ) -> Result<(), TransportError> {
         self.check_index(index)?;
-        let Some(memory) = self.memory else {
-            return Err(TransportError::Sequence(
-                "set_memory before setup_queue: ring addresses are resolved through the memory table",
-            ));
-        };
-        if memory != (queue.ram().host_base() as usize, queue.ram().size()) {
+        if self.shared_memory()? != (queue.ram().host_base() as usize, queue.ram().size()) {
             return Err(TransportError::Sequence(
                 "the queue's rings are not in the guest RAM given to set_memory",
             ));
@@ -292,18 +260,36 @@ impl VhostUserTransport {
                 "the queue's event_idx does not match the negotiated VIRTIO_RING_F_EVENT_IDX",
             ));
         }
-        let layout = queue.layout();
-        let ram = queue.ram();
+        self.start_queue(index, &queue.layout(), queue.avail_idx())
+    }
+
+    /// `SET_VRING_*` for a ring at `layout` whose next avail index is `base`.
+    fn start_queue(
+        &mut self,
+        index: u16,
+        layout: &RingLayout,
+        base: u16,
+    ) -> Result<(), TransportError> {
+        self.check_index(index)?;
+        let (host_base, ram_size) = self.shared_memory()?;
+        // vhost-user ring addresses are the frontend's virtual addresses, not gpas.
+        let host_addr = |gpa: u64, len: u64| match gpa.checked_add(len) {
+            Some(end) if end <= ram_size => Ok(host_base as u64 + gpa),
+            _ => Err(RamError::OutOfRange {
+                gpa,
+                len,
+                size: ram_size,
+            }),
+        };
         let size = layout.size;
         let n = u64::from(size);
-        // vhost-user ring addresses are the frontend's virtual addresses, not gpas.
         let config = VringConfigData {
             queue_max_size: size,
             queue_size: size,
             flags: 0,
-            desc_table_addr: ram.host_addr(layout.desc, 16 * n)?,
-            used_ring_addr: ram.host_addr(layout.used, 6 + 8 * n)?,
-            avail_ring_addr: ram.host_addr(layout.avail, 6 + 2 * n)?,
+            desc_table_addr: host_addr(layout.desc, 16 * n)?,
+            used_ring_addr: host_addr(layout.used, 6 + 8 * n)?,
+            avail_ring_addr: host_addr(layout.avail, 6 + 2 * n)?,
             log_addr: None,
         };
         let io = |what| move |source| TransportError::Io { what, source };
@@ -312,7 +298,6 @@ impl VhostUserTransport {
             call: EventFd::new(EFD_NONBLOCK).map_err(io("eventfd for a queue call"))?,
         };
         let i = usize::from(index);
-        let base = queue.avail_idx();
         self.request("SET_VRING_NUM", |f| f.set_vring_num(i, size))?;
         self.request("SET_VRING_BASE", |f| f.set_vring_base(i, base))?;
         self.request("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
@@ -504,6 +489,13 @@ impl VhostUserTransport {
         }
     }
 
+    /// Base address and size of the RAM given to `set_memory`.
+    fn shared_memory(&self) -> Result<(usize, u64), TransportError> {
+        self.memory.ok_or(TransportError::Sequence(
+            "set_memory before setup_queue: ring addresses are resolved through the memory table",
+        ))
+    }
+
     fn check_index(&self, index: u16) -> Result<(), TransportError> {
         if index >= self.num_queues {
             return Err(TransportError::NoSuchQueue {
@@ -605,6 +597,46 @@ impl VhostUserTransport {
             }
             other => other,
         }
+    }
+}
+
+/// The balloon driver's view. The inherent methods of the same names stay, so code holding a
+/// `VhostUserTransport` calls them without importing the trait; queue setup there takes the
+/// [`SplitQueue`] itself and checks it against the memory and features.
+impl VirtioTransport for VhostUserTransport {
+    type Error = TransportError;
+    type Memory = GuestRam;
+
+    fn device_features(&self) -> u64 {
+        VhostUserTransport::device_features(self)
+    }
+
+    fn negotiate(&mut self, driver_features: u64) -> Result<u64, TransportError> {
+        VhostUserTransport::negotiate(self, driver_features)
+    }
+
+    fn set_memory(&mut self, ram: &GuestRam) -> Result<(), TransportError> {
+        VhostUserTransport::set_memory(self, ram)
+    }
+
+    fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), TransportError> {
+        self.start_queue(index, ring, 0)
+    }
+
+    fn kick(&self, index: u16) -> Result<(), TransportError> {
+        VhostUserTransport::kick(self, index)
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Events, TransportError> {
+        VhostUserTransport::wait(self, timeout)
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), TransportError> {
+        VhostUserTransport::read_config(self, offset, buf)
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), TransportError> {
+        VhostUserTransport::write_config(self, offset, data)
     }
 }
 
