@@ -264,18 +264,21 @@ pub enum TransportError {
     Ram(#[from] RamError),
 }
 
-/// Failures of the balloon driver.
+/// Failures of the balloon driver over a transport whose errors are `E`.
 #[derive(Debug, thiserror::Error)]
-pub enum BalloonError {
+pub enum BalloonError<E = TransportError> {
     /// The transport failed (the daemon died, the socket is gone, ...).
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(E),
     /// A virtqueue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// The guest has no memory left for the driver's rings and buffers.
     #[error("not enough guest memory for the balloon driver's rings and buffers")]
     NoMemory,
+    /// An earlier failure made the driver stop using the device.
+    #[error("the balloon device is gone")]
+    DeviceGone,
     /// The device did not answer a request in time; the driver stops using it.
     #[error("the balloon device did not answer a {queue} request within {after:?}")]
     Timeout {

@@ -5,9 +5,10 @@
 //! [`Guest::poll`] is where the "kernel" services the device (config changes, stats) and runs
 //! free page reporting when it is due, like Linux's delayed work.
 
-use crate::balloon::{BalloonDriver, DriverOptions};
-use crate::error::GuestError;
+use crate::balloon::{self, BalloonDriver, DriverOptions};
+use crate::error::{BalloonError, GuestError};
 use crate::ram::{GuestRam, RamFrames};
+use crate::vhost_user::VhostUserTransport;
 use prezero_mm::{
     AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeHint, Pfn, ReportPass, Zone,
     FRAME_SIZE,
@@ -44,7 +45,7 @@ impl Default for GuestOptions {
 pub struct Guest {
     ram: Arc<GuestRam>,
     zone: Zone<Vec<FrameMeta>>,
-    balloon: Option<BalloonDriver>,
+    balloon: Option<BalloonDriver<VhostUserTransport>>,
     opts: GuestOptions,
     boot: Instant,
 }
@@ -77,8 +78,10 @@ impl Guest {
             poison: self.opts.mm.poison,
             refuse: self.opts.refuse_features,
         };
-        self.balloon = Some(BalloonDriver::connect(
-            socket,
+        let transport = VhostUserTransport::connect(socket, balloon::max_queues())
+            .map_err(BalloonError::Transport)?;
+        self.balloon = Some(BalloonDriver::new(
+            transport,
             self.ram.clone(),
             &mut self.zone,
             opts,
@@ -97,7 +100,7 @@ impl Guest {
     }
 
     /// The balloon driver, if attached.
-    pub fn balloon(&self) -> Option<&BalloonDriver> {
+    pub fn balloon(&self) -> Option<&BalloonDriver<VhostUserTransport>> {
         self.balloon.as_ref()
     }
 
