@@ -35,6 +35,50 @@
 //!   between two waits.
 //! - **A dead device never hangs the driver.** A device that is gone makes every later call
 //!   fail promptly, waits included; the driver then stops using it.
+//!
+//! # A driver over any transport
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use prezero_guest::{Buffer, GuestRam, SplitQueue, VirtioTransport};
+//!
+//! const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+//!
+//! /// Hands the device one 4 MiB block to write (or discard) and waits for it back.
+//! fn one_request<T: VirtioTransport<Memory = GuestRam>>(
+//!     device: &mut T,
+//!     ram: &Arc<GuestRam>,
+//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     device.negotiate(VIRTIO_F_VERSION_1 | (device.device_features() & 0x7f))?;
+//!     device.set_memory(ram)?;
+//!     // Ring memory comes from the guest's page allocator: any gpa with this size and alignment.
+//!     let need = SplitQueue::<u64>::memory_requirement(128)?;
+//!     let ring_gpa = 0x10_0000;
+//!     assert_eq!(ring_gpa % need.align, 0);
+//!     let mut queue = SplitQueue::new(ram.clone(), 128, ring_gpa, false)?;
+//!     device.setup_queue(0, &queue.layout())?;
+//!     device.driver_ok()?;
+//!
+//!     queue.add(&[Buffer::writable(0x40_0000, 4 << 20)], 42)?;
+//!     if queue.should_notify()? {
+//!         device.kick(0)?;
+//!     }
+//!     loop {
+//!         let events = device.wait(Some(Duration::from_secs(1)))?;
+//!         if events.config_changed {
+//!             let mut num_pages = [0u8; 4];
+//!             device.read_config(0, &mut num_pages)?;
+//!         }
+//!         if events.called(0) {
+//!             if let Some(used) = queue.pop_used()? {
+//!                 println!("chain {} used {} of {} bytes", used.token, used.len, used.writable_len);
+//!                 return Ok(());
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
 
 use core::time::Duration;
 
