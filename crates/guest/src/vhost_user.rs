@@ -124,10 +124,7 @@ impl VhostUserTransport {
             source,
         })?;
         let frontend = Frontend::from_stream(stream, u64::from(num_queues));
-        let events = EpollContext::new().map_err(|e| TransportError::Io {
-            what: "epoll_create1",
-            source: e.into(),
-        })?;
+        let events = epoll()?;
         watch(&events, &socket, SOCKET_TOKEN)?;
         let mut t = VhostUserTransport {
             frontend,
@@ -334,10 +331,7 @@ impl VhostUserTransport {
     /// Returns whether the call came. Config changes are left pending for [`wait`](Self::wait).
     pub fn wait_call(&self, index: u16, timeout: Option<Duration>) -> Result<bool, TransportError> {
         let q = self.queue(index)?;
-        let fds = EpollContext::new().map_err(|e| TransportError::Io {
-            what: "epoll_create1",
-            source: e.into(),
-        })?;
+        let fds = epoll()?;
         watch(&fds, &q.call, u64::from(index))?;
         watch(&fds, &self.socket, SOCKET_TOKEN)?;
         let ready = EpollEvents::new();
@@ -682,6 +676,13 @@ fn is_disconnect(e: &vhost::Error) -> bool {
                 | VhostUserError::SocketBroken(_)
         )
     )
+}
+
+fn epoll() -> Result<EpollContext<u64>, TransportError> {
+    EpollContext::new().map_err(|e| TransportError::Io {
+        what: "epoll_create1",
+        source: e.into(),
+    })
 }
 
 /// Adds `fd` to `fds` for reading (and, for a socket, the peer's hang-up) under `token`.
