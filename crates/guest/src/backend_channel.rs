@@ -20,9 +20,9 @@ use vhost::vhost_user::{
     VhostUserFrontendReqHandler,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::poll::{EpollContext, EpollEvents};
 
 use crate::error::TransportError;
-use crate::poll::{poll, pollfd};
 
 /// What the channel thread shares with the transport.
 #[derive(Debug)]
@@ -127,18 +127,31 @@ fn serve(mut handler: FrontendReqHandler<ChannelState>, stop_fd: RawFd, state: &
             *f = Some(why);
         }
     };
+    const REQUEST: u8 = 0;
+    const STOP: u8 = 1;
+    let fds = match EpollContext::new().and_then(|fds| {
+        fds.add(&handler, REQUEST)?;
+        fds.add(&stop_fd, STOP)?;
+        Ok(fds)
+    }) {
+        Ok(fds) => fds,
+        Err(e) => return fail(format!("epoll: {e}")),
+    };
+    let ready = EpollEvents::new();
     loop {
-        let mut fds = [
-            pollfd(handler.as_raw_fd(), libc::POLLIN),
-            pollfd(stop_fd, libc::POLLIN),
-        ];
-        if let Err(e) = poll(&mut fds, None) {
-            return fail(format!("poll: {e}"));
+        let mut request = false;
+        match fds.wait(&ready) {
+            Ok(events) => {
+                for event in events.iter() {
+                    if event.token() == STOP {
+                        return;
+                    }
+                    request = true;
+                }
+            }
+            Err(e) => return fail(format!("epoll_wait: {e}")),
         }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents == 0 {
+        if !request {
             continue;
         }
         match handler.handle_request() {

@@ -7,11 +7,17 @@
 //! (with the `DEVICE_INIT_ON_INFLATE` bitmap when negotiated) and answers stats requests.
 //!
 //! The driver owns no memory policy: every call that allocates or frees guest pages takes the
-//! [`Zone`] and does it there, so the allocator stays the single owner of guest memory.
+//! [`Zone`] (over any frame metadata storage) and does it there, so the allocator stays the
+//! single owner of guest memory. It knows its device only through [`VirtioTransport`]: the
+//! vhost-user frontend in a process guest, an in-process device in tests.
+//!
+//! A transport failure while waiting or kicking, or a request the device leaves unanswered
+//! for [`REQUEST_TIMEOUT`], marks the device dead: the driver then does nothing, reports fail
+//! (the blocks go back unreported) and deflate-on-OOM gives nothing back.
 
-use crate::error::{QueueError, TransportError};
-use crate::ram::GuestRam;
-use crate::vhost_user::VhostUserTransport;
+use crate::error::BalloonError;
+use crate::ram::{GuestRam, RamFrames};
+use crate::transport::VirtioTransport;
 use crate::virtqueue::{Buffer, SplitQueue};
 use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
 use prezero_balloon::features::{self, Features};
@@ -19,10 +25,9 @@ use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SIZE};
 use prezero_balloon::stats::{encode_entry, STAT_ENTRY_SIZE};
 use prezero_balloon::{QueueRole, QueueRoles, StatTag};
 use prezero_mm::{
-    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, PhysMem, ReportBlock, ReportOutcome,
-    ReportSink, Zone, FRAME_SIZE,
+    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, ReportBlock, ReportOutcome, ReportSink, Zone,
+    FRAME_SIZE,
 };
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,12 @@ pub const DRIVER_FEATURES: u64 = (1 << features::MUST_TELL_HOST)
     | (1 << features::DEVICE_INIT_ON_INFLATE)
     | (1 << features::VERSION_1);
 
+/// Queues the driver sets up at most: one per role of [`DRIVER_FEATURES`] (free page hinting
+/// is not among them, so four). A transport must drive this many.
+pub fn max_queues() -> u16 {
+    QueueRoles::from_features(Features(DRIVER_FEATURES)).count() as u16
+}
+
 /// Driver settings, taken from the guest's own configuration.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DriverOptions {
@@ -54,38 +65,6 @@ pub struct DriverOptions {
     pub poison: Option<u8>,
     /// Feature bits the driver must not accept even if offered (for experiments and tests).
     pub refuse: u64,
-}
-
-/// Errors of the balloon driver.
-#[derive(Debug, thiserror::Error)]
-pub enum BalloonError {
-    /// The transport failed (the daemon died, the socket is gone, ...).
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A virtqueue operation failed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The guest has no memory left for the driver's rings and buffers.
-    #[error("not enough guest memory for the balloon driver's rings and buffers")]
-    NoMemory,
-    /// The device did not answer a request in time.
-    #[error("the balloon device did not answer a {0} request within {t:?}", t = REQUEST_TIMEOUT)]
-    Timeout(&'static str),
-    /// The device returned a chain the driver never gave it.
-    #[error("the balloon device returned an unexpected chain on the {0} queue")]
-    Protocol(&'static str),
-}
-
-/// Physical memory access to the guest's memfd, for the allocator.
-pub struct RamFrames<'a>(pub &'a GuestRam);
-
-impl PhysMem for RamFrames<'_> {
-    fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
-        // The allocator only fills blocks it owns inside the zone, which spans guest RAM.
-        self.0
-            .fill(pfn.addr(), frames * FRAME_SIZE, byte)
-            .expect("the allocator fills only frames inside guest RAM");
-    }
 }
 
 /// A page in the balloon and what the device said about it on inflate.
@@ -118,9 +97,9 @@ pub struct DriverStats {
     pub oom_deflated_pages: u64,
 }
 
-/// The virtio-balloon driver.
-pub struct BalloonDriver {
-    transport: VhostUserTransport,
+/// The virtio-balloon driver over transport `T`.
+pub struct BalloonDriver<T> {
+    transport: T,
     ram: Arc<GuestRam>,
     features: Features,
     roles: QueueRoles,
@@ -137,18 +116,16 @@ pub struct BalloonDriver {
     stats: DriverStats,
 }
 
-impl BalloonDriver {
-    /// Connects to the balloon device at `socket`, negotiates, and starts the queues. Ring and
-    /// buffer memory comes from `zone` and stays allocated for the driver's life.
-    pub fn connect(
-        socket: impl AsRef<Path>,
+impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
+    /// Negotiates over `transport` (fresh: nothing negotiated yet, driving at least
+    /// [`max_queues`] queues), shares `ram`, and starts the queues. Ring and buffer memory
+    /// comes from `zone` and stays allocated for the driver's life.
+    pub fn new<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
+        mut transport: T,
         ram: Arc<GuestRam>,
-        zone: &mut Zone<Vec<FrameMeta>>,
+        zone: &mut Zone<S>,
         opts: DriverOptions,
-    ) -> Result<Self, BalloonError> {
-        // Free page hinting is not in DRIVER_FEATURES: at most four queues.
-        let max_queues = QueueRoles::from_features(Features(DRIVER_FEATURES)).count() as u16;
-        let mut transport = VhostUserTransport::connect(socket, max_queues)?;
+    ) -> Result<Self, BalloonError<T::Error>> {
         let offered = Features(transport.device_features());
         let mut wanted = DRIVER_FEATURES & !opts.refuse;
         if opts.confidential {
@@ -160,17 +137,25 @@ impl BalloonDriver {
         if opts.poison.is_none() {
             wanted &= !(1 << features::PAGE_POISON);
         }
-        let acked = Features(transport.negotiate(offered.bits() & wanted)?);
+        let acked = Features(
+            transport
+                .negotiate(offered.bits() & wanted)
+                .map_err(BalloonError::Transport)?,
+        );
         let roles = QueueRoles::from_features(acked);
 
         if acked.has(features::PAGE_POISON) {
             let poison = u32::from(opts.poison.unwrap_or(0)) * 0x0101_0101;
-            transport.write_config(POISON_VAL_OFFSET as u32, &poison.to_le_bytes())?;
+            transport
+                .write_config(POISON_VAL_OFFSET as u32, &poison.to_le_bytes())
+                .map_err(BalloonError::Transport)?;
         }
-        transport.set_memory(&ram)?;
+        transport
+            .set_memory(&ram)
+            .map_err(BalloonError::Transport)?;
 
         let mut mem = RamFrames(&ram);
-        let mut page = |zone: &mut Zone<Vec<FrameMeta>>, bytes: u64| -> Result<u64, BalloonError> {
+        let mut page = |zone: &mut Zone<S>, bytes: u64| -> Result<u64, BalloonError<T::Error>> {
             let order = bytes
                 .div_ceil(FRAME_SIZE)
                 .next_power_of_two()
@@ -181,14 +166,17 @@ impl BalloonDriver {
             Ok(a.pfn.addr())
         };
         let ring = SplitQueue::<usize>::memory_requirement(QUEUE_SIZE)?;
+        let event_idx = acked.has(features::RING_EVENT_IDX);
         let mut queues: Vec<Option<SplitQueue<usize>>> = (0..roles.count()).map(|_| None).collect();
         for (index, role) in roles.iter().enumerate() {
             if role == QueueRole::FreePageHint {
                 continue;
             }
             let gpa = page(zone, ring.bytes)?;
-            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, transport.event_idx())?;
-            transport.setup_queue(index as u16, &q)?;
+            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, event_idx)?;
+            transport
+                .setup_queue(index as u16, &q.layout())
+                .map_err(BalloonError::Transport)?;
             queues[index] = Some(q);
         }
         let pfn_page = page(zone, FRAME_SIZE)?;
@@ -197,6 +185,7 @@ impl BalloonDriver {
             reported: acked.init_reported(),
             on_inflate: acked.init_on_inflate(),
         });
+        transport.driver_ok().map_err(BalloonError::Transport)?;
         let mut driver = BalloonDriver {
             transport,
             ram,
@@ -244,7 +233,7 @@ impl BalloonDriver {
     }
 
     /// The transport, for tests and tools.
-    pub fn transport(&self) -> &VhostUserTransport {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -259,11 +248,11 @@ impl BalloonDriver {
 
     /// Handles what the device signalled: a config change (new target: inflate or deflate
     /// toward it) and a stats request. Waits at most `timeout` for something to happen.
-    pub fn poll(
+    pub fn poll<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         &mut self,
-        zone: &mut Zone<Vec<FrameMeta>>,
+        zone: &mut Zone<S>,
         timeout: Duration,
-    ) -> Result<(), BalloonError> {
+    ) -> Result<(), BalloonError<T::Error>> {
         if self.dead {
             return Ok(());
         }
@@ -294,22 +283,26 @@ impl BalloonDriver {
         Ok(())
     }
 
-    fn died(&mut self, e: TransportError) -> BalloonError {
+    fn died(&mut self, e: T::Error) -> BalloonError<T::Error> {
         tracing::warn!(error = %e, "balloon device lost");
         self.dead = true;
         BalloonError::Transport(e)
     }
 
     /// Reads the device's target (`num_pages`).
-    pub fn target_pages(&mut self) -> Result<u32, BalloonError> {
+    pub fn target_pages(&mut self) -> Result<u32, BalloonError<T::Error>> {
         let mut buf = [0u8; 4];
         self.transport
-            .read_config(NUM_PAGES_OFFSET as u32, &mut buf)?;
+            .read_config(NUM_PAGES_OFFSET as u32, &mut buf)
+            .map_err(BalloonError::Transport)?;
         Ok(u32::from_le_bytes(buf))
     }
 
     /// Inflates or deflates toward the device's target, then tells it `actual`.
-    pub fn adjust(&mut self, zone: &mut Zone<Vec<FrameMeta>>) -> Result<(), BalloonError> {
+    pub fn adjust<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
+        &mut self,
+        zone: &mut Zone<S>,
+    ) -> Result<(), BalloonError<T::Error>> {
         let target = self.target_pages()? as usize;
         while self.balloon.len() < target {
             let want = (target - self.balloon.len()).min(PFNS_PER_REQUEST);
@@ -329,19 +322,20 @@ impl BalloonDriver {
         self.write_actual()
     }
 
-    fn write_actual(&mut self) -> Result<(), BalloonError> {
+    fn write_actual(&mut self) -> Result<(), BalloonError<T::Error>> {
         let actual = self.balloon.len() as u32;
         self.transport
-            .write_config(ACTUAL_OFFSET as u32, &actual.to_le_bytes())?;
+            .write_config(ACTUAL_OFFSET as u32, &actual.to_le_bytes())
+            .map_err(BalloonError::Transport)?;
         Ok(())
     }
 
     /// Puts up to `n` (at most [`PFNS_PER_REQUEST`]) pages into the balloon; returns how many.
-    fn inflate(
+    fn inflate<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         &mut self,
-        zone: &mut Zone<Vec<FrameMeta>>,
+        zone: &mut Zone<S>,
         n: usize,
-    ) -> Result<usize, BalloonError> {
+    ) -> Result<usize, BalloonError<T::Error>> {
         let mut mem = RamFrames(&self.ram);
         let mut pfns = Vec::with_capacity(n);
         for _ in 0..n {
@@ -375,11 +369,11 @@ impl BalloonDriver {
 
     /// Takes up to `n` pages out of the balloon, tells the device, and frees them to the zone:
     /// reported (their backing was discarded), zeroed if the device said so on inflate.
-    fn deflate(
+    fn deflate<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         &mut self,
-        zone: &mut Zone<Vec<FrameMeta>>,
+        zone: &mut Zone<S>,
         n: usize,
-    ) -> Result<usize, BalloonError> {
+    ) -> Result<usize, BalloonError<T::Error>> {
         let n = n.min(self.balloon.len()).min(PFNS_PER_REQUEST);
         if n == 0 {
             return Ok(0);
@@ -405,10 +399,10 @@ impl BalloonDriver {
     }
 
     /// Gives pages back to a guest that ran out of memory (`DEFLATE_ON_OOM`). Returns how many.
-    pub fn deflate_on_oom(
+    pub fn deflate_on_oom<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         &mut self,
-        zone: &mut Zone<Vec<FrameMeta>>,
-    ) -> Result<usize, BalloonError> {
+        zone: &mut Zone<S>,
+    ) -> Result<usize, BalloonError<T::Error>> {
         if self.dead || !self.features.has(features::DEFLATE_ON_OOM) {
             return Ok(0);
         }
@@ -424,7 +418,7 @@ impl BalloonDriver {
         role: QueueRole,
         pfns: &[u32],
         bitmap: Option<u64>,
-    ) -> Result<u32, BalloonError> {
+    ) -> Result<u32, BalloonError<T::Error>> {
         let mut bytes = Vec::with_capacity(pfns.len() * PFN_SIZE);
         for pfn in pfns {
             bytes.extend_from_slice(&pfn.to_le_bytes());
@@ -446,11 +440,9 @@ impl BalloonDriver {
         &mut self,
         role: QueueRole,
         chains: &[Vec<Buffer>],
-    ) -> Result<Vec<u32>, BalloonError> {
+    ) -> Result<Vec<u32>, BalloonError<T::Error>> {
         if self.dead {
-            return Err(BalloonError::Transport(TransportError::Sequence(
-                "the balloon device is gone",
-            )));
+            return Err(BalloonError::DeviceGone);
         }
         let name = role.name();
         let (index, q) = self.queue(role).ok_or(BalloonError::Protocol(name))?;
@@ -482,7 +474,10 @@ impl BalloonDriver {
             if now >= deadline {
                 // A device that keeps the buffers may still write them later: stop using it.
                 self.dead = true;
-                return Err(BalloonError::Timeout(name));
+                return Err(BalloonError::Timeout {
+                    queue: name,
+                    after: REQUEST_TIMEOUT,
+                });
             }
             match self
                 .transport
@@ -499,7 +494,10 @@ impl BalloonDriver {
     }
 
     /// Fills the stats buffer from the zone's counters and hands it to the device.
-    fn send_stats(&mut self, zone: &Zone<Vec<FrameMeta>>) -> Result<(), BalloonError> {
+    fn send_stats<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
+        &mut self,
+        zone: &Zone<S>,
+    ) -> Result<(), BalloonError<T::Error>> {
         let c = zone.counts();
         let bytes = |pages: u64| pages * FRAME_SIZE;
         let free = c.free + c.pool_free;
@@ -538,7 +536,7 @@ impl BalloonDriver {
 
 /// The driver as the allocator's reporting device: each block is its own chain, so the device
 /// answers "zeroed" per block through the used length.
-impl ReportSink for BalloonDriver {
+impl<T: VirtioTransport<Memory = GuestRam>> ReportSink for BalloonDriver<T> {
     fn report(&mut self, blocks: &[ReportBlock], outcomes: &mut [ReportOutcome]) {
         if self.dead || !self.features.has(features::REPORTING) {
             return; // all Failed: the blocks go back unreported

@@ -5,12 +5,13 @@
 //! [`Guest::poll`] is where the "kernel" services the device (config changes, stats) and runs
 //! free page reporting when it is due, like Linux's delayed work.
 
-use crate::balloon::{BalloonDriver, BalloonError, DriverOptions, RamFrames};
-use crate::error::RamError;
-use crate::ram::GuestRam;
+use crate::balloon::{self, BalloonDriver, DriverOptions};
+use crate::error::{BalloonError, GuestError};
+use crate::ram::{GuestRam, RamFrames};
+use crate::vhost_user::VhostUserTransport;
 use prezero_mm::{
-    AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeError, FreeHint, Pfn, ReportPass,
-    Zone, FRAME_SIZE,
+    AllocError, AllocFlags, Allocation, Config, FrameMeta, FreeHint, Pfn, ReportPass, Zone,
+    FRAME_SIZE,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -40,28 +41,11 @@ impl Default for GuestOptions {
     }
 }
 
-/// Errors of the guest.
-#[derive(Debug, thiserror::Error)]
-pub enum GuestError {
-    /// Guest RAM could not be created.
-    #[error(transparent)]
-    Ram(#[from] RamError),
-    /// The balloon driver failed.
-    #[error(transparent)]
-    Balloon(#[from] BalloonError),
-    /// An allocation failed.
-    #[error(transparent)]
-    Alloc(#[from] AllocError),
-    /// A free was refused.
-    #[error(transparent)]
-    Free(#[from] FreeError),
-}
-
 /// The guest.
 pub struct Guest {
     ram: Arc<GuestRam>,
     zone: Zone<Vec<FrameMeta>>,
-    balloon: Option<BalloonDriver>,
+    balloon: Option<BalloonDriver<VhostUserTransport>>,
     opts: GuestOptions,
     boot: Instant,
 }
@@ -94,8 +78,10 @@ impl Guest {
             poison: self.opts.mm.poison,
             refuse: self.opts.refuse_features,
         };
-        self.balloon = Some(BalloonDriver::connect(
-            socket,
+        let transport = VhostUserTransport::connect(socket, balloon::max_queues())
+            .map_err(BalloonError::Transport)?;
+        self.balloon = Some(BalloonDriver::new(
+            transport,
             self.ram.clone(),
             &mut self.zone,
             opts,
@@ -114,7 +100,7 @@ impl Guest {
     }
 
     /// The balloon driver, if attached.
-    pub fn balloon(&self) -> Option<&BalloonDriver> {
+    pub fn balloon(&self) -> Option<&BalloonDriver<VhostUserTransport>> {
         self.balloon.as_ref()
     }
 

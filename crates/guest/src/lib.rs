@@ -1,52 +1,48 @@
-//! The Rust guest's virtio transport.
+//! The Rust guest: a process whose "physical memory" is a memfd it owns, managed by the
+//! `prezero-mm` allocator, with a virtio-balloon driver that reports its free memory to a host
+//! device and remembers which reported blocks the device zeroed.
 //!
-//! The guest is a process whose "physical memory" is a memfd it owns ([`GuestRam`]). It drives
-//! virtio devices served by a vhost-user backend daemon: it shares the memfd with the daemon,
-//! lays split virtqueues ([`SplitQueue`]) out in that memory, and talks to the daemon as a
-//! vhost-user frontend ([`VhostUserTransport`]) for feature negotiation, queue setup, kicks,
-//! calls and config space. Nothing here knows which device it drives: the virtio-balloon
-//! driver is built on top.
+//! | file | what it holds |
+//! |---|---|
+//! | `ram.rs` | [`GuestRam`]: the memfd mapped at guest-physical 0; [`RamFrames`](ram::RamFrames), the allocator's view of it |
+//! | `virtqueue.rs` | [`SplitQueue`]: the driver side of a split virtqueue laid out in guest RAM |
+//! | `transport.rs` | [`VirtioTransport`]: what a driver needs from a transport (features, memory, queues, kicks, calls, config space) |
+//! | `vhost_user.rs` | [`VhostUserTransport`]: the transport as a vhost-user frontend; `backend_channel.rs` serves its config-change channel |
+//! | `balloon.rs` | [`BalloonDriver`]: the virtio-balloon driver, over any transport and any zone |
+//! | `guest.rs` | [`Guest`]: RAM, zone and the driver over vhost-user, serviced from the caller's thread |
+//! | `workload.rs` | the memory behaviour the demo, the benchmarks and the tests run |
+//! | `error.rs` | every error of the crate, one enum per layer |
 //!
-//! A driver's life:
+//! The driver's life, over any [`VirtioTransport`] (here the vhost-user frontend of a
+//! `prezero serve` daemon):
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //! use prezero_guest::ram::DEFAULT_RAM_SIZE;
-//! use prezero_guest::{Buffer, GuestRam, SplitQueue, VhostUserTransport};
+//! use prezero_guest::{balloon, BalloonDriver, DriverOptions, GuestRam, VhostUserTransport};
+//! use prezero_mm::{AllocFlags, Config, FrameMeta, Pfn, Zone, FRAME_SIZE};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 //! let ram = Arc::new(GuestRam::new(DEFAULT_RAM_SIZE)?);
-//! let mut device = VhostUserTransport::connect("/run/prezero/balloon.sock", 1)?;
-//! let features = device.negotiate(VIRTIO_F_VERSION_1 | (device.device_features() & 0x7f))?;
-//! device.set_memory(&ram)?;
+//! let frames = ram.size() / FRAME_SIZE;
+//! let mut zone = Zone::new(vec![FrameMeta::EMPTY; frames as usize], Pfn(0), Config::default());
+//! zone.add_memory(Pfn(0), frames, true).expect("the zone spans guest RAM");
 //!
-//! // Ring memory comes from the guest's page allocator; any gpa with this size and alignment.
-//! let need = SplitQueue::<u64>::memory_requirement(128)?;
-//! let ring_gpa = 0x10_0000;
-//! assert_eq!(ring_gpa % need.align, 0);
-//! let mut queue = SplitQueue::new(ram.clone(), 128, ring_gpa, device.event_idx())?;
-//! device.setup_queue(0, &queue)?;
-//!
-//! // Hand the device a 4 MiB block to write (or discard); the driver never touches it.
-//! queue.add(&[Buffer::writable(0x40_0000, 4 << 20)], 42)?;
-//! if queue.should_notify()? {
-//!     device.kick(0)?;
-//! }
+//! let transport = VhostUserTransport::connect("/run/prezero/balloon.sock", balloon::max_queues())?;
+//! // Negotiates (a confidential guest refuses the device-init features), takes its rings and
+//! // buffers from the zone, starts the queues and hands the device a stats buffer.
+//! let mut driver = BalloonDriver::new(transport, ram.clone(), &mut zone, DriverOptions::default())?;
+//! let boot = Instant::now();
 //! loop {
-//!     let events = device.wait(Some(Duration::from_secs(1)))?;
-//!     if events.config_changed {
-//!         let mut num_pages = [0u8; 4];
-//!         device.read_config(0, &mut num_pages)?;
-//!     }
-//!     if events.called(0) {
-//!         while let Some(used) = queue.pop_used()? {
-//!             println!("chain {} used {} of {} bytes", used.token, used.len, used.writable_len);
-//!         }
-//!     }
-//! #   let _ = features;
-//! #   break;
+//!     // A new target: inflate or deflate toward it. A stats request: fresh stats.
+//!     driver.poll(&mut zone, Duration::from_millis(100))?;
+//!     // Free page reporting when due, one chain per block: a block the device zeroed comes
+//!     // back known-zero, and a zeroed allocation from it skips the zeroing.
+//!     let pass = zone.report_pass(boot.elapsed().as_millis() as u64, &mut driver);
+//!     let block = zone.alloc(9, AllocFlags::ZERO, &mut prezero_guest::ram::RamFrames(&ram))?;
+//!     # let _ = (pass, block);
+//!     # break;
 //! }
 //! # Ok(())
 //! # }
@@ -57,17 +53,18 @@ mod backend_channel;
 pub mod balloon;
 mod error;
 pub mod guest;
-mod poll;
 pub mod ram;
+pub mod transport;
 pub mod vhost_user;
 pub mod virtqueue;
 pub mod workload;
 
-pub use balloon::{BalloonDriver, BalloonError, DriverOptions};
-pub use error::{QueueError, RamError, TransportError};
-pub use guest::{Guest, GuestError, GuestOptions};
+pub use balloon::{BalloonDriver, DriverOptions};
+pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
+pub use guest::{Guest, GuestOptions};
 pub use ram::GuestRam;
-pub use vhost_user::{Events, VhostUserTransport};
+pub use transport::{Events, VirtioTransport};
+pub use vhost_user::VhostUserTransport;
 pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
 
 #[cfg(test)]

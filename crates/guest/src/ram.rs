@@ -32,6 +32,8 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
 };
 
+use prezero_mm::{Pfn, PhysMem, FRAME_SIZE};
+
 use crate::error::RamError;
 
 /// Base page size of the guest (and the granule of the RAM size).
@@ -429,6 +431,19 @@ impl GuestRam {
             len,
             size: self.size,
         }
+    }
+}
+
+/// The allocator's view of guest RAM ([`PhysMem`]): how `prezero-mm` zeroes or poisons the
+/// frames of a block it hands out or takes back.
+pub struct RamFrames<'a>(pub &'a GuestRam);
+
+impl PhysMem for RamFrames<'_> {
+    fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
+        // The allocator only fills blocks it owns inside the zone, which spans guest RAM.
+        self.0
+            .fill(pfn.addr(), frames * FRAME_SIZE, byte)
+            .expect("the allocator fills only frames inside guest RAM");
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! It plays the part a VMM plays for a kernel guest: it shares guest RAM (the memfd) with the
 //! backend, tells it where each queue's rings are, and turns kicks and calls into eventfds.
-//! It is generic over the device: feature bits and config space are opaque here.
+//! It is generic over the device: feature bits and config space are opaque here. It is one
+//! [`VirtioTransport`]; the balloon driver sees it only through that trait.
 //!
 //! Sequence (the order QEMU uses, which backends expect):
 //! 1. [`connect`](VhostUserTransport::connect): `SET_OWNER`, `GET_FEATURES`, and when the
@@ -38,18 +39,16 @@ use vhost::vhost_user::{Error as VhostUserError, Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::poll::{EpollContext, EpollEvents, PollEvents, WatchingEvents};
 
 use crate::backend_channel::BackendChannel;
-use crate::error::TransportError;
-use crate::poll::{poll, pollfd, HANGUP};
+use crate::error::{RamError, TransportError};
 use crate::ram::GuestRam;
-use crate::virtqueue::SplitQueue;
+use crate::transport::{Events, VirtioTransport, MAX_QUEUES};
+use crate::virtqueue::{RingLayout, SplitQueue};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user transport bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-
-/// Queues a transport can drive (one bit each in [`Events`]).
-pub const MAX_QUEUES: u16 = 64;
 
 /// The protocol features this frontend uses when the backend offers them.
 pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
@@ -59,31 +58,12 @@ pub fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::MQ
 }
 
-/// What [`VhostUserTransport::wait`] saw. Empty means the timeout passed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Events {
-    /// Bit `i` set: queue `i` was called (the device used chains, or may have).
-    pub calls: u64,
-    /// The device reported a config space change since the last wait.
-    pub config_changed: bool,
-}
+// Tokens of the fds `wait` watches, besides the queue indices below MAX_QUEUES.
+const CONFIG_TOKEN: u64 = MAX_QUEUES as u64;
+const SOCKET_TOKEN: u64 = MAX_QUEUES as u64 + 1;
 
-impl Events {
-    /// Nothing happened (the wait timed out).
-    pub fn is_empty(&self) -> bool {
-        self.calls == 0 && !self.config_changed
-    }
-
-    /// Whether queue `index` was called.
-    pub fn called(&self, index: u16) -> bool {
-        index < MAX_QUEUES && self.calls & (1 << index) != 0
-    }
-
-    /// The queues that were called, in index order.
-    pub fn called_queues(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..MAX_QUEUES).filter(|&i| self.called(i))
-    }
-}
+/// Events that mean "the peer is gone or the fd is broken".
+const HANGUP: u32 = (libc::EPOLLHUP | libc::EPOLLRDHUP | libc::EPOLLERR) as u32;
 
 #[derive(Debug)]
 struct QueueEvents {
@@ -106,6 +86,8 @@ pub struct VhostUserTransport {
     queues: Vec<Option<QueueEvents>>,
     // Present when BACKEND_REQ was negotiated: config-change notifications.
     channel: Option<BackendChannel>,
+    // What `wait` watches: the main socket, the config-change eventfd and each queue's call fd.
+    events: EpollContext<u64>,
     disconnected: AtomicBool,
 }
 
@@ -142,6 +124,8 @@ impl VhostUserTransport {
             source,
         })?;
         let frontend = Frontend::from_stream(stream, u64::from(num_queues));
+        let events = epoll()?;
+        watch(&events, &socket, SOCKET_TOKEN)?;
         let mut t = VhostUserTransport {
             frontend,
             socket,
@@ -153,6 +137,7 @@ impl VhostUserTransport {
             memory: None,
             queues: (0..num_queues).map(|_| None).collect(),
             channel: None,
+            events,
             disconnected: AtomicBool::new(false),
         };
         t.request("SET_OWNER", |f| f.set_owner())?;
@@ -185,6 +170,7 @@ impl VhostUserTransport {
                 let reply_ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
                 let channel = BackendChannel::start(&mut t.frontend, reply_ack)
                     .map_err(|e| t.classify_channel_error(e))?;
+                watch(&t.events, &channel.state.config_evt, CONFIG_TOKEN)?;
                 t.channel = Some(channel);
             }
         }
@@ -261,12 +247,7 @@ impl VhostUserTransport {
         queue: &SplitQueue<T>,
     ) -> Result<(), TransportError> {
         self.check_index(index)?;
-        let Some(memory) = self.memory else {
-            return Err(TransportError::Sequence(
-                "set_memory before setup_queue: ring addresses are resolved through the memory table",
-            ));
-        };
-        if memory != (queue.ram().host_base() as usize, queue.ram().size()) {
+        if self.shared_memory()? != (queue.ram().host_base() as usize, queue.ram().size()) {
             return Err(TransportError::Sequence(
                 "the queue's rings are not in the guest RAM given to set_memory",
             ));
@@ -276,18 +257,36 @@ impl VhostUserTransport {
                 "the queue's event_idx does not match the negotiated VIRTIO_RING_F_EVENT_IDX",
             ));
         }
-        let layout = queue.layout();
-        let ram = queue.ram();
+        self.start_queue(index, &queue.layout(), queue.avail_idx())
+    }
+
+    /// `SET_VRING_*` for a ring at `layout` whose next avail index is `base`.
+    fn start_queue(
+        &mut self,
+        index: u16,
+        layout: &RingLayout,
+        base: u16,
+    ) -> Result<(), TransportError> {
+        self.check_index(index)?;
+        let (host_base, ram_size) = self.shared_memory()?;
+        // vhost-user ring addresses are the frontend's virtual addresses, not gpas.
+        let host_addr = |gpa: u64, len: u64| match gpa.checked_add(len) {
+            Some(end) if end <= ram_size => Ok(host_base as u64 + gpa),
+            _ => Err(RamError::OutOfRange {
+                gpa,
+                len,
+                size: ram_size,
+            }),
+        };
         let size = layout.size;
         let n = u64::from(size);
-        // vhost-user ring addresses are the frontend's virtual addresses, not gpas.
         let config = VringConfigData {
             queue_max_size: size,
             queue_size: size,
             flags: 0,
-            desc_table_addr: ram.host_addr(layout.desc, 16 * n)?,
-            used_ring_addr: ram.host_addr(layout.used, 6 + 8 * n)?,
-            avail_ring_addr: ram.host_addr(layout.avail, 6 + 2 * n)?,
+            desc_table_addr: host_addr(layout.desc, 16 * n)?,
+            used_ring_addr: host_addr(layout.used, 6 + 8 * n)?,
+            avail_ring_addr: host_addr(layout.avail, 6 + 2 * n)?,
             log_addr: None,
         };
         let io = |what| move |source| TransportError::Io { what, source };
@@ -296,7 +295,6 @@ impl VhostUserTransport {
             call: EventFd::new(EFD_NONBLOCK).map_err(io("eventfd for a queue call"))?,
         };
         let i = usize::from(index);
-        let base = queue.avail_idx();
         self.request("SET_VRING_NUM", |f| f.set_vring_num(i, size))?;
         self.request("SET_VRING_BASE", |f| f.set_vring_base(i, base))?;
         self.request("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
@@ -308,6 +306,12 @@ impl VhostUserTransport {
             // With protocol features, rings start disabled until enabled explicitly.
             self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
+        if let Some(old) = self.queues[i].take() {
+            // The backend holds a copy of the old call fd, so closing ours would not take it
+            // out of the epoll set.
+            let _ = self.events.delete(&old.call);
+        }
+        watch(&self.events, &events.call, u64::from(index))?;
         self.queues[i] = Some(events);
         tracing::debug!(index, size, ?layout, "queue started");
         Ok(())
@@ -327,15 +331,22 @@ impl VhostUserTransport {
     /// Returns whether the call came. Config changes are left pending for [`wait`](Self::wait).
     pub fn wait_call(&self, index: u16, timeout: Option<Duration>) -> Result<bool, TransportError> {
         let q = self.queue(index)?;
-        let mut fds = [
-            pollfd(q.call.as_raw_fd(), libc::POLLIN),
-            pollfd(self.socket.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP),
-        ];
-        self.poll(&mut fds, timeout)?;
-        if fds[0].revents != 0 && drain(&q.call)? {
+        let fds = epoll()?;
+        watch(&fds, &q.call, u64::from(index))?;
+        watch(&fds, &self.socket, SOCKET_TOKEN)?;
+        let ready = EpollEvents::new();
+        let mut socket = 0;
+        let mut called = false;
+        for event in self.poll(&fds, &ready, timeout)?.iter() {
+            match event.token() {
+                SOCKET_TOKEN => socket = event.raw_events(),
+                _ => called = true,
+            }
+        }
+        if called && drain(&q.call)? {
             return Ok(true);
         }
-        self.check_socket(fds[1].revents, "waiting for a queue call")?;
+        self.check_socket(socket, "waiting for a queue call")?;
         Ok(false)
     }
 
@@ -345,40 +356,24 @@ impl VhostUserTransport {
     /// A driver loop: add chains and kick; `wait`; for each called queue pop used chains until
     /// none are left; on `config_changed` re-read the config; repeat.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Events, TransportError> {
-        let mut fds = Vec::with_capacity(usize::from(self.num_queues) + 2);
-        let mut owners = Vec::with_capacity(fds.capacity());
-        for (i, q) in self.queues.iter().enumerate() {
-            if let Some(q) = q {
-                fds.push(pollfd(q.call.as_raw_fd(), libc::POLLIN));
-                owners.push(Some(i as u16));
-            }
-        }
-        if let Some(channel) = &self.channel {
-            fds.push(pollfd(channel.state.config_evt.as_raw_fd(), libc::POLLIN));
-            owners.push(None);
-        }
-        fds.push(pollfd(
-            self.socket.as_raw_fd(),
-            libc::POLLIN | libc::POLLRDHUP,
-        ));
-        self.poll(&mut fds, timeout)?;
-
+        let ready = EpollEvents::new();
         let mut events = Events::default();
-        let (socket, rest) = fds.split_last().expect("the socket is always polled");
-        for (fd, owner) in rest.iter().zip(&owners) {
-            if fd.revents == 0 {
-                continue;
-            }
-            match owner {
-                Some(i) => {
-                    let q = self.queues[usize::from(*i)].as_ref().expect("polled");
+        let mut socket = 0;
+        // Level-triggered: a ready fd that did not fit this round is reported by the next wait.
+        for event in self.poll(&self.events, &ready, timeout)?.iter() {
+            match event.token() {
+                SOCKET_TOKEN => socket = event.raw_events(),
+                CONFIG_TOKEN => {
+                    let channel = self.channel.as_ref().expect("watched with the channel");
+                    events.config_changed |= drain(&channel.state.config_evt)?;
+                }
+                i => {
+                    let q = self.queues[i as usize]
+                        .as_ref()
+                        .expect("watched once set up");
                     if drain(&q.call)? {
                         events.calls |= 1 << i;
                     }
-                }
-                None => {
-                    let channel = self.channel.as_ref().expect("polled");
-                    events.config_changed |= drain(&channel.state.config_evt)?;
                 }
             }
         }
@@ -386,7 +381,7 @@ impl VhostUserTransport {
         if !events.is_empty() {
             return Ok(events);
         }
-        self.check_socket(socket.revents, "waiting for device events")?;
+        self.check_socket(socket, "waiting for device events")?;
         if let Some(why) = self.channel.as_ref().and_then(BackendChannel::failure) {
             return Err(TransportError::BackendChannel(why));
         }
@@ -488,6 +483,13 @@ impl VhostUserTransport {
         }
     }
 
+    /// Base address and size of the RAM given to `set_memory`.
+    fn shared_memory(&self) -> Result<(usize, u64), TransportError> {
+        self.memory.ok_or(TransportError::Sequence(
+            "set_memory before setup_queue: ring addresses are resolved through the memory table",
+        ))
+    }
+
     fn check_index(&self, index: u16) -> Result<(), TransportError> {
         if index >= self.num_queues {
             return Err(TransportError::NoSuchQueue {
@@ -515,32 +517,35 @@ impl VhostUserTransport {
         }
     }
 
-    fn poll(
+    /// Waits until an fd of `fds` is ready or `timeout` passes (`None`: forever); no events
+    /// means the timeout passed.
+    fn poll<'a>(
         &self,
-        fds: &mut [libc::pollfd],
+        fds: &EpollContext<u64>,
+        ready: &'a EpollEvents,
         timeout: Option<Duration>,
-    ) -> Result<(), TransportError> {
+    ) -> Result<PollEvents<'a, u64>, TransportError> {
         if self.disconnected.load(Ordering::SeqCst) {
             return Err(self.disconnected("waiting on a closed connection"));
         }
-        poll(fds, timeout).map_err(|source| TransportError::Io {
-            what: "poll",
-            source,
-        })?;
-        Ok(())
+        let events = match timeout {
+            None => fds.wait(ready),
+            // Whole milliseconds, rounded up so a short positive timeout is not a busy 0 ms wait.
+            Some(t) => fds.wait_timeout(ready, Duration::from_millis(ceil_millis(t))),
+        };
+        events.map_err(|e| TransportError::Io {
+            what: "epoll_wait",
+            source: e.into(),
+        })
     }
 
     // Between requests the backend has nothing to say on the main socket: readable means
     // either EOF (it is gone) or a protocol violation.
-    fn check_socket(
-        &self,
-        revents: libc::c_short,
-        during: &'static str,
-    ) -> Result<(), TransportError> {
+    fn check_socket(&self, revents: u32, during: &'static str) -> Result<(), TransportError> {
         if revents & HANGUP != 0 {
             return Err(self.disconnected(during));
         }
-        if revents & libc::POLLIN != 0 {
+        if revents & libc::EPOLLIN as u32 != 0 {
             let mut byte = 0u8;
             // SAFETY: a one-byte peek into a local; the fd is the live main socket.
             let n = unsafe {
@@ -589,6 +594,46 @@ impl VhostUserTransport {
     }
 }
 
+/// The balloon driver's view. The inherent methods of the same names stay, so code holding a
+/// `VhostUserTransport` calls them without importing the trait; queue setup there takes the
+/// [`SplitQueue`] itself and checks it against the memory and features.
+impl VirtioTransport for VhostUserTransport {
+    type Error = TransportError;
+    type Memory = GuestRam;
+
+    fn device_features(&self) -> u64 {
+        VhostUserTransport::device_features(self)
+    }
+
+    fn negotiate(&mut self, driver_features: u64) -> Result<u64, TransportError> {
+        VhostUserTransport::negotiate(self, driver_features)
+    }
+
+    fn set_memory(&mut self, ram: &GuestRam) -> Result<(), TransportError> {
+        VhostUserTransport::set_memory(self, ram)
+    }
+
+    fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), TransportError> {
+        self.start_queue(index, ring, 0)
+    }
+
+    fn kick(&self, index: u16) -> Result<(), TransportError> {
+        VhostUserTransport::kick(self, index)
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Events, TransportError> {
+        VhostUserTransport::wait(self, timeout)
+    }
+
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), TransportError> {
+        VhostUserTransport::read_config(self, offset, buf)
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), TransportError> {
+        VhostUserTransport::write_config(self, offset, data)
+    }
+}
+
 // vhost-user message framing, for the one request done by hand.
 const GET_CONFIG: u32 = 24;
 const MSG_VERSION: u32 = 0x1;
@@ -631,6 +676,29 @@ fn is_disconnect(e: &vhost::Error) -> bool {
                 | VhostUserError::SocketBroken(_)
         )
     )
+}
+
+fn epoll() -> Result<EpollContext<u64>, TransportError> {
+    EpollContext::new().map_err(|e| TransportError::Io {
+        what: "epoll_create1",
+        source: e.into(),
+    })
+}
+
+/// Adds `fd` to `fds` for reading (and, for a socket, the peer's hang-up) under `token`.
+fn watch(fds: &EpollContext<u64>, fd: &impl AsRawFd, token: u64) -> Result<(), TransportError> {
+    let events = WatchingEvents::new((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
+    fds.add_fd_with_events(fd, events, token)
+        .map_err(|e| TransportError::Io {
+            what: "epoll_ctl",
+            source: e.into(),
+        })
+}
+
+fn ceil_millis(t: Duration) -> u64 {
+    t.as_nanos()
+        .div_ceil(1_000_000)
+        .min(u128::from(i32::MAX as u32)) as u64
 }
 
 /// Reads an eventfd's counter; `false` if it was already zero.

@@ -1,6 +1,7 @@
 //! Guest workloads: the memory behaviour the demo, the benchmarks and the tests exercise.
 
-use crate::guest::{Guest, GuestError};
+use crate::error::GuestError;
+use crate::guest::Guest;
 use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, HUGE_PAGE_ORDER, MAX_ORDER};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,158 @@
+//! The seam between a virtio driver and whatever carries its requests to the device.
+//!
+//! A driver negotiates features, lays split virtqueues out in guest memory, tells the device
+//! where they are, kicks, waits for calls and reads or writes the device's config space
+//! (virtio 1.x, 3.1 "Device Initialization"). How each of those reaches the device is the
+//! transport's business: [`VhostUserTransport`](crate::VhostUserTransport) sends vhost-user
+//! messages over a Unix socket and turns kicks and calls into eventfds; a virtio-pci transport
+//! in a `no_std` kernel writes capability registers and takes MSI-X interrupts. The balloon
+//! driver ([`BalloonDriver`](crate::BalloonDriver)) is written against [`VirtioTransport`]
+//! only, so it runs unchanged over either, and over an in-process test double.
+//!
+//! So this file names no std-only type: addresses are guest-physical `u64`s, a ring is its
+//! [`RingLayout`], time is [`core::time::Duration`]. (The error bound is `std::error::Error`
+//! because the workspace's minimum Rust predates `core::error::Error`; it is the same trait.)
+//!
+//! # What an implementation must guarantee
+//!
+//! - **Order.** A driver calls [`device_features`](VirtioTransport::device_features),
+//!   [`negotiate`](VirtioTransport::negotiate), [`set_memory`](VirtioTransport::set_memory),
+//!   [`setup_queue`](VirtioTransport::setup_queue) per queue and
+//!   [`driver_ok`](VirtioTransport::driver_ok), then kicks, waits and uses config space. A call
+//!   out of this order is an error, never undefined behaviour.
+//! - **Features.** [`device_features`](VirtioTransport::device_features) holds virtio feature
+//!   bits only: bits the transport itself uses (vhost-user's bit 30) are hidden and handled by
+//!   the transport. [`negotiate`](VirtioTransport::negotiate) returns once the device runs with
+//!   the returned set, which is the driver's choice limited to what the device offered; a
+//!   device that refuses it (virtio's `FEATURES_OK` not sticking) is an error.
+//! - **Queues.** After [`setup_queue`](VirtioTransport::setup_queue) the device uses that
+//!   ring, at those guest-physical addresses, from index 0, with `VIRTIO_RING_F_EVENT_IDX`
+//!   exactly when it was negotiated. The ring memory must stay valid for the transport's life.
+//! - **Notifications.** [`kick`](VirtioTransport::kick) makes the device look at the avail ring
+//!   of a set-up queue. [`wait`](VirtioTransport::wait) returns every call and config change
+//!   that arrived since the last wait (a call may be spurious: the driver pops the used ring to
+//!   see), or [`Events::default`] once the timeout passed; it never loses a call that came
+//!   between two waits.
+//! - **A dead device never hangs the driver.** A device that is gone makes every later call
+//!   fail promptly, waits included; the driver then stops using it.
+//!
+//! # A driver over any transport
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use prezero_guest::{Buffer, GuestRam, SplitQueue, VirtioTransport};
+//!
+//! const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+//!
+//! /// Hands the device one 4 MiB block to write (or discard) and waits for it back.
+//! fn one_request<T: VirtioTransport<Memory = GuestRam>>(
+//!     device: &mut T,
+//!     ram: &Arc<GuestRam>,
+//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     device.negotiate(VIRTIO_F_VERSION_1 | (device.device_features() & 0x7f))?;
+//!     device.set_memory(ram)?;
+//!     // Ring memory comes from the guest's page allocator: any gpa with this size and alignment.
+//!     let need = SplitQueue::<u64>::memory_requirement(128)?;
+//!     let ring_gpa = 0x10_0000;
+//!     assert_eq!(ring_gpa % need.align, 0);
+//!     let mut queue = SplitQueue::new(ram.clone(), 128, ring_gpa, false)?;
+//!     device.setup_queue(0, &queue.layout())?;
+//!     device.driver_ok()?;
+//!
+//!     queue.add(&[Buffer::writable(0x40_0000, 4 << 20)], 42)?;
+//!     if queue.should_notify()? {
+//!         device.kick(0)?;
+//!     }
+//!     loop {
+//!         let events = device.wait(Some(Duration::from_secs(1)))?;
+//!         if events.config_changed {
+//!             let mut num_pages = [0u8; 4];
+//!             device.read_config(0, &mut num_pages)?;
+//!         }
+//!         if events.called(0) {
+//!             if let Some(used) = queue.pop_used()? {
+//!                 println!("chain {} used {} of {} bytes", used.token, used.len, used.writable_len);
+//!                 return Ok(());
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
+
+use core::time::Duration;
+
+use crate::virtqueue::RingLayout;
+
+/// Queues a transport can drive (one bit each in [`Events::calls`]).
+pub const MAX_QUEUES: u16 = 64;
+
+/// What [`VirtioTransport::wait`] saw. Empty means the timeout passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Bit `i` set: queue `i` was called (the device used chains, or may have).
+    pub calls: u64,
+    /// The device reported a config space change since the last wait.
+    pub config_changed: bool,
+}
+
+impl Events {
+    /// Nothing happened (the wait timed out).
+    pub fn is_empty(&self) -> bool {
+        self.calls == 0 && !self.config_changed
+    }
+
+    /// Whether queue `index` was called.
+    pub fn called(&self, index: u16) -> bool {
+        index < MAX_QUEUES && self.calls & (1 << index) != 0
+    }
+
+    /// The queues that were called, in index order.
+    pub fn called_queues(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..MAX_QUEUES).filter(|&i| self.called(i))
+    }
+}
+
+/// A virtio device as a driver sees it through its transport. See the module doc for the
+/// guarantees an implementation gives.
+pub trait VirtioTransport {
+    /// How the transport fails.
+    type Error: std::error::Error + 'static;
+
+    /// What [`set_memory`](Self::set_memory) shares with the device: the guest RAM for a
+    /// transport whose device maps it (vhost-user), `()` for one whose device already sees
+    /// guest-physical memory (virtio-pci in a VM).
+    type Memory: ?Sized;
+
+    /// Virtio feature bits the device offers (transport-reserved bits removed).
+    fn device_features(&self) -> u64;
+
+    /// Accepts `driver_features` limited to what the device offers; returns the negotiated set.
+    fn negotiate(&mut self, driver_features: u64) -> Result<u64, Self::Error>;
+
+    /// Gives the device access to guest memory; after [`negotiate`](Self::negotiate), before
+    /// any queue.
+    fn set_memory(&mut self, memory: &Self::Memory) -> Result<(), Self::Error>;
+
+    /// Tells the device where queue `index`'s rings are and starts it.
+    fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), Self::Error>;
+
+    /// Tells the device the driver is set up (virtio's `DRIVER_OK`): after the last
+    /// [`setup_queue`](Self::setup_queue), before the first [`kick`](Self::kick). A transport
+    /// whose queues start one by one has nothing to do.
+    fn driver_ok(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Notifies the device that queue `index` has new chains.
+    fn kick(&self, index: u16) -> Result<(), Self::Error>;
+
+    /// Waits for calls or a config change, at most `timeout` (`None`: until one comes).
+    fn wait(&self, timeout: Option<Duration>) -> Result<Events, Self::Error>;
+
+    /// Reads `buf.len()` bytes of device config space at byte `offset`.
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Writes `data` to device config space at byte `offset`.
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error>;
+}

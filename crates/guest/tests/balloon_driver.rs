@@ -1,0 +1,184 @@
+//! The balloon driver over [`VirtioTransport`] against the real device core, in process
+//! (`in_process`): negotiation and the trust gate, free page reporting with and without
+//! `DEVICE_INIT_REPORTED`, inflate and deflate with `DEVICE_INIT_ON_INFLATE`, and a device
+//! that goes away. The zone keeps its frame metadata in a boxed slice, not the `Vec` the
+//! process guest uses: the driver takes any storage.
+
+mod in_process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use in_process::{device, Host, InProcess};
+use prezero_balloon::features::{
+    Features, DEFLATE_ON_OOM, DEVICE_INIT_ON_INFLATE, DEVICE_INIT_REPORTED, MUST_TELL_HOST,
+    PAGE_POISON, REPORTING, STATS_VQ, VERSION_1,
+};
+use prezero_device::DeviceOptions;
+use prezero_guest::balloon::DRIVER_FEATURES;
+use prezero_guest::ram::RamFrames;
+use prezero_guest::{BalloonDriver, BalloonError, DriverOptions, GuestRam};
+use prezero_mm::{AllocFlags, Config, FrameMeta, Pfn, Zone, FRAME_SIZE, PAGEBLOCK_ORDER};
+
+const RAM: u64 = 64 << 20;
+const POLL: Duration = Duration::from_millis(200);
+
+struct Rig {
+    ram: Arc<GuestRam>,
+    zone: Zone<Box<[FrameMeta]>>,
+    driver: BalloonDriver<InProcess>,
+    host: Host,
+}
+
+/// A guest whose free memory is all dirty (so only the device can make it known-zero),
+/// attached to a device offering `balloon_features`.
+fn rig(balloon_features: Features, confidential: bool) -> Rig {
+    let ram = Arc::new(GuestRam::new(RAM).unwrap());
+    let frames = RAM / FRAME_SIZE;
+    let cfg = Config {
+        confidential,
+        ..Config::default()
+    };
+    let meta = vec![FrameMeta::EMPTY; frames as usize].into_boxed_slice();
+    let mut zone = Zone::new(meta, Pfn(0), cfg);
+    zone.add_memory(Pfn(0), frames, false).unwrap();
+    let (transport, host) = device(DeviceOptions {
+        balloon_features,
+        ..DeviceOptions::default()
+    });
+    let opts = DriverOptions {
+        confidential,
+        ..DriverOptions::default()
+    };
+    let driver = BalloonDriver::new(transport, ram.clone(), &mut zone, opts).unwrap();
+    Rig {
+        ram,
+        zone,
+        driver,
+        host,
+    }
+}
+
+fn offered() -> Features {
+    DeviceOptions::default().balloon_features
+}
+
+#[test]
+fn negotiates_what_both_sides_support() {
+    let r = rig(offered(), false);
+    // Everything the driver knows, but PAGE_POISON: this guest does not poison.
+    let want = Features(DRIVER_FEATURES).without(PAGE_POISON);
+    assert_eq!(r.driver.features(), want);
+    assert_eq!(r.host.with_device(|d| d.negotiated_features()), want);
+    for bit in [
+        VERSION_1,
+        MUST_TELL_HOST,
+        STATS_VQ,
+        DEFLATE_ON_OOM,
+        REPORTING,
+    ] {
+        assert!(r.driver.features().has(bit), "bit {bit} not negotiated");
+    }
+    // The stats buffer the spec wants at init is with the device.
+    assert_eq!(r.driver.stats().stats_updates, 1);
+    assert!(r.host.with_device(|d| d.holds_stats_buffer()));
+    assert!(!r.driver.is_dead());
+}
+
+#[test]
+fn report_with_device_init_reported_leaves_known_zero_holes() {
+    let mut r = rig(offered(), false);
+    assert!(r.driver.features().init_reported());
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert!(pass.pages_reported > 0);
+    assert_eq!(pass.pages_zeroed, pass.pages_reported);
+    assert_eq!(r.driver.stats().report_requests, pass.requests);
+
+    // The device really discarded: a 2 MiB block handed out as known-zero is a hole.
+    let a = r
+        .zone
+        .alloc(PAGEBLOCK_ORDER, AllocFlags::ZERO, &mut RamFrames(&r.ram))
+        .unwrap();
+    assert!(a.known_zero);
+    let len = FRAME_SIZE << PAGEBLOCK_ORDER;
+    assert!(r.ram.is_hole(a.pfn.addr(), len).unwrap());
+}
+
+#[test]
+fn report_without_device_init_reported_is_reported_not_zeroed() {
+    let mut r = rig(offered().without(DEVICE_INIT_REPORTED), false);
+    assert!(!r.driver.features().init_reported());
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert!(pass.pages_reported > 0);
+    assert_eq!(pass.pages_zeroed, 0);
+    assert_eq!(r.zone.stat().pages_reported_zeroed, 0);
+}
+
+#[test]
+fn inflate_and_deflate_with_device_init_on_inflate() {
+    let mut r = rig(offered(), false);
+    assert!(r.driver.features().init_on_inflate());
+    let pages = 3 * 256 + 17; // several requests, one partial
+    r.host.set_target_pages(pages);
+    r.driver.poll(&mut r.zone, POLL).unwrap();
+    assert_eq!(r.driver.balloon_pages(), pages as usize);
+    let s = r.driver.stats();
+    assert_eq!(s.pages_inflated, u64::from(pages));
+    assert_eq!(s.pages_inflated_zeroed, u64::from(pages));
+    assert_eq!(s.inflate_requests, 4);
+    assert_eq!(r.host.with_device(|d| d.actual_pages()), pages);
+
+    r.host.set_target_pages(0);
+    r.driver.poll(&mut r.zone, POLL).unwrap();
+    assert_eq!(r.driver.balloon_pages(), 0);
+    assert_eq!(r.driver.stats().pages_deflated, u64::from(pages));
+    assert_eq!(r.host.with_device(|d| d.actual_pages()), 0);
+    // Deflated pages come back known-zero: the device said so on inflate.
+    let stat = r.zone.stat();
+    assert_eq!(stat.pages_deflated, u64::from(pages));
+    assert_eq!(stat.pages_deflated_zeroed, u64::from(pages));
+}
+
+#[test]
+fn deflate_on_oom_gives_pages_back() {
+    let mut r = rig(offered(), false);
+    r.host.set_target_pages(1024);
+    r.driver.poll(&mut r.zone, POLL).unwrap();
+    assert_eq!(r.driver.deflate_on_oom(&mut r.zone).unwrap(), 256);
+    assert_eq!(r.driver.balloon_pages(), 768);
+    assert_eq!(r.driver.stats().oom_deflated_pages, 256);
+    assert_eq!(r.host.with_device(|d| d.actual_pages()), 768);
+}
+
+#[test]
+fn confidential_guest_refuses_the_device_init_features() {
+    let mut r = rig(offered(), true);
+    let f = r.driver.features();
+    assert!(!f.has(DEVICE_INIT_REPORTED) && !f.has(DEVICE_INIT_ON_INFLATE));
+    assert!(f.has(REPORTING));
+    let device_acked = r.host.with_device(|d| d.negotiated_features());
+    assert!(!device_acked.init_reported() && !device_acked.init_on_inflate());
+
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert!(pass.pages_reported > 0);
+    assert_eq!(pass.pages_zeroed, 0);
+    r.host.set_target_pages(256);
+    r.driver.poll(&mut r.zone, POLL).unwrap();
+    assert_eq!(r.driver.balloon_pages(), 256);
+    assert_eq!(r.driver.stats().pages_inflated_zeroed, 0);
+}
+
+#[test]
+fn a_device_that_goes_away_leaves_the_driver_idle() {
+    let mut r = rig(offered(), false);
+    r.host.unplug();
+    let err = r.driver.poll(&mut r.zone, POLL).unwrap_err();
+    assert!(matches!(err, BalloonError::Transport(_)), "{err}");
+    assert!(r.driver.is_dead());
+    // Reports fail and the blocks go back unreported; nothing is given back on OOM.
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert_eq!(pass.pages_reported, 0);
+    assert!(pass.pages_failed > 0);
+    assert_eq!(r.driver.deflate_on_oom(&mut r.zone).unwrap(), 0);
+    r.driver.poll(&mut r.zone, POLL).unwrap();
+}
