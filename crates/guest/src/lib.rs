@@ -60,15 +60,17 @@ pub mod guest;
 mod poll;
 pub mod ram;
 pub mod vhost_user;
-pub mod virtqueue;
 pub mod workload;
 
 pub use balloon::{BalloonDriver, BalloonError, DriverOptions};
 pub use error::{QueueError, RamError, TransportError};
 pub use guest::{Guest, GuestError, GuestOptions};
+pub use prezero_virtq::{Buffer, RingLayout, RingMemory, Used};
 pub use ram::GuestRam;
 pub use vhost_user::{Events, VhostUserTransport};
-pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
+
+/// A split virtqueue ([`prezero_virtq::SplitQueue`]) with its rings in [`GuestRam`].
+pub type SplitQueue<T> = prezero_virtq::SplitQueue<T, std::sync::Arc<GuestRam>>;
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,8 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
 };
 
+use prezero_virtq::MemoryError;
+
 use crate::error::RamError;
 
 /// Base page size of the guest (and the granule of the RAM size).
@@ -429,6 +431,35 @@ impl GuestRam {
             len,
             size: self.size,
         }
+    }
+}
+
+/// The split virtqueue's view of guest RAM: every access bounds-checked, atomics aligned.
+impl prezero_virtq::QueueMemory for GuestRam {
+    fn check(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        GuestRam::check(self, gpa, len).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let len = buf.len() as u64;
+        GuestRam::read(self, gpa, buf).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let len = data.len() as u64;
+        GuestRam::write(self, gpa, data).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemoryError> {
+        GuestRam::load_u16(self, gpa, order).map_err(|_| MemoryError { gpa, len: 2 })
+    }
+
+    fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemoryError> {
+        GuestRam::store_u16(self, gpa, v, order).map_err(|_| MemoryError { gpa, len: 2 })
+    }
+
+    fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+        GuestRam::fill(self, gpa, len, byte).map_err(|_| MemoryError { gpa, len })
     }
 }
 

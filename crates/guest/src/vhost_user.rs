@@ -43,7 +43,7 @@ use crate::backend_channel::BackendChannel;
 use crate::error::TransportError;
 use crate::poll::{poll, pollfd, HANGUP};
 use crate::ram::GuestRam;
-use crate::virtqueue::SplitQueue;
+use crate::SplitQueue;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user transport bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -266,7 +266,7 @@ impl VhostUserTransport {
                 "set_memory before setup_queue: ring addresses are resolved through the memory table",
             ));
         };
-        if memory != (queue.ram().host_base() as usize, queue.ram().size()) {
+        if memory != (queue.memory().host_base() as usize, queue.memory().size()) {
             return Err(TransportError::Sequence(
                 "the queue's rings are not in the guest RAM given to set_memory",
             ));
@@ -277,7 +277,7 @@ impl VhostUserTransport {
             ));
         }
         let layout = queue.layout();
-        let ram = queue.ram();
+        let ram = queue.memory();
         let size = layout.size;
         let n = u64::from(size);
         // vhost-user ring addresses are the frontend's virtual addresses, not gpas.
@@ -296,7 +296,7 @@ impl VhostUserTransport {
             call: EventFd::new(EFD_NONBLOCK).map_err(io("eventfd for a queue call"))?,
         };
         let i = usize::from(index);
-        let base = queue.avail_idx();
+        let base = queue.next_avail();
         self.request("SET_VRING_NUM", |f| f.set_vring_num(i, size))?;
         self.request("SET_VRING_BASE", |f| f.set_vring_base(i, base))?;
         self.request("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
