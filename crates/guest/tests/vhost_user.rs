@@ -1,17 +1,18 @@
 //! The guest transport against a real vhost-user backend (rust-vmm `vhost-user-backend` +
 //! `virtio-queue`) over a real Unix socket and a real memfd.
 
-mod support;
-
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prezero_balloon::features::{DEVICE_INIT_ON_INFLATE, MUST_TELL_HOST, REPORTING};
 use prezero_guest::ram::DEFAULT_RAM_SIZE;
 use prezero_guest::vhost_user::VHOST_USER_F_PROTOCOL_FEATURES;
 use prezero_guest::{Buffer, GuestRam, SplitQueue, TransportError, VhostUserTransport};
-use support::*;
+use prezero_testkit::backend::*;
+use prezero_testkit::wait::{join_with_guard, wait_for_path, HANG_GUARD};
+use prezero_testkit::{bits, Scratch};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -90,9 +91,12 @@ fn negotiates_virtio_and_protocol_features() {
 
     // The driver asks for bit 7, which the device does not offer.
     let acked = t
-        .negotiate(VIRTIO_F_VERSION_1 | (1 << 0) | (1 << 5) | (1 << 7))
+        .negotiate(VIRTIO_F_VERSION_1 | bits(&[MUST_TELL_HOST, REPORTING, DEVICE_INIT_ON_INFLATE]))
         .unwrap();
-    assert_eq!(acked, VIRTIO_F_VERSION_1 | (1 << 0) | (1 << 5));
+    assert_eq!(
+        acked,
+        VIRTIO_F_VERSION_1 | bits(&[MUST_TELL_HOST, REPORTING])
+    );
     assert_eq!(t.features(), Some(acked));
     assert!(!t.event_idx());
     let device_saw = backend.shared.acked_features.lock().unwrap().unwrap();
@@ -413,7 +417,7 @@ fn backend_child_process() {
         mode: Mode::Stall,
         ..Options::default()
     };
-    let _backend = TestBackend::start_in(dir.into(), opts);
+    let _backend = TestBackend::start_in(std::path::Path::new(&dir), opts);
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -430,8 +434,8 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn backend_process_killed_while_driver_waits() {
-    let scratch = ScratchDir::new("child");
-    let dir = scratch.0.clone();
+    let scratch = Scratch::new("child");
+    let dir = scratch.path().to_path_buf();
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -576,8 +580,8 @@ fn calls_out_of_order_are_refused() {
 
 #[test]
 fn missing_socket_says_to_start_the_backend() {
-    let dir = ScratchDir::new("missing");
-    let path = dir.0.join("nobody.sock");
+    let dir = Scratch::new("missing");
+    let path = dir.path().join("nobody.sock");
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
         matches!(err, TransportError::SocketMissing { .. }),
@@ -593,8 +597,8 @@ fn missing_socket_says_to_start_the_backend() {
 
 #[test]
 fn regular_file_is_not_a_socket() {
-    let dir = ScratchDir::new("notsock");
-    let path = dir.0.join("file");
+    let dir = Scratch::new("notsock");
+    let path = dir.path().join("file");
     std::fs::write(&path, b"").unwrap();
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
@@ -606,8 +610,8 @@ fn regular_file_is_not_a_socket() {
 
 #[test]
 fn stale_socket_says_nobody_listens() {
-    let dir = ScratchDir::new("stale");
-    let path = dir.0.join("stale.sock");
+    let dir = Scratch::new("stale");
+    let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
