@@ -479,7 +479,7 @@ fn serve_stops_cleanly_on_sigterm() {
     let s = Scratch::new("serve");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "serve_child_process", "--nocapture"])
-        .env(SERVE_DIR_ENV, &s.path())
+        .env(SERVE_DIR_ENV, s.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
