@@ -212,11 +212,7 @@ pub fn run(opts: &ReportBenchOptions) -> Result<ReportBenchResult, BenchError> {
     Ok(ReportBenchResult {
         device_gib_s: rate(bytes, device_s),
         floor_gib_s: rate(bytes, floor_s),
-        ratio: if floor_s > 0.0 {
-            device_s / floor_s
-        } else {
-            0.0
-        },
+        ratio: ratio(device_s, floor_s),
         syscalls_per_gib: if backings.is_empty() {
             0.0
         } else {
@@ -254,6 +250,15 @@ fn validate(opts: &ReportBenchOptions) -> Result<(), BenchError> {
         return Err(BenchError::Options("passes must be at least 1"));
     }
     Ok(())
+}
+
+/// Device time over floor time (0 when the floor took no time).
+fn ratio(device_s: f64, floor_s: f64) -> f64 {
+    if floor_s > 0.0 {
+        device_s / floor_s
+    } else {
+        0.0
+    }
 }
 
 fn rate(bytes: f64, seconds: f64) -> f64 {
@@ -378,11 +383,7 @@ fn run_backing(opts: &ReportBenchOptions, backing: Backing) -> Result<BackingRes
         backing,
         device_gib_s: rate(bytes, device_s),
         floor_gib_s: rate(bytes, floor_s),
-        ratio: if floor_s > 0.0 {
-            device_s / floor_s
-        } else {
-            0.0
-        },
+        ratio: ratio(device_s, floor_s),
         syscalls_per_gib: dev.metrics().discard_calls as f64 / gib,
         floor_syscalls_per_gib: floor_calls as f64 / gib,
         zeroed_fraction: if reported > 0 {

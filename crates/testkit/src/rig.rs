@@ -65,17 +65,30 @@ pub struct Guest {
 pub const QUEUE_SIZE: u16 = 64;
 
 impl Guest {
-    /// Connects, negotiates `features`, shares `ram` and starts `n` queues (rings at the top
-    /// of RAM).
+    /// Connects, negotiates `features`, shares `ram` and starts `n` queues of [`QUEUE_SIZE`]
+    /// (rings at the top of RAM).
     pub fn connect(path: &std::path::Path, ram: Arc<GuestRam>, features: u64, n: u16) -> Guest {
+        Self::connect_sized(path, ram, features, QUEUE_SIZE, n)
+    }
+
+    /// [`connect`](Self::connect) with queues of `size`.
+    pub fn connect_sized(
+        path: &std::path::Path,
+        ram: Arc<GuestRam>,
+        features: u64,
+        size: u16,
+        n: u16,
+    ) -> Guest {
         let mut transport = VhostUserTransport::connect(path, n).unwrap();
         let features = transport.negotiate(features).unwrap();
         transport.set_memory(&ram).unwrap();
-        let req = SplitQueue::<u64>::memory_requirement(QUEUE_SIZE).unwrap();
+        let req = SplitQueue::<u64>::memory_requirement(size).unwrap();
         let mut queues = Vec::new();
         for i in 0..n {
+            // Rings at the top of RAM, as far from gpa 0 as they can be.
             let gpa = ram.size() - u64::from(i + 1) * req.bytes.next_multiple_of(PAGE);
-            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, transport.event_idx()).unwrap();
+            assert_eq!(gpa % req.align, 0);
+            let q = SplitQueue::new(ram.clone(), size, gpa, transport.event_idx()).unwrap();
             transport.setup_queue(i, &q).unwrap();
             queues.push(q);
         }

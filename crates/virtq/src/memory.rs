@@ -54,44 +54,30 @@ pub trait QueueMemory {
     }
 }
 
-impl<M: QueueMemory + ?Sized> QueueMemory for &M {
-    fn check(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        (**self).check(gpa, len)
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        (**self).read(gpa, buf)
-    }
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        (**self).write(gpa, data)
-    }
-    fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemoryError> {
-        (**self).load_u16(gpa, order)
-    }
-    fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemoryError> {
-        (**self).store_u16(gpa, v, order)
-    }
-    fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
-        (**self).fill(gpa, len, byte)
-    }
+/// Forwards every method to the memory behind a pointer type.
+macro_rules! forward_queue_memory {
+    ($($ptr:ty),*) => {$(
+        impl<M: QueueMemory + ?Sized> QueueMemory for $ptr {
+            fn check(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+                (**self).check(gpa, len)
+            }
+            fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+                (**self).read(gpa, buf)
+            }
+            fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+                (**self).write(gpa, data)
+            }
+            fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemoryError> {
+                (**self).load_u16(gpa, order)
+            }
+            fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemoryError> {
+                (**self).store_u16(gpa, v, order)
+            }
+            fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+                (**self).fill(gpa, len, byte)
+            }
+        }
+    )*};
 }
 
-impl<M: QueueMemory + ?Sized> QueueMemory for Arc<M> {
-    fn check(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        (**self).check(gpa, len)
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        (**self).read(gpa, buf)
-    }
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        (**self).write(gpa, data)
-    }
-    fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemoryError> {
-        (**self).load_u16(gpa, order)
-    }
-    fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemoryError> {
-        (**self).store_u16(gpa, v, order)
-    }
-    fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
-        (**self).fill(gpa, len, byte)
-    }
-}
+forward_queue_memory!(&M, Arc<M>);
