@@ -4,8 +4,9 @@
 use prezero_guest::workload::{alloc_and_touch, dirty_and_free, Source};
 use prezero_guest::{Guest, GuestOptions};
 use prezero_mm::{AllocFlags, BlockState};
+use prezero_testkit::Scratch;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,23 +14,6 @@ const MIB: u64 = 1 << 20;
 
 fn prezero() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prezero"))
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("prezero-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A `prezero serve` child, killed on drop.
@@ -105,17 +89,17 @@ fn stderr_of(args: &[&str]) -> String {
 
 #[test]
 fn socket_problems_are_clear_errors() {
-    let d = Dir::new("sockerr");
-    let missing = d.0.join("no/such/dir/b.sock");
+    let d = Scratch::new("sockerr");
+    let missing = d.join("no/such/dir/b.sock");
     let e = stderr_of(&["serve", "--socket", missing.to_str().unwrap()]);
     assert!(e.contains("no/such/dir"), "{e}");
 
-    let file = d.0.join("file");
+    let file = d.join("file");
     std::fs::write(&file, "x").unwrap();
     let e = stderr_of(&["serve", "--socket", file.to_str().unwrap()]);
     assert!(e.contains("not a socket"), "{e}");
 
-    let sock = d.0.join("b.sock");
+    let sock = d.join("b.sock");
     let _first = Daemon::start(&sock, &[]);
     let e = stderr_of(&["serve", "--socket", sock.to_str().unwrap()]);
     assert!(e.contains("in use") || e.contains("already"), "{e}");
@@ -124,7 +108,7 @@ fn socket_problems_are_clear_errors() {
         "balloon",
         "status",
         "--control",
-        d.0.join("nothing.ctl").to_str().unwrap(),
+        d.join("nothing.ctl").to_str().unwrap(),
     ]);
     assert!(e.contains("nothing.ctl"), "{e}");
 }
@@ -141,8 +125,8 @@ fn control(args: &[&str]) -> Value {
 
 #[test]
 fn the_operator_steers_the_balloon_and_reads_stats() {
-    let d = Dir::new("control");
-    let (sock, ctl) = (d.0.join("b.sock"), d.0.join("b.ctl"));
+    let d = Scratch::new("control");
+    let (sock, ctl) = (d.join("b.sock"), d.join("b.ctl"));
     let _daemon = Daemon::start(&sock, &["--control", ctl.to_str().unwrap()]);
     let mut g = Guest::new(GuestOptions {
         ram_size: 256 * MIB,
@@ -190,8 +174,8 @@ fn the_operator_steers_the_balloon_and_reads_stats() {
 
 #[test]
 fn a_daemon_killed_in_the_middle_of_a_report_costs_the_guest_nothing() {
-    let d = Dir::new("kill");
-    let sock = d.0.join("b.sock");
+    let d = Scratch::new("kill");
+    let sock = d.join("b.sock");
     let daemon = Daemon::start(&sock, &[]);
     let mut g = Guest::new(GuestOptions {
         ram_size: 256 * MIB,
@@ -236,12 +220,9 @@ fn a_daemon_killed_in_the_middle_of_a_report_costs_the_guest_nothing() {
 /// before the sockets are bound) and removes both sockets, every time.
 #[test]
 fn serve_stops_cleanly_on_sigterm_as_soon_as_its_socket_exists() {
-    let d = Dir::new("early-term");
+    let d = Scratch::new("early-term");
     for i in 0..20 {
-        let (sock, ctl) = (
-            d.0.join(format!("b{i}.sock")),
-            d.0.join(format!("c{i}.sock")),
-        );
+        let (sock, ctl) = (d.join(format!("b{i}.sock")), d.join(format!("c{i}.sock")));
         let mut child = prezero()
             .args(["serve", "--socket"])
             .arg(&sock)

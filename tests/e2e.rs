@@ -6,36 +6,17 @@ use prezero_guest::workload::{
 };
 use prezero_guest::{Guest, GuestOptions};
 use prezero_mm::{AllocFlags, Config};
+use prezero_testkit::Scratch;
 use prezero_vhost::{spawn, FeatureOffer, ServeOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
-fn socket(name: &str) -> (tempdir::Dir, PathBuf) {
-    let dir = tempdir::Dir::new(name);
-    let path = dir.path.join("balloon.sock");
+fn socket(name: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new(name);
+    let path = dir.socket();
     (dir, path)
-}
-
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new(name: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("prezero-e2e-{}-{}", name, std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Dir { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 fn guest(ram: u64, mm: Config) -> Guest {

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod chart;
 pub mod linux;
+pub mod report;
 pub mod seed_table;
 
 use anyhow::Result;
@@ -64,12 +65,12 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             print(*json, &alloc::run(&o), |r| r.table())
         }
         BenchCommand::Report { json, mib, passes } => {
-            let o = prezero_device::bench::ReportBenchOptions {
+            let o = report::ReportBenchOptions {
                 region_bytes: mib << 20,
                 passes: *passes,
                 ..Default::default()
             };
-            print(*json, &prezero_device::bench::run(&o)?, |r| r.table())
+            print(*json, &report::run(&o)?, |r| r.table())
         }
         BenchCommand::SeedTable(args) => seed_table::run(args),
         BenchCommand::Linux(args) => linux::run(args),

@@ -23,6 +23,7 @@ use prezero_balloon::features::{
 };
 use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SHIFT};
 use prezero_balloon::queues::QueueRole;
+use prezero_virtq::RingLayout;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -218,13 +219,15 @@ fn write_image(mem: &GuestMemoryMmap<()>, image: &[u8]) {
 
 fn queue_at(qi: usize, size: u16) -> Queue {
     let base = qi as u64 * QUEUE_STRIDE;
-    let mut q = Queue::new(16).expect("queue");
-    q.set_size(size);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some((base + 0x100) as u32), Some(0));
-    q.set_used_ring_address(Some((base + 0x200) as u32), Some(0));
-    q.set_ready(true);
-    q
+    // Fixed offsets rather than `RingLayout::new`, so a corpus input means the same rings
+    // whatever the queue size.
+    RingLayout {
+        size,
+        desc: base,
+        avail: base + 0x100,
+        used: base + 0x200,
+    }
+    .device_queue()
 }
 
 /// Set the available index `n` past the device's position (ring entries come from the image).

@@ -92,7 +92,6 @@
 //!   big-endian guest's PFNs and stats would be misread).
 #![deny(missing_docs)]
 
-pub mod bench;
 mod chain;
 mod config_space;
 mod device;
@@ -106,7 +105,6 @@ pub mod options;
 mod queue;
 mod recording;
 pub mod reporting;
-mod ring;
 pub mod stats;
 
 #[cfg(feature = "fuzzing")]

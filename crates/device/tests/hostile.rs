@@ -150,8 +150,8 @@ fn looping_chain() {
     let mut dev = device(features());
     let mut drv = Driver::new(&m, 0, 16);
     // Descriptor 0 -> 1 -> 0 -> ...
-    drv.desc(0, REGION_C, 0x1000, F_WRITE | F_NEXT, 1);
-    drv.desc(1, REGION_C + 0x1000, 0x1000, F_WRITE | F_NEXT, 0);
+    drv.desc(0, REGION_C, 0x1000, DESC_F_WRITE | DESC_F_NEXT, 1);
+    drv.desc(1, REGION_C + 0x1000, 0x1000, DESC_F_WRITE | DESC_F_NEXT, 0);
     drv.publish(0);
     drv.skip_to(2);
     run(&mut dev, QueueRole::Reporting, &mut drv);
@@ -166,7 +166,7 @@ fn next_index_out_of_range() {
     let m = mem();
     let mut dev = device(features());
     let mut drv = Driver::new(&m, 0, 16);
-    drv.desc(0, REGION_C, 0x1000, F_WRITE | F_NEXT, 999);
+    drv.desc(0, REGION_C, 0x1000, DESC_F_WRITE | DESC_F_NEXT, 999);
     drv.publish(0);
     drv.skip_to(1);
     run(&mut dev, QueueRole::Reporting, &mut drv);
@@ -213,9 +213,9 @@ fn nested_indirect_table() {
     let mut dev = device(features());
     let mut drv = Driver::new(&m, 0, 16);
     let table = Driver::new(&m, BUFS, 16);
-    table.desc(0, REGION_C, 0x1000, F_WRITE | F_NEXT, 1);
-    table.desc(1, BUFS, 32, F_INDIRECT, 0);
-    drv.desc(0, BUFS, 32, F_INDIRECT, 0);
+    table.desc(0, REGION_C, 0x1000, DESC_F_WRITE | DESC_F_NEXT, 1);
+    table.desc(1, BUFS, 32, DESC_F_INDIRECT, 0);
+    drv.desc(0, BUFS, 32, DESC_F_INDIRECT, 0);
     drv.publish(0);
     drv.skip_to(1);
     run(&mut dev, QueueRole::Reporting, &mut drv);
@@ -230,7 +230,7 @@ fn descriptor_table_outside_ram() {
     let m = mem();
     let mut dev = device(features());
     let mut drv = Driver::new(&m, 0, 16);
-    drv.desc(0, HOLE, 64, F_INDIRECT, 0);
+    drv.desc(0, HOLE, 64, DESC_F_INDIRECT, 0);
     drv.publish(0);
     drv.skip_to(1);
     run(&mut dev, QueueRole::Reporting, &mut drv);

@@ -35,8 +35,9 @@ fn memfd(len: usize) -> File {
 }
 
 fn tmp_file(len: usize, byte: u8) -> File {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!("prezero-device-test-{}-{byte}", std::process::id()));
+    // An unlinked file on a real filesystem (not a memfd): its scratch directory goes with it.
+    let dir = prezero_testkit::Scratch::new("file");
+    let path = dir.join("data");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -247,9 +247,9 @@ fn indirect_chain_is_followed() {
     let mut drv = Driver::new(&m, 0, 16);
     // Indirect table of two writable descriptors at BUFS.
     let table = Driver::new(&m, BUFS, 16);
-    table.desc(0, REGION_C, 0x1000, F_WRITE | F_NEXT, 1);
-    table.desc(1, REGION_C + 0x1000, 0x1000, F_WRITE, 0);
-    drv.desc(0, BUFS, 32, F_INDIRECT, 0);
+    table.desc(0, REGION_C, 0x1000, DESC_F_WRITE | DESC_F_NEXT, 1);
+    table.desc(1, REGION_C + 0x1000, 0x1000, DESC_F_WRITE, 0);
+    drv.desc(0, BUFS, 32, DESC_F_INDIRECT, 0);
     drv.publish(0);
     process(&mut dev, &mut drv);
     assert_eq!(drv.last_used().1, 0x2000);

@@ -18,7 +18,7 @@
 use crate::error::BalloonError;
 use crate::ram::{GuestRam, RamFrames};
 use crate::transport::VirtioTransport;
-use crate::virtqueue::{Buffer, SplitQueue};
+use crate::{Buffer, SplitQueue};
 use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
 use prezero_balloon::features::{self, Features};
 use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SIZE};

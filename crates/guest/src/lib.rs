@@ -4,8 +4,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `ram.rs` | [`GuestRam`]: the memfd mapped at guest-physical 0; [`RamFrames`](ram::RamFrames), the allocator's view of it |
-//! | `virtqueue.rs` | [`SplitQueue`]: the driver side of a split virtqueue laid out in guest RAM |
+//! | `ram.rs` | [`GuestRam`]: the memfd mapped at guest-physical 0; [`RamFrames`](ram::RamFrames), the allocator's view of it; the split ring's view of it (`prezero_virtq::QueueMemory`), so a [`SplitQueue`] lives in guest RAM |
 //! | `transport.rs` | [`VirtioTransport`]: what a driver needs from a transport (features, memory, queues, kicks, calls, config space) |
 //! | `vhost_user.rs` | [`VhostUserTransport`]: the transport as a vhost-user frontend; `backend_channel.rs` serves its config-change channel |
 //! | `balloon.rs` | [`BalloonDriver`]: the virtio-balloon driver, over any transport and any zone |
@@ -56,16 +55,18 @@ pub mod guest;
 pub mod ram;
 pub mod transport;
 pub mod vhost_user;
-pub mod virtqueue;
 pub mod workload;
 
 pub use balloon::{BalloonDriver, DriverOptions};
 pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
 pub use guest::{Guest, GuestOptions};
+pub use prezero_virtq::{Buffer, RingLayout, RingMemory, Used};
 pub use ram::GuestRam;
 pub use transport::{Events, VirtioTransport};
 pub use vhost_user::VhostUserTransport;
-pub use virtqueue::{Buffer, RingLayout, RingMemory, SplitQueue, Used};
+
+/// A split virtqueue ([`prezero_virtq::SplitQueue`]) with its rings in [`GuestRam`].
+pub type SplitQueue<T> = prezero_virtq::SplitQueue<T, std::sync::Arc<GuestRam>>;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,7 @@ use vm_memory::{
 };
 
 use prezero_mm::{Pfn, PhysMem, FRAME_SIZE};
+use prezero_virtq::MemoryError;
 
 use crate::error::RamError;
 
@@ -444,6 +445,35 @@ impl PhysMem for RamFrames<'_> {
         self.0
             .fill(pfn.addr(), frames * FRAME_SIZE, byte)
             .expect("the allocator fills only frames inside guest RAM");
+    }
+}
+
+/// The split virtqueue's view of guest RAM: every access bounds-checked, atomics aligned.
+impl prezero_virtq::QueueMemory for GuestRam {
+    fn check(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        GuestRam::check(self, gpa, len).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let len = buf.len() as u64;
+        GuestRam::read(self, gpa, buf).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let len = data.len() as u64;
+        GuestRam::write(self, gpa, data).map_err(|_| MemoryError { gpa, len })
+    }
+
+    fn load_u16(&self, gpa: u64, order: Ordering) -> Result<u16, MemoryError> {
+        GuestRam::load_u16(self, gpa, order).map_err(|_| MemoryError { gpa, len: 2 })
+    }
+
+    fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> Result<(), MemoryError> {
+        GuestRam::store_u16(self, gpa, v, order).map_err(|_| MemoryError { gpa, len: 2 })
+    }
+
+    fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), MemoryError> {
+        GuestRam::fill(self, gpa, len, byte).map_err(|_| MemoryError { gpa, len })
     }
 }
 

@@ -82,7 +82,7 @@
 
 use core::time::Duration;
 
-use crate::virtqueue::RingLayout;
+use prezero_virtq::RingLayout;
 
 /// Queues a transport can drive (one bit each in [`Events::calls`]).
 pub const MAX_QUEUES: u16 = 64;

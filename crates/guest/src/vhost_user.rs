@@ -45,7 +45,7 @@ use crate::backend_channel::BackendChannel;
 use crate::error::{RamError, TransportError};
 use crate::ram::GuestRam;
 use crate::transport::{Events, VirtioTransport, MAX_QUEUES};
-use crate::virtqueue::{RingLayout, SplitQueue};
+use crate::{RingLayout, SplitQueue};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user transport bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -247,7 +247,7 @@ impl VhostUserTransport {
         queue: &SplitQueue<T>,
     ) -> Result<(), TransportError> {
         self.check_index(index)?;
-        if self.shared_memory()? != (queue.ram().host_base() as usize, queue.ram().size()) {
+        if self.shared_memory()? != (queue.memory().host_base() as usize, queue.memory().size()) {
             return Err(TransportError::Sequence(
                 "the queue's rings are not in the guest RAM given to set_memory",
             ));
@@ -257,7 +257,7 @@ impl VhostUserTransport {
                 "the queue's event_idx does not match the negotiated VIRTIO_RING_F_EVENT_IDX",
             ));
         }
-        self.start_queue(index, &queue.layout(), queue.avail_idx())
+        self.start_queue(index, &queue.layout(), queue.next_avail())
     }
 
     /// `SET_VRING_*` for a ring at `layout` whose next avail index is `base`.

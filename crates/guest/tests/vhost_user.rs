@@ -1,72 +1,23 @@
 //! The guest transport against a real vhost-user backend (rust-vmm `vhost-user-backend` +
 //! `virtio-queue`) over a real Unix socket and a real memfd.
 
-mod support;
-
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prezero_balloon::features::{DEVICE_INIT_ON_INFLATE, MUST_TELL_HOST, REPORTING};
 use prezero_guest::ram::DEFAULT_RAM_SIZE;
 use prezero_guest::vhost_user::VHOST_USER_F_PROTOCOL_FEATURES;
 use prezero_guest::{Buffer, GuestRam, SplitQueue, TransportError, VhostUserTransport};
-use support::*;
+use prezero_testkit::backend::*;
+use prezero_testkit::rig::{ram, Guest};
+use prezero_testkit::wait::{join_with_guard, wait_for_path, HANG_GUARD};
+use prezero_testkit::{bits, Scratch};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vm_memory::{Bytes, GuestAddress};
 
 const MIB: u64 = 1 << 20;
-
-/// A driver's bring-up: connect, negotiate, share RAM, start `queues` queues of `size`.
-struct Guest {
-    transport: VhostUserTransport,
-    ram: Arc<GuestRam>,
-    queues: Vec<SplitQueue<u64>>,
-}
-
-fn bring_up(backend: &TestBackend, ram: Arc<GuestRam>, features: u64, size: u16, n: u16) -> Guest {
-    let mut transport = VhostUserTransport::connect(&backend.path, n).unwrap();
-    transport.negotiate(features).unwrap();
-    transport.set_memory(&ram).unwrap();
-    let req = SplitQueue::<u64>::memory_requirement(size).unwrap();
-    let mut queues = Vec::new();
-    for i in 0..n {
-        // Rings at the top of RAM, as far from gpa 0 as they can be.
-        let gpa = ram.size() - u64::from(i + 1) * req.bytes.next_multiple_of(4096);
-        assert_eq!(gpa % req.align, 0);
-        let q = SplitQueue::new(ram.clone(), size, gpa, transport.event_idx()).unwrap();
-        transport.setup_queue(i, &q).unwrap();
-        queues.push(q);
-    }
-    Guest {
-        transport,
-        ram,
-        queues,
-    }
-}
-
-fn ram(size: u64) -> Arc<GuestRam> {
-    Arc::new(GuestRam::new(size).unwrap())
-}
-
-/// Pops every used chain of queue `q`, waiting for calls until `want` chains came back.
-fn collect_used(g: &mut Guest, q: u16, want: usize) -> Vec<prezero_guest::Used<u64>> {
-    let mut out = Vec::new();
-    let start = Instant::now();
-    loop {
-        while let Some(u) = g.queues[usize::from(q)].pop_used().unwrap() {
-            out.push(u);
-        }
-        if out.len() >= want {
-            return out;
-        }
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "device never completed the chains"
-        );
-        g.transport.wait_call(q, Some(HANG_GUARD)).unwrap();
-    }
-}
 
 #[test]
 fn negotiates_virtio_and_protocol_features() {
@@ -90,9 +41,12 @@ fn negotiates_virtio_and_protocol_features() {
 
     // The driver asks for bit 7, which the device does not offer.
     let acked = t
-        .negotiate(VIRTIO_F_VERSION_1 | (1 << 0) | (1 << 5) | (1 << 7))
+        .negotiate(VIRTIO_F_VERSION_1 | bits(&[MUST_TELL_HOST, REPORTING, DEVICE_INIT_ON_INFLATE]))
         .unwrap();
-    assert_eq!(acked, VIRTIO_F_VERSION_1 | (1 << 0) | (1 << 5));
+    assert_eq!(
+        acked,
+        VIRTIO_F_VERSION_1 | bits(&[MUST_TELL_HOST, REPORTING])
+    );
     assert_eq!(t.features(), Some(acked));
     assert!(!t.event_idx());
     let device_saw = backend.shared.acked_features.lock().unwrap().unwrap();
@@ -149,7 +103,7 @@ fn round_trip(event_idx: bool) {
     if event_idx {
         features |= VIRTIO_RING_F_EVENT_IDX;
     }
-    let mut g = bring_up(&backend, ram, features, 64, 2);
+    let mut g = Guest::connect_sized(&backend.path, ram, features, 64, 2);
     assert_eq!(g.transport.event_idx(), event_idx);
 
     let (req, buf1, buf2) = (0x10_0000, 0x20_0000, 0x30_0000);
@@ -211,7 +165,7 @@ fn many_chains(event_idx: bool) {
         features |= VIRTIO_RING_F_EVENT_IDX;
     }
     let size = 16u16;
-    let mut g = bring_up(&backend, ram(64 * MIB), features, size, 1);
+    let mut g = Guest::connect_sized(&backend.path, ram(64 * MIB), features, size, 1);
     let total = 10 * u64::from(size) + 3;
     let buf_at = |token: u64| 0x100_0000 + token * 0x2000;
     let fill_of = |token: u64| (token % 250) as u8 + 1;
@@ -239,7 +193,7 @@ fn many_chains(event_idx: bool) {
             kicks += 1;
         }
         let want = (next - done.len() as u64) as usize;
-        done.extend(collect_used(&mut g, 0, want));
+        done.extend(g.collect(0, want));
     }
     assert_eq!(g.queues[0].num_free(), size);
     assert!(kicks > 0);
@@ -276,7 +230,7 @@ fn many_chains_wrap_the_ring_with_event_idx() {
 #[test]
 fn wait_reports_which_queue_was_called() {
     let backend = TestBackend::start("twoq", Options::default());
-    let mut g = bring_up(&backend, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 2);
+    let mut g = Guest::connect_sized(&backend.path, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 2);
     g.queues[1]
         .add(&[Buffer::writable(0x10_0000, 8)], 1)
         .unwrap();
@@ -301,7 +255,7 @@ fn wait_reports_which_queue_was_called() {
 #[test]
 fn config_change_notification_reaches_the_driver() {
     let backend = TestBackend::start("cfgchange", Options::default());
-    let mut g = bring_up(&backend, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
+    let mut g = Guest::connect_sized(&backend.path, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
     let mut before = [0u8; 4];
     g.transport.read_config(0, &mut before).unwrap();
     assert_eq!(before, [0; 4]);
@@ -351,7 +305,7 @@ fn backend_dying_mid_request_is_disconnected_not_a_hang() {
         ..Options::default()
     };
     let backend = TestBackend::start("die", opts);
-    let mut g = bring_up(&backend, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
+    let mut g = Guest::connect_sized(&backend.path, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
     g.queues[0]
         .add(&[Buffer::writable(0x10_0000, 64)], 0)
         .unwrap();
@@ -413,7 +367,7 @@ fn backend_child_process() {
         mode: Mode::Stall,
         ..Options::default()
     };
-    let _backend = TestBackend::start_in(dir.into(), opts);
+    let _backend = TestBackend::start_in(std::path::Path::new(&dir), opts);
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -430,8 +384,8 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn backend_process_killed_while_driver_waits() {
-    let scratch = ScratchDir::new("child");
-    let dir = scratch.0.clone();
+    let scratch = Scratch::new("child");
+    let dir = scratch.path().to_path_buf();
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -495,7 +449,7 @@ fn backend_without_protocol_features_still_runs_queues() {
         ..Options::default()
     };
     let backend = TestBackend::start("noproto", opts);
-    let mut g = bring_up(&backend, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
+    let mut g = Guest::connect_sized(&backend.path, ram(64 * MIB), VIRTIO_F_VERSION_1, 8, 1);
     assert!(g.transport.protocol_features().is_empty());
     let mut word = [0u8; 4];
     assert!(matches!(
@@ -506,7 +460,7 @@ fn backend_without_protocol_features_still_runs_queues() {
         .add(&[Buffer::writable(0x10_0000, 32)], 5)
         .unwrap();
     g.transport.kick(0).unwrap();
-    let used = collect_used(&mut g, 0, 1);
+    let used = g.collect(0, 1);
     assert_eq!((used[0].token, used[0].len), (5, 32));
     // Without REPLY_ACK, SET_FEATURES is not acked; the round trip above proves it arrived.
     let acked = *backend.shared.acked_features.lock().unwrap();
@@ -576,8 +530,8 @@ fn calls_out_of_order_are_refused() {
 
 #[test]
 fn missing_socket_says_to_start_the_backend() {
-    let dir = ScratchDir::new("missing");
-    let path = dir.0.join("nobody.sock");
+    let dir = Scratch::new("missing");
+    let path = dir.path().join("nobody.sock");
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
         matches!(err, TransportError::SocketMissing { .. }),
@@ -593,8 +547,8 @@ fn missing_socket_says_to_start_the_backend() {
 
 #[test]
 fn regular_file_is_not_a_socket() {
-    let dir = ScratchDir::new("notsock");
-    let path = dir.0.join("file");
+    let dir = Scratch::new("notsock");
+    let path = dir.path().join("file");
     std::fs::write(&path, b"").unwrap();
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();
     assert!(
@@ -606,8 +560,8 @@ fn regular_file_is_not_a_socket() {
 
 #[test]
 fn stale_socket_says_nobody_listens() {
-    let dir = ScratchDir::new("stale");
-    let path = dir.0.join("stale.sock");
+    let dir = Scratch::new("stale");
+    let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let err = VhostUserTransport::connect(&path, 1).unwrap_err();

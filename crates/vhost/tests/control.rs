@@ -1,13 +1,13 @@
 //! The control socket as an operator meets it: errors, raw HTTP (as curl would speak it),
 //! and the client's messages when the daemon is not there.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
+use prezero_testkit::rig::*;
+use prezero_testkit::wait::*;
+use prezero_testkit::Scratch;
 use prezero_vhost::{control_request, ControlRequest, Error, FeatureOffer};
-use support::*;
 
 fn raw(path: &std::path::Path, request: &str) -> (u16, serde_json::Value) {
     let mut s = UnixStream::connect(path).unwrap();
@@ -86,11 +86,11 @@ fn bad_targets_are_refused_with_a_reason() {
 #[test]
 fn the_client_says_what_is_wrong_when_no_daemon_answers() {
     let s = Scratch::new("noctl");
-    let err = control_request(s.0.join("none.ctl"), &ControlRequest::Status).unwrap_err();
+    let err = control_request(s.path().join("none.ctl"), &ControlRequest::Status).unwrap_err();
     assert!(matches!(err, Error::ControlConnect { .. }), "{err}");
     assert!(err.to_string().contains("--control"), "{err}");
 
-    let stale = s.0.join("stale.ctl");
+    let stale = s.path().join("stale.ctl");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let err = control_request(&stale, &ControlRequest::Metrics).unwrap_err();
     assert!(err.to_string().contains("gone"), "{err}");

@@ -1,17 +1,23 @@
 //! The daemon against a real frontend: `prezero-guest`'s vhost-user transport over a real Unix
 //! socket, sharing a real memfd whose holes tell what the device discarded.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use prezero_balloon::features::{
+    DEFLATE_ON_OOM, DEVICE_INIT_ON_INFLATE, DEVICE_INIT_REPORTED, MUST_TELL_HOST, PAGE_POISON,
+    REPORTING, RING_EVENT_IDX, RING_INDIRECT_DESC, STATS_VQ, VERSION_1,
+};
+use prezero_guest::vhost_user::VHOST_USER_F_PROTOCOL_FEATURES;
 use prezero_guest::{Buffer, SplitQueue, VhostUserTransport};
+use prezero_testkit::bits;
+use prezero_testkit::rig::*;
+use prezero_testkit::wait::*;
+use prezero_testkit::Scratch;
 use prezero_vhost::{control_request, ControlRequest, FeatureOffer, Notification};
-use support::*;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
 };
@@ -20,16 +26,18 @@ use vhost::{VhostBackend, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Everything the daemon offers by default (no FREE_PAGE_HINT).
-const ALL: u64 = VERSION_1
-    | EVENT_IDX
-    | INDIRECT_DESC
-    | MUST_TELL_HOST
-    | STATS_VQ
-    | DEFLATE_ON_OOM
-    | PAGE_POISON
-    | REPORTING
-    | DEVICE_INIT_REPORTED
-    | DEVICE_INIT_ON_INFLATE;
+const ALL: u64 = bits(&[
+    VERSION_1,
+    RING_EVENT_IDX,
+    RING_INDIRECT_DESC,
+    MUST_TELL_HOST,
+    STATS_VQ,
+    DEFLATE_ON_OOM,
+    PAGE_POISON,
+    REPORTING,
+    DEVICE_INIT_REPORTED,
+    DEVICE_INIT_ON_INFLATE,
+]);
 
 #[test]
 fn negotiates_every_feature_with_dense_roles() {
@@ -61,7 +69,7 @@ fn reporting_without_stats_is_queue_2_and_holes_are_confirmed_zeroed() {
     let mut g = Guest::connect(
         &d.socket(),
         ram(32 * MIB),
-        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]),
         3,
     );
     assert_eq!(
@@ -113,11 +121,11 @@ fn without_device_init_reported_the_used_length_is_zero_but_memory_is_discarded(
     let mut g = Guest::connect(
         &d.socket(),
         ram(16 * MIB),
-        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]),
         3,
     );
     assert_eq!(
-        g.features & DEVICE_INIT_REPORTED,
+        g.features & bits(&[DEVICE_INIT_REPORTED]),
         0,
         "not offered, not negotiated"
     );
@@ -137,7 +145,12 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert!(early.changed);
     assert_eq!(early.notification, Notification::NoGuest);
 
-    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | MUST_TELL_HOST, 2);
+    let mut g = Guest::connect(
+        &d.socket(),
+        ram(16 * MIB),
+        bits(&[VERSION_1, MUST_TELL_HOST]),
+        2,
+    );
     // UML asks from offset 0 with size offset + len and wants exactly that many bytes back.
     let mut config = [0u8; 8];
     g.transport.read_config(0, &mut config).unwrap();
@@ -196,7 +209,7 @@ fn inflate_sets_the_device_init_on_inflate_bitmap_and_deflate_completes() {
     let mut g = Guest::connect(
         &d.socket(),
         ram(32 * MIB),
-        VERSION_1 | DEVICE_INIT_ON_INFLATE,
+        bits(&[VERSION_1, DEVICE_INIT_ON_INFLATE]),
         2,
     );
     let n = 20u32;
@@ -236,7 +249,7 @@ fn inflate_sets_the_device_init_on_inflate_bitmap_and_deflate_completes() {
 #[test]
 fn stats_buffer_is_held_and_given_back_for_fresh_values() {
     let d = Daemon::start("stats", FeatureOffer::default());
-    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | STATS_VQ, 3);
+    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), bits(&[VERSION_1, STATS_VQ]), 3);
     assert_eq!(d.handle.status().queues, ["inflate", "deflate", "stats"]);
     let buf = 2 * MIB;
     let first = stats_bytes(&[(4, 100 * MIB), (5, 512 * MIB), (99, 7)]);
@@ -293,7 +306,7 @@ fn report_once(g: &mut Guest, q: u16, gpa: u64) {
 fn a_new_guest_is_served_after_the_previous_one_left_or_dropped_mid_request() {
     let d = Daemon::start("reconnect", FeatureOffer::default());
     d.handle.set_target_pages(4242);
-    let features = VERSION_1 | REPORTING | DEVICE_INIT_REPORTED;
+    let features = bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]);
 
     let mut a = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
     report_once(&mut a, 2, 4 * MIB);
@@ -302,7 +315,7 @@ fn a_new_guest_is_served_after_the_previous_one_left_or_dropped_mid_request() {
     assert!(!d.handle.status().connected);
 
     // The next guest negotiates something else: the device was reset in between.
-    let mut b = Guest::connect(&d.socket(), ram(16 * MIB), features | STATS_VQ, 4);
+    let mut b = Guest::connect(&d.socket(), ram(16 * MIB), features | bits(&[STATS_VQ]), 4);
     assert_eq!(
         d.handle.status().queues,
         ["inflate", "deflate", "stats", "reporting"]
@@ -343,7 +356,7 @@ fn guest_child_process() {
     let mut g = Guest::connect(
         socket.as_ref(),
         ram(32 * MIB),
-        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]),
         3,
     );
     dirty(&g.ram, 4 * MIB, 16 * MIB);
@@ -377,7 +390,7 @@ fn a_killed_guest_process_is_replaced() {
     let mut g = Guest::connect(
         &d.socket(),
         ram(16 * MIB),
-        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]),
         3,
     );
     report_once(&mut g, 2, 4 * MIB);
@@ -388,7 +401,7 @@ fn a_killed_guest_process_is_replaced() {
 fn socket_path_problems_are_reported_with_what_to_do() {
     let s = Scratch::new("paths");
     let err = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(
-        s.0.join("missing").join("b.sock"),
+        s.path().join("missing").join("b.sock"),
     ))
     .unwrap_err();
     assert!(
@@ -397,7 +410,7 @@ fn socket_path_problems_are_reported_with_what_to_do() {
     );
     assert!(err.to_string().contains("create it first"), "{err}");
 
-    let file = s.0.join("file");
+    let file = s.path().join("file");
     std::fs::write(&file, "precious").unwrap();
     let err = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&file)).unwrap_err();
     assert!(
@@ -415,7 +428,7 @@ fn socket_path_problems_are_reported_with_what_to_do() {
     );
     assert!(err.to_string().contains("another daemon"), "{err}");
     // The same for its control socket; the vhost socket the failed attempt bound is removed.
-    let other = s.0.join("other.sock");
+    let other = s.path().join("other.sock");
     let err =
         prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&other).with_control(d.control()))
             .unwrap_err();
@@ -424,11 +437,11 @@ fn socket_path_problems_are_reported_with_what_to_do() {
         "{err}"
     );
     assert!(!other.exists());
-    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1 | REPORTING, 3);
+    let mut g = Guest::connect(&d.socket(), ram(16 * MIB), bits(&[VERSION_1, REPORTING]), 3);
     report_once_unconfirmed(&mut g);
 
     // A stale socket file (its daemon died) is replaced.
-    let stale = s.0.join("stale.sock");
+    let stale = s.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let h = prezero_vhost::spawn(prezero_vhost::ServeOptions::new(&stale)).unwrap();
     VhostUserTransport::connect(&stale, 2).unwrap();
@@ -466,7 +479,7 @@ fn serve_stops_cleanly_on_sigterm() {
     let s = Scratch::new("serve");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "serve_child_process", "--nocapture"])
-        .env(SERVE_DIR_ENV, &s.0)
+        .env(SERVE_DIR_ENV, s.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -475,7 +488,7 @@ fn serve_stops_cleanly_on_sigterm() {
     wait_until("the daemon's sockets", || {
         s.socket().exists() && s.control().exists()
     });
-    let g = Guest::connect(&s.socket(), ram(16 * MIB), VERSION_1, 2);
+    let g = Guest::connect(&s.socket(), ram(16 * MIB), bits(&[VERSION_1]), 2);
     let status = control_request(s.control(), &ControlRequest::Status).unwrap();
     assert_eq!(status["connected"], true);
     // SAFETY: signalling our own child.
@@ -523,7 +536,7 @@ fn wait_returns_when_another_thread_stops_the_daemon() {
 #[test]
 fn a_guest_can_be_disconnected_and_the_next_one_served() {
     let d = Daemon::start("kick-out", FeatureOffer::default());
-    let g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1, 2);
+    let g = Guest::connect(&d.socket(), ram(16 * MIB), bits(&[VERSION_1]), 2);
     d.handle.disconnect_guest();
     assert!(g.transport.wait(Some(HANG_GUARD)).is_err());
     drop(g);
@@ -531,7 +544,7 @@ fn a_guest_can_be_disconnected_and_the_next_one_served() {
     let mut g = Guest::connect(
         &d.socket(),
         ram(16 * MIB),
-        VERSION_1 | REPORTING | DEVICE_INIT_REPORTED,
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]),
         3,
     );
     report_once(&mut g, 2, 4 * MIB);
@@ -540,7 +553,7 @@ fn a_guest_can_be_disconnected_and_the_next_one_served() {
 #[test]
 fn shutdown_disconnects_the_guest() {
     let d = Daemon::start("shutdown", FeatureOffer::default());
-    let g = Guest::connect(&d.socket(), ram(16 * MIB), VERSION_1, 2);
+    let g = Guest::connect(&d.socket(), ram(16 * MIB), bits(&[VERSION_1]), 2);
     let socket = d.socket();
     let control = d.control();
     d.handle.shutdown().unwrap();
@@ -605,8 +618,10 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     f.set_protocol_features(want).unwrap();
     // virtio_uml asks for an ack on every request once REPLY_ACK is in use.
     f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-    f.set_features(VERSION_1 | REPORTING | DEVICE_INIT_REPORTED | (1 << 30))
-        .unwrap();
+    f.set_features(
+        bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]) | VHOST_USER_F_PROTOCOL_FEATURES,
+    )
+    .unwrap();
     let (_config, bytes) = f
         .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
         .unwrap();

@@ -1,11 +1,14 @@
 //! Many guests in a row leave nothing behind in the daemon: no file descriptor, no thread, no
 //! mapping of a guest's memory. Alone in its binary: it counts this process's fds and threads.
 
-mod support;
-
+use prezero_balloon::features::{
+    DEVICE_INIT_REPORTED, REPORTING, RING_EVENT_IDX, STATS_VQ, VERSION_1,
+};
 use prezero_guest::Buffer;
+use prezero_testkit::bits;
+use prezero_testkit::rig::*;
+use prezero_testkit::wait::*;
 use prezero_vhost::FeatureOffer;
-use support::*;
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -25,7 +28,13 @@ fn guest_ram_mappings() -> usize {
 }
 
 fn cycle(d: &Daemon, i: u64, drop_mid_request: bool) {
-    let features = VERSION_1 | EVENT_IDX | STATS_VQ | REPORTING | DEVICE_INIT_REPORTED;
+    let features = bits(&[
+        VERSION_1,
+        RING_EVENT_IDX,
+        STATS_VQ,
+        REPORTING,
+        DEVICE_INIT_REPORTED,
+    ]);
     let mut g = Guest::connect(&d.socket(), ram(16 * MIB), features, 4);
     dirty(&g.ram, 4 * MIB, 2 * MIB);
     g.submit(3, &[Buffer::writable(4 * MIB, 2 * MIB as u32)], i);

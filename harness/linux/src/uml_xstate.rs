@@ -74,7 +74,12 @@ pub fn needed() -> bool {
 /// `EIO`; every other system call is allowed.
 pub fn filter() -> Result<BpfProgram, seccompiler::Error> {
     let rule = SeccompRule::new(vec![
-        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, PTRACE_GETREGSET)?,
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            PTRACE_GETREGSET,
+        )?,
         SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, NT_X86_XSTATE)?,
     ])?;
     let filter = SeccompFilter::new(
@@ -134,7 +139,11 @@ mod tests {
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status), "status {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "see child_checks for the code");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "see child_checks for the code"
+        );
     }
 
     /// Returns 0 when the xstate read fails with EIO and GETFPREGS works; a code otherwise.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prezero_balloon::features::RING_EVENT_IDX;
 use prezero_device::{BalloonDevice, DeviceOptions, HostDiscard};
-use prezero_guest::virtqueue::RingLayout;
+use prezero_guest::RingLayout;
 use prezero_guest::{Events, GuestRam, VirtioTransport};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};

@@ -1,4 +1,4 @@
-//! A tiny vhost-user backend for testing the guest transport for real: a rust-vmm
+//! [`TestBackend`]: a tiny vhost-user backend for testing the guest transport for real: a rust-vmm
 //! `vhost-user-backend` daemon serving a test device over a Unix socket, mapping the guest's
 //! memfd and processing its rings with `virtio-queue`.
 //!
@@ -12,7 +12,8 @@
 //! `SET_BACKEND_REQ_FD`, and sends config-change notifications on it itself. The relay can
 //! also cut the connection, which is what the frontend sees when a backend dies.
 
-#![allow(dead_code)]
+//! This relay is a private copy of the daemon's (`prezero-vhost`); it goes once the daemon's
+//! relay is reusable.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -23,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use prezero_balloon::features;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueOwnedT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -35,14 +36,23 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// Hang guard for anything a test waits on.
-pub const HANG_GUARD: Duration = Duration::from_secs(30);
+use crate::bits;
+use crate::scratch::Scratch;
+use crate::wait::{join_with_guard, wait_for_path, HANG_GUARD};
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-pub const PROTOCOL_FEATURES: u64 = 1 << 30;
-/// Device-specific bits the test device offers (shaped like the balloon's 0, 1, 5, 6).
-pub const DEVICE_BITS: u64 = (1 << 0) | (1 << 1) | (1 << 5) | (1 << 6);
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = bits(&[features::VERSION_1]);
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = bits(&[features::RING_EVENT_IDX]);
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+pub const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// Device-specific bits the test device offers (the balloon's 0, 1, 5, 6).
+pub const DEVICE_BITS: u64 = bits(&[
+    features::MUST_TELL_HOST,
+    features::STATS_VQ,
+    features::REPORTING,
+    features::DEVICE_INIT_REPORTED,
+]);
 pub const DEFAULT_FILL: u8 = 0xa5;
 pub const CONFIG_SIZE: usize = 16;
 
@@ -297,46 +307,21 @@ pub struct TestBackend {
     pub shared: Arc<Shared>,
     daemon: Option<JoinHandle<()>>,
     relay: Option<JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A [`temp_dir`] removed when dropped.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    pub fn new(tag: &str) -> Self {
-        ScratchDir(temp_dir(tag))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A fresh directory for sockets, unique per test in this process.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "prezero-guest-{}-{}-{}",
-        std::process::id(),
-        tag,
-        NEXT_ID.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    // Removed last, once the daemon and relay are gone.
+    _dir: Option<Scratch>,
 }
 
 impl TestBackend {
+    /// Starts a backend whose frontend socket is `frontend.sock` in a fresh [`Scratch`].
     pub fn start(tag: &str, opts: Options) -> TestBackend {
-        Self::start_in(temp_dir(tag), opts)
+        let dir = Scratch::new(tag);
+        let mut backend = Self::start_in(dir.path(), opts);
+        backend._dir = Some(dir);
+        backend
     }
 
-    /// Starts a backend whose frontend socket is `dir/frontend.sock`.
-    pub fn start_in(dir: PathBuf, opts: Options) -> TestBackend {
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Starts a backend whose frontend socket is `dir/frontend.sock`; `dir` is the caller's.
+    pub fn start_in(dir: &Path, opts: Options) -> TestBackend {
         let path = dir.join("frontend.sock");
         let inner = dir.join("daemon.sock");
         let shared = Arc::new(Shared::default());
@@ -373,7 +358,7 @@ impl TestBackend {
             shared,
             daemon: Some(daemon),
             relay: Some(relay),
-            dir,
+            _dir: None,
         }
     }
 
@@ -388,31 +373,6 @@ impl TestBackend {
 impl Drop for TestBackend {
     fn drop(&mut self) {
         self.shared.cut();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-pub fn join_with_guard(handle: JoinHandle<()>, what: &str) {
-    let start = Instant::now();
-    while !handle.is_finished() {
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "test {what} thread did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    handle.join().unwrap();
-}
-
-pub fn wait_for_path(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < HANG_GUARD,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

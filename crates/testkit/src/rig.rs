@@ -1,63 +1,21 @@
-//! Shared by the daemon's integration tests: scratch directories, a daemon in this process,
-//! and a guest driving it through `prezero-guest`'s vhost-user frontend over a real memfd.
-
-#![allow(dead_code)]
+//! The in-process rig of the daemon's tests: a [`Daemon`] (`prezero-vhost` spawned in this
+//! process, in its own [`Scratch`]) and a [`Guest`] driving it through `prezero-guest`'s
+//! vhost-user frontend over a real memfd.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prezero_guest::{Buffer, GuestRam, SplitQueue, Used, VhostUserTransport};
 use prezero_vhost::{spawn, DaemonHandle, FeatureOffer, ServeOptions};
 
-/// Hang guard for anything a test waits on (never a measurement).
-pub const HANG_GUARD: Duration = Duration::from_secs(30);
+use crate::scratch::Scratch;
+use crate::wait::{wait_until, HANG_GUARD};
+
+/// One MiB.
 pub const MIB: u64 = 1 << 20;
+/// The guest's page size.
 pub const PAGE: u64 = 4096;
-
-pub const VERSION_1: u64 = 1 << 32;
-pub const EVENT_IDX: u64 = 1 << 29;
-pub const INDIRECT_DESC: u64 = 1 << 28;
-pub const MUST_TELL_HOST: u64 = 1 << 0;
-pub const STATS_VQ: u64 = 1 << 1;
-pub const DEFLATE_ON_OOM: u64 = 1 << 2;
-pub const PAGE_POISON: u64 = 1 << 4;
-pub const REPORTING: u64 = 1 << 5;
-pub const DEVICE_INIT_REPORTED: u64 = 1 << 6;
-pub const DEVICE_INIT_ON_INFLATE: u64 = 1 << 7;
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// A directory removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "pzv-{}-{tag}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.0.join("balloon.sock")
-    }
-
-    pub fn control(&self) -> PathBuf {
-        self.0.join("balloon.ctl")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A daemon with a control socket, offering `offer`.
 pub struct Daemon {
@@ -91,14 +49,7 @@ impl Daemon {
     }
 }
 
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < HANG_GUARD, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
+/// Guest RAM of `size` bytes, shared.
 pub fn ram(size: u64) -> Arc<GuestRam> {
     Arc::new(GuestRam::new(size).unwrap())
 }
@@ -114,17 +65,30 @@ pub struct Guest {
 pub const QUEUE_SIZE: u16 = 64;
 
 impl Guest {
-    /// Connects, negotiates `features`, shares `ram` and starts `n` queues (rings at the top
-    /// of RAM).
+    /// Connects, negotiates `features`, shares `ram` and starts `n` queues of [`QUEUE_SIZE`]
+    /// (rings at the top of RAM).
     pub fn connect(path: &std::path::Path, ram: Arc<GuestRam>, features: u64, n: u16) -> Guest {
+        Self::connect_sized(path, ram, features, QUEUE_SIZE, n)
+    }
+
+    /// [`connect`](Self::connect) with queues of `size`.
+    pub fn connect_sized(
+        path: &std::path::Path,
+        ram: Arc<GuestRam>,
+        features: u64,
+        size: u16,
+        n: u16,
+    ) -> Guest {
         let mut transport = VhostUserTransport::connect(path, n).unwrap();
         let features = transport.negotiate(features).unwrap();
         transport.set_memory(&ram).unwrap();
-        let req = SplitQueue::<u64>::memory_requirement(QUEUE_SIZE).unwrap();
+        let req = SplitQueue::<u64>::memory_requirement(size).unwrap();
         let mut queues = Vec::new();
         for i in 0..n {
+            // Rings at the top of RAM, as far from gpa 0 as they can be.
             let gpa = ram.size() - u64::from(i + 1) * req.bytes.next_multiple_of(PAGE);
-            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, transport.event_idx()).unwrap();
+            assert_eq!(gpa % req.align, 0);
+            let q = SplitQueue::new(ram.clone(), size, gpa, transport.event_idx()).unwrap();
             transport.setup_queue(i, &q).unwrap();
             queues.push(q);
         }

@@ -1,124 +1,17 @@
-//! Driver side of a split virtqueue (virtio 1.x, 2.7) laid out in [`GuestRam`].
-//!
-//! # Why not `virtio-drivers`
-//!
-//! rcore-os `virtio-drivers` (0.13) has a driver-side `VirtQueue`, but it does not fit this guest:
-//! - its buffers are `&[u8]` / `&mut [u8]` slices that it translates with `Hal::share`; the
-//!   balloon must point descriptors at guest-physical ranges it must not touch (4 MiB reported
-//!   blocks the device is punching out of the memfd), and a `&mut [u8]` over memory another
-//!   process rewrites is undefined behaviour in Rust;
-//! - it allocates its own ring memory through the static `Hal::dma_alloc`, while here the ring
-//!   memory comes from the guest's own page allocator at a gpa the caller chooses;
-//! - the queue size is a const generic, `pop_used` wants the same slices handed back, and its
-//!   `should_notify` compares event indices without the wrapping arithmetic of `vring_need_event`.
-//!
-//! So this is a small split ring of our own: descriptors take `(gpa, len, device_writable)`,
-//! tokens are generic, and every used element comes back with its used length and the
-//! writable length of its chain (the balloon's "device zeroed it" signal is a used length).
-//!
-//! # Memory ordering
-//!
-//! The device is another process on the same host, so the rules are those of SMP virtio:
-//! descriptors and the avail ring entry are written before `avail.idx` is published with a
-//! release store; a full fence separates publishing `avail.idx` from reading the device's
-//! suppression state (`used.flags` / `avail_event`), and storing `used_event` from re-reading
-//! `used.idx`; `used.idx` is read with acquire before the used elements it covers.
-//!
-//! The driver keeps its own copy of the free list and of each chain's shape, and never reads
-//! descriptors back from shared memory: a device cannot corrupt the free list by scribbling on
-//! the descriptor table.
+//! [`SplitQueue`]: the driver's rules over a [`RawRing`](crate::RawRing): a free list of
+//! descriptors, chains checked before they are written, each chain's token and writable length
+//! kept until the device returns it, and the notification handshakes (2.7.7, 2.7.10).
 
-use std::sync::atomic::{fence, Ordering};
-use std::sync::Arc;
-
-use virtio_bindings::virtio_ring::{
-    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
-};
+use alloc::boxed::Box;
+use core::sync::atomic::{fence, Ordering};
 
 use crate::error::QueueError;
-use crate::ram::GuestRam;
-
-const DESC_SIZE: u64 = 16;
-const USED_ELEM_SIZE: u64 = 8;
-// flags + idx
-const RING_HEADER: u64 = 4;
-/// Alignment of the ring memory as a whole: the descriptor table's (2.7, "Virtqueue Alignment").
-pub const RING_ALIGN: u64 = 16;
-/// The largest split queue virtio allows.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
-
-/// How much guest memory a queue's rings take, and how it must be aligned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingMemory {
-    /// Bytes from the first descriptor to the end of the used ring.
-    pub bytes: u64,
-    /// Alignment of the start.
-    pub align: u64,
-}
-
-/// Where the three parts of a queue sit in guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingLayout {
-    /// Queue size (descriptors).
-    pub size: u16,
-    /// gpa of the descriptor table (16-byte aligned).
-    pub desc: u64,
-    /// gpa of the avail (driver) ring (2-byte aligned).
-    pub avail: u64,
-    /// gpa of the used (device) ring (4-byte aligned).
-    pub used: u64,
-}
-
-impl RingLayout {
-    /// Lays a queue of `size` out contiguously at `base`: descriptors, avail ring, used ring.
-    pub fn new(size: u16, base: u64) -> Result<Self, QueueError> {
-        check_size(size)?;
-        if base % RING_ALIGN != 0 {
-            return Err(QueueError::Misaligned {
-                gpa: base,
-                align: RING_ALIGN,
-            });
-        }
-        let n = u64::from(size);
-        let avail = base + DESC_SIZE * n;
-        // The avail ring ends with used_event; the used ring needs 4-byte alignment.
-        let used = (avail + RING_HEADER + 2 * n + 2).next_multiple_of(4);
-        Ok(RingLayout {
-            size,
-            desc: base,
-            avail,
-            used,
-        })
-    }
-
-    /// Total bytes from `desc` to the end of the used ring (including `avail_event`).
-    pub fn bytes(&self) -> u64 {
-        self.used + RING_HEADER + USED_ELEM_SIZE * u64::from(self.size) + 2 - self.desc
-    }
-
-    fn avail_ring_entry(&self, slot: u16) -> u64 {
-        self.avail + RING_HEADER + 2 * u64::from(slot)
-    }
-
-    fn used_event(&self) -> u64 {
-        self.avail + RING_HEADER + 2 * u64::from(self.size)
-    }
-
-    fn used_elem(&self, slot: u16) -> u64 {
-        self.used + RING_HEADER + USED_ELEM_SIZE * u64::from(slot)
-    }
-
-    fn avail_event(&self) -> u64 {
-        self.used + RING_HEADER + USED_ELEM_SIZE * u64::from(self.size)
-    }
-}
-
-fn check_size(size: u16) -> Result<(), QueueError> {
-    if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
-        return Err(QueueError::BadSize(size));
-    }
-    Ok(())
-}
+use crate::layout::{
+    Descriptor, RingLayout, RingMemory, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE,
+    USED_F_NO_NOTIFY,
+};
+use crate::memory::QueueMemory;
+use crate::raw::RawRing;
 
 /// One buffer of a descriptor chain: a guest-physical range and who writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +20,7 @@ pub struct Buffer {
     pub gpa: u64,
     /// Length in bytes.
     pub len: u32,
-    /// The device writes it (`VRING_DESC_F_WRITE`); otherwise the device only reads it.
+    /// The device writes it (`VIRTQ_DESC_F_WRITE`); otherwise the device only reads it.
     pub device_writable: bool,
 }
 
@@ -183,14 +76,13 @@ struct InFlight<T> {
     writable_len: u64,
 }
 
-/// The driver side of one split virtqueue, over rings at a caller-chosen gpa.
+/// The driver side of one split virtqueue, over rings at a caller-chosen gpa in `M`.
 ///
 /// `T` is whatever the driver wants back with each used chain (a request id, the pages of a
 /// reporting batch, ...).
 #[derive(Debug)]
-pub struct SplitQueue<T> {
-    ram: Arc<GuestRam>,
-    layout: RingLayout,
+pub struct SplitQueue<T, M> {
+    ring: RawRing<M>,
     event_idx: bool,
     // Free descriptors form a list linked through `next`, so taking n from the head yields a
     // chain that is already linked (the same trick as Linux's virtio_ring).
@@ -199,48 +91,38 @@ pub struct SplitQueue<T> {
     num_free: u16,
     in_flight: Box<[Option<InFlight<T>>]>,
     chains_in_flight: u16,
-    avail_idx: u16,
     // u32 so that more than 65535 adds between notify checks cannot alias to "none".
     added_since_check: u32,
     last_used: u16,
     calls_enabled: bool,
 }
 
-impl<T> SplitQueue<T> {
+impl<T, M: QueueMemory> SplitQueue<T, M> {
     /// Bytes and alignment the rings of a queue of `size` need in guest memory.
     pub fn memory_requirement(size: u16) -> Result<RingMemory, QueueError> {
-        Ok(RingMemory {
-            bytes: RingLayout::new(size, 0)?.bytes(),
-            align: RING_ALIGN,
-        })
+        RingLayout::memory_requirement(size)
     }
 
-    /// Sets up a queue of `size` with its rings at `ring_gpa`, which the caller allocated with
-    /// at least [`memory_requirement`](Self::memory_requirement) bytes and alignment.
+    /// Sets up a queue of `size` with its rings at `ring_gpa` in `mem`, which the caller
+    /// allocated with at least [`memory_requirement`](Self::memory_requirement) bytes and
+    /// alignment.
     ///
     /// The ring memory is zeroed here, before the device is told where it is.
     /// `event_idx` must be whether `VIRTIO_RING_F_EVENT_IDX` was negotiated.
-    pub fn new(
-        ram: Arc<GuestRam>,
-        size: u16,
-        ring_gpa: u64,
-        event_idx: bool,
-    ) -> Result<Self, QueueError> {
+    pub fn new(mem: M, size: u16, ring_gpa: u64, event_idx: bool) -> Result<Self, QueueError> {
         let layout = RingLayout::new(size, ring_gpa)?;
-        ram.fill(layout.desc, layout.bytes(), 0)?;
+        mem.fill(layout.desc, layout.bytes(), 0)?;
         let next: Box<[u16]> = (0..size).map(|i| i.wrapping_add(1)).collect();
         let in_flight = (0..size).map(|_| None).collect();
         tracing::debug!(size, ring_gpa, event_idx, "split queue set up");
         Ok(SplitQueue {
-            ram,
-            layout,
+            ring: RawRing::new(mem, layout),
             event_idx,
             next,
             free_head: 0,
             num_free: size,
             in_flight,
             chains_in_flight: 0,
-            avail_idx: 0,
             added_since_check: 0,
             last_used: 0,
             calls_enabled: true,
@@ -249,12 +131,12 @@ impl<T> SplitQueue<T> {
 
     /// Queue size.
     pub fn size(&self) -> u16 {
-        self.layout.size
+        self.ring.layout().size
     }
 
     /// Where the rings are.
     pub fn layout(&self) -> RingLayout {
-        self.layout
+        self.ring.layout()
     }
 
     /// Whether the queue runs with `VIRTIO_RING_F_EVENT_IDX`.
@@ -262,9 +144,9 @@ impl<T> SplitQueue<T> {
         self.event_idx
     }
 
-    /// The guest RAM the rings live in.
-    pub fn ram(&self) -> &Arc<GuestRam> {
-        &self.ram
+    /// The memory the rings live in.
+    pub fn memory(&self) -> &M {
+        self.ring.memory()
     }
 
     /// Free descriptors.
@@ -278,8 +160,8 @@ impl<T> SplitQueue<T> {
     }
 
     /// The next avail index the driver will publish (what `SET_VRING_BASE` would restore).
-    pub fn avail_idx(&self) -> u16 {
-        self.avail_idx
+    pub fn next_avail(&self) -> u16 {
+        self.ring.next_avail()
     }
 
     /// Makes `chain` available to the device and returns its head descriptor index.
@@ -288,15 +170,13 @@ impl<T> SplitQueue<T> {
     /// touched: only descriptors pointing at them are written. Call
     /// [`should_notify`](Self::should_notify) after one or more adds to know whether to kick.
     pub fn add(&mut self, chain: &[Buffer], token: T) -> Result<u16, QueueError> {
+        let size = self.size();
         let n = chain.len();
         if n == 0 {
             return Err(QueueError::EmptyChain);
         }
-        if n > usize::from(self.layout.size) {
-            return Err(QueueError::ChainTooLong {
-                len: n,
-                size: self.layout.size,
-            });
+        if n > usize::from(size) {
+            return Err(QueueError::ChainTooLong { len: n, size });
         }
         if n > usize::from(self.num_free) {
             return Err(QueueError::Full {
@@ -316,7 +196,7 @@ impl<T> SplitQueue<T> {
             } else if seen_writable {
                 return Err(QueueError::ReadableAfterWritable { index });
             }
-            self.ram.check(buf.gpa, u64::from(buf.len))?;
+            self.ring.memory().check(buf.gpa, u64::from(buf.len))?;
         }
 
         let head = self.free_head;
@@ -324,19 +204,21 @@ impl<T> SplitQueue<T> {
         for (i, buf) in chain.iter().enumerate() {
             let mut flags = 0u16;
             if i + 1 < n {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= DESC_F_NEXT;
             }
             if buf.device_writable {
-                flags |= VRING_DESC_F_WRITE as u16;
+                flags |= DESC_F_WRITE;
             }
             let next = self.next[usize::from(idx)];
-            let mut desc = [0u8; DESC_SIZE as usize];
-            desc[0..8].copy_from_slice(&buf.gpa.to_le_bytes());
-            desc[8..12].copy_from_slice(&buf.len.to_le_bytes());
-            desc[12..14].copy_from_slice(&flags.to_le_bytes());
-            desc[14..16].copy_from_slice(&next.to_le_bytes());
-            self.ram
-                .write(self.layout.desc + DESC_SIZE * u64::from(idx), &desc)?;
+            self.ring.write_desc(
+                idx,
+                Descriptor {
+                    addr: buf.gpa,
+                    len: buf.len,
+                    flags,
+                    next,
+                },
+            )?;
             if i + 1 < n {
                 idx = next;
             }
@@ -352,18 +234,12 @@ impl<T> SplitQueue<T> {
         });
         self.chains_in_flight += 1;
 
-        let slot = self.avail_idx & (self.layout.size - 1);
-        self.ram
-            .write_u16(self.layout.avail_ring_entry(slot), head)?;
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        // Release: the descriptors and the ring entry above are visible before the new index.
-        self.ram
-            .store_u16(self.layout.avail + 2, self.avail_idx, Ordering::Release)?;
+        self.ring.publish(head)?;
         self.added_since_check += 1;
         tracing::trace!(
             head,
             descriptors = n,
-            avail_idx = self.avail_idx,
+            avail_idx = self.ring.next_avail(),
             "chain added"
         );
         Ok(head)
@@ -372,36 +248,35 @@ impl<T> SplitQueue<T> {
     /// Whether the device wants a kick for the chains added since the last call.
     ///
     /// With `EVENT_IDX`, the device's `avail_event` decides (`vring_need_event`); without it,
-    /// the driver kicks unless the device set `VRING_USED_F_NO_NOTIFY`. Nothing added since the
+    /// the driver kicks unless the device set `VIRTQ_USED_F_NO_NOTIFY`. Nothing added since the
     /// last call means no kick.
     pub fn should_notify(&mut self) -> Result<bool, QueueError> {
-        let added = std::mem::take(&mut self.added_since_check);
+        let added = core::mem::take(&mut self.added_since_check);
         if added == 0 {
             return Ok(false);
         }
         // The device must see the new avail.idx before we look at whether it wants a kick;
         // otherwise both sides can decide the other will act and the queue stalls.
         fence(Ordering::SeqCst);
+        let layout = self.layout();
+        let mem = self.ring.memory();
         if self.event_idx {
             if added > u32::from(u16::MAX) {
                 return Ok(true);
             }
-            let new = self.avail_idx;
+            let new = self.ring.next_avail();
             let old = new.wrapping_sub(added as u16);
-            let event = self
-                .ram
-                .load_u16(self.layout.avail_event(), Ordering::Relaxed)?;
+            let event = mem.load_u16(layout.avail_event(), Ordering::Relaxed)?;
             Ok(need_event(event, new, old))
         } else {
-            let flags = self.ram.load_u16(self.layout.used, Ordering::Relaxed)?;
-            Ok(flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+            let flags = mem.load_u16(layout.used_flags(), Ordering::Relaxed)?;
+            Ok(flags & USED_F_NO_NOTIFY == 0)
         }
     }
 
     /// Whether the device has returned chains not yet popped.
     pub fn has_used(&self) -> Result<bool, QueueError> {
-        let used_idx = self.ram.load_u16(self.layout.used + 2, Ordering::Acquire)?;
-        Ok(used_idx != self.last_used)
+        Ok(self.ring.used_idx()? != self.last_used)
     }
 
     /// Takes the next chain the device has finished with, if any, and frees its descriptors.
@@ -409,8 +284,9 @@ impl<T> SplitQueue<T> {
     /// An error means the device broke the protocol (a head it was never given, or more used
     /// entries than chains in flight); the queue is then unusable until the device is reset.
     pub fn pop_used(&mut self) -> Result<Option<Used<T>>, QueueError> {
-        // Acquire: the used elements below were written before the device published the index.
-        let used_idx = self.ram.load_u16(self.layout.used + 2, Ordering::Acquire)?;
+        // Acquire (in used_idx): the used elements below were written before the device
+        // published the index.
+        let used_idx = self.ring.used_idx()?;
         if used_idx == self.last_used {
             return Ok(None);
         }
@@ -421,10 +297,7 @@ impl<T> SplitQueue<T> {
                 in_flight: self.chains_in_flight,
             });
         }
-        let slot = self.last_used & (self.layout.size - 1);
-        let elem = self.layout.used_elem(slot);
-        let id = self.ram.read_u32(elem)?;
-        let len = self.ram.read_u32(elem + 4)?;
+        let (id, len) = self.ring.used(self.last_used)?;
         let chain = usize::try_from(id)
             .ok()
             .and_then(|i| self.in_flight.get_mut(i))
@@ -441,8 +314,11 @@ impl<T> SplitQueue<T> {
         if self.event_idx && self.calls_enabled {
             // Ask for a call at the next used entry; the full fence orders this store before
             // the caller's next read of used.idx (Linux: virtio_store_mb).
-            self.ram
-                .store_u16(self.layout.used_event(), self.last_used, Ordering::SeqCst)?;
+            self.ring.memory().store_u16(
+                self.layout().used_event(),
+                self.last_used,
+                Ordering::SeqCst,
+            )?;
         }
         tracing::trace!(head, len, "chain used");
         Ok(Some(Used {
@@ -457,9 +333,9 @@ impl<T> SplitQueue<T> {
     pub fn disable_calls(&mut self) -> Result<(), QueueError> {
         self.calls_enabled = false;
         if !self.event_idx {
-            self.ram.store_u16(
-                self.layout.avail,
-                VRING_AVAIL_F_NO_INTERRUPT as u16,
+            self.ring.memory().store_u16(
+                self.layout().avail_flags(),
+                AVAIL_F_NO_INTERRUPT,
                 Ordering::Relaxed,
             )?;
         }
@@ -471,12 +347,15 @@ impl<T> SplitQueue<T> {
     /// already waiting, in which case no call may come for them: pop them now.
     pub fn enable_calls(&mut self) -> Result<bool, QueueError> {
         self.calls_enabled = true;
+        let layout = self.layout();
         if self.event_idx {
-            self.ram
-                .store_u16(self.layout.used_event(), self.last_used, Ordering::Relaxed)?;
+            self.ring
+                .memory()
+                .store_u16(layout.used_event(), self.last_used, Ordering::Relaxed)?;
         } else {
-            self.ram
-                .store_u16(self.layout.avail, 0, Ordering::Relaxed)?;
+            self.ring
+                .memory()
+                .store_u16(layout.avail_flags(), 0, Ordering::Relaxed)?;
         }
         // The device must see the request before we check used.idx, or a chain used in between
         // would be neither seen nor called for.
@@ -493,74 +372,47 @@ fn need_event(event: u16, new: u16, old: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::MemoryError;
+    use alloc::sync::Arc;
+    use alloc::vec;
+    use alloc::vec::Vec;
     use virtio_queue::{Queue, QueueT};
-    use vm_memory::GuestAddress;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     const RING_GPA: u64 = 0x1000;
 
-    fn ram() -> Arc<GuestRam> {
-        Arc::new(GuestRam::new(4 << 20).unwrap())
+    type Ram = Arc<GuestMemoryMmap>;
+
+    fn ram() -> Ram {
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap())
+    }
+
+    fn write_u16(ram: &Ram, gpa: u64, v: u16) -> Result<(), MemoryError> {
+        ram.write(gpa, &v.to_le_bytes())
+    }
+
+    fn write_u32(ram: &Ram, gpa: u64, v: u32) -> Result<(), MemoryError> {
+        ram.write(gpa, &v.to_le_bytes())
     }
 
     /// A device-side queue from virtio-queue reading the driver's rings in the same memory.
-    fn device(q: &SplitQueue<impl Sized>, event_idx: bool) -> Queue {
-        let l = q.layout();
-        let mut dev = Queue::new(l.size).unwrap();
-        dev.set_size(l.size);
-        dev.try_set_desc_table_address(GuestAddress(l.desc))
-            .unwrap();
-        dev.try_set_avail_ring_address(GuestAddress(l.avail))
-            .unwrap();
-        dev.try_set_used_ring_address(GuestAddress(l.used)).unwrap();
+    fn device(q: &SplitQueue<impl Sized, Ram>, event_idx: bool) -> Queue {
+        let mut dev = q.layout().device_queue();
         dev.set_event_idx(event_idx);
-        dev.set_ready(true);
-        assert!(dev.is_valid(q.ram().memory()));
+        assert!(dev.is_valid(&**q.memory()));
         dev
     }
 
     /// What the device sees of one chain: its head and (gpa, len, writable) per descriptor.
     type DeviceChain = (u16, Vec<(u64, u32, bool)>);
 
-    fn pop_chain(dev: &mut Queue, ram: &GuestRam) -> Option<DeviceChain> {
-        let chain = dev.pop_descriptor_chain(ram.memory())?;
+    fn pop_chain(dev: &mut Queue, ram: &GuestMemoryMmap) -> Option<DeviceChain> {
+        let chain = dev.pop_descriptor_chain(ram)?;
         let head = chain.head_index();
         let descs = chain
             .map(|d| (d.addr().0, d.len(), d.is_write_only()))
             .collect();
         Some((head, descs))
-    }
-
-    #[test]
-    fn layout_sizes_and_alignment() {
-        // 16 descriptors: 256 B table, avail 6+32 = 38 B -> used at 256+40, used 6+128 B.
-        let l = RingLayout::new(16, 0x1000).unwrap();
-        assert_eq!(l.desc, 0x1000);
-        assert_eq!(l.avail, 0x1100);
-        assert_eq!(l.used, 0x1100 + 40);
-        assert_eq!(l.bytes(), 256 + 40 + 134);
-        assert_eq!(l.used % 4, 0);
-        for size in [1u16, 2, 4, 256, 1024, 32768] {
-            let l = RingLayout::new(size, 0).unwrap();
-            let n = u64::from(size);
-            assert_eq!(l.avail, 16 * n);
-            assert_eq!(l.used % 4, 0);
-            assert!(l.used >= l.avail + 6 + 2 * n);
-            assert!(l.used < l.avail + 6 + 2 * n + 4);
-            assert_eq!(l.bytes(), l.used + 6 + 8 * n);
-        }
-        let req = SplitQueue::<()>::memory_requirement(256).unwrap();
-        assert_eq!(req.align, 16);
-        assert_eq!(req.bytes, 4096 + 518 + 2 + 2054);
-        for bad in [0u16, 3, 100, 65535] {
-            assert!(matches!(
-                RingLayout::new(bad, 0),
-                Err(QueueError::BadSize(_))
-            ));
-        }
-        assert!(matches!(
-            RingLayout::new(16, 8),
-            Err(QueueError::Misaligned { .. })
-        ));
     }
 
     #[test]
@@ -590,7 +442,7 @@ mod tests {
         assert!(pop_chain(&mut dev, &ram).is_none());
         assert_eq!(q.pop_used().unwrap(), None);
 
-        dev.add_used(ram.memory(), head, 450).unwrap();
+        dev.add_used(&*ram, head, 450).unwrap();
         assert!(q.has_used().unwrap());
         let used = q.pop_used().unwrap().unwrap();
         assert_eq!(
@@ -625,7 +477,7 @@ mod tests {
         ));
         assert!(matches!(
             q.add(&[Buffer::writable((4 << 20) - 4, 8)], 0),
-            Err(QueueError::Ram(_))
+            Err(QueueError::Memory(_))
         ));
         assert!(matches!(
             q.add(&[Buffer::readable(0x10000, 8); 5], 0),
@@ -637,7 +489,7 @@ mod tests {
             Err(QueueError::Full { needed: 2, free: 1 })
         ));
         // Nothing half-added: the failed adds left the avail ring alone.
-        assert_eq!(q.avail_idx(), 1);
+        assert_eq!(q.next_avail(), 1);
         assert_eq!(q.num_free(), 1);
     }
 
@@ -677,7 +529,7 @@ mod tests {
             }
             assert_eq!(seen.len(), added.len());
             for &(head, token) in seen.iter().rev() {
-                dev.add_used(ram.memory(), head, token as u32).unwrap();
+                dev.add_used(&*ram, head, token as u32).unwrap();
             }
             while let Some(used) = q.pop_used().unwrap() {
                 assert_eq!(u64::from(used.len), used.token);
@@ -701,10 +553,10 @@ mod tests {
         for i in 0..70_000u32 {
             q.add(&[Buffer::writable(0x10000, 4)], i).unwrap();
             let (head, _) = pop_chain(&mut dev, &ram).unwrap();
-            dev.add_used(ram.memory(), head, 4).unwrap();
+            dev.add_used(&*ram, head, 4).unwrap();
             assert_eq!(q.pop_used().unwrap().unwrap().token, i);
         }
-        assert_eq!(q.avail_idx(), (70_000u32 % 65536) as u16);
+        assert_eq!(q.next_avail(), (70_000u32 % 65536) as u16);
     }
 
     #[test]
@@ -715,10 +567,10 @@ mod tests {
         assert!(!q.should_notify().unwrap(), "nothing added, nothing to say");
         q.add(&[Buffer::readable(0x10000, 4)], ()).unwrap();
         assert!(q.should_notify().unwrap());
-        dev.disable_notification(ram.memory()).unwrap();
+        dev.disable_notification(&*ram).unwrap();
         q.add(&[Buffer::readable(0x10000, 4)], ()).unwrap();
         assert!(!q.should_notify().unwrap());
-        dev.enable_notification(ram.memory()).unwrap();
+        dev.enable_notification(&*ram).unwrap();
         q.add(&[Buffer::readable(0x10000, 4)], ()).unwrap();
         assert!(q.should_notify().unwrap());
     }
@@ -737,7 +589,7 @@ mod tests {
         assert!(!q.should_notify().unwrap());
         // The device consumes everything and re-arms at its next_avail (3).
         while pop_chain(&mut dev, &ram).is_some() {}
-        assert!(!dev.enable_notification(ram.memory()).unwrap());
+        assert!(!dev.enable_notification(&*ram).unwrap());
         q.add(&[Buffer::readable(0x10000, 4)], 3).unwrap();
         assert!(q.should_notify().unwrap());
     }
@@ -751,18 +603,18 @@ mod tests {
             q.add(&[Buffer::writable(0x10000, 4)], t).unwrap();
         }
         let heads: Vec<u16> =
-            std::iter::from_fn(|| pop_chain(&mut dev, &ram).map(|c| c.0)).collect();
+            core::iter::from_fn(|| pop_chain(&mut dev, &ram).map(|c| c.0)).collect();
         // used_event starts at 0: the first used chain calls.
-        dev.add_used(ram.memory(), heads[0], 4).unwrap();
-        assert!(dev.needs_notification(ram.memory()).unwrap());
+        dev.add_used(&*ram, heads[0], 4).unwrap();
+        assert!(dev.needs_notification(&*ram).unwrap());
         // The driver has not popped: used_event still 0, so no call for the second.
-        dev.add_used(ram.memory(), heads[1], 4).unwrap();
-        assert!(!dev.needs_notification(ram.memory()).unwrap());
+        dev.add_used(&*ram, heads[1], 4).unwrap();
+        assert!(!dev.needs_notification(&*ram).unwrap());
         // Popping both moves used_event to 2: the third chain calls again.
         q.pop_used().unwrap().unwrap();
         q.pop_used().unwrap().unwrap();
-        dev.add_used(ram.memory(), heads[2], 4).unwrap();
-        assert!(dev.needs_notification(ram.memory()).unwrap());
+        dev.add_used(&*ram, heads[2], 4).unwrap();
+        assert!(dev.needs_notification(&*ram).unwrap());
 
         // enable_calls reports chains that are already waiting.
         q.disable_calls().unwrap();
@@ -774,15 +626,15 @@ mod tests {
     #[test]
     fn disable_calls_without_event_idx_sets_no_interrupt() {
         let ram = ram();
-        let mut q = SplitQueue::<()>::new(ram.clone(), 8, RING_GPA, false).unwrap();
+        let mut q = SplitQueue::<(), _>::new(ram.clone(), 8, RING_GPA, false).unwrap();
         let flags = q.layout().avail;
         q.disable_calls().unwrap();
         assert_eq!(
-            ram.read_u16(flags).unwrap(),
-            VRING_AVAIL_F_NO_INTERRUPT as u16
+            ram.load_u16(flags, Ordering::Relaxed).unwrap(),
+            AVAIL_F_NO_INTERRUPT
         );
         assert!(!q.enable_calls().unwrap());
-        assert_eq!(ram.read_u16(flags).unwrap(), 0);
+        assert_eq!(ram.load_u16(flags, Ordering::Relaxed).unwrap(), 0);
     }
 
     #[test]
@@ -792,14 +644,14 @@ mod tests {
         let l = q.layout();
         q.add(&[Buffer::writable(0x10000, 4)], 'a').unwrap();
         // A head that was never handed out.
-        ram.write_u32(l.used + 4, 3).unwrap();
-        ram.write_u16(l.used + 2, 1).unwrap();
+        write_u32(&ram, l.used + 4, 3).unwrap();
+        write_u16(&ram, l.used + 2, 1).unwrap();
         assert!(matches!(q.pop_used(), Err(QueueError::BadUsedId { id: 3 })));
         // An id past the queue.
-        ram.write_u32(l.used + 4, 0xffff_ffff).unwrap();
+        write_u32(&ram, l.used + 4, 0xffff_ffff).unwrap();
         assert!(matches!(q.pop_used(), Err(QueueError::BadUsedId { .. })));
         // More used entries than chains in flight.
-        ram.write_u16(l.used + 2, 2).unwrap();
+        write_u16(&ram, l.used + 2, 2).unwrap();
         assert!(matches!(
             q.pop_used(),
             Err(QueueError::UsedOverrun {
@@ -808,8 +660,8 @@ mod tests {
             })
         ));
         // The honest answer still works afterwards.
-        ram.write_u32(l.used + 4, 0).unwrap();
-        ram.write_u16(l.used + 2, 1).unwrap();
+        write_u32(&ram, l.used + 4, 0).unwrap();
+        write_u16(&ram, l.used + 2, 1).unwrap();
         assert_eq!(q.pop_used().unwrap().unwrap().token, 'a');
     }
 
