@@ -33,7 +33,7 @@ pub(crate) struct Scratch {
 /// The virtio-balloon device core, transport-agnostic.
 ///
 /// `D` is the discard backend ([`HostDiscard`](crate::HostDiscard) for real memory,
-/// [`RecordingDiscard`](crate::RecordingDiscard) in tests).
+/// `RecordingDiscard` (feature `test-utils`) in tests).
 #[derive(Debug)]
 pub struct BalloonDevice<D> {
     pub(crate) options: DeviceOptions,

@@ -10,7 +10,7 @@
 //! - a failed discard claims nothing.
 //!
 //! [`HostDiscard`](crate::HostDiscard) is the real backend,
-//! [`RecordingDiscard`](crate::RecordingDiscard) the one tests use.
+//! `RecordingDiscard` (feature `test-utils`) the one tests use.
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};

@@ -104,7 +104,8 @@ pub mod memory;
 pub mod metrics;
 pub mod options;
 mod queue;
-mod recording;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod recording;
 pub mod reporting;
 mod ring;
 pub mod stats;
@@ -120,6 +121,7 @@ pub use error::{DeviceError, ErrorKind};
 pub use host_discard::HostDiscard;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{DeviceOptions, Limits};
+#[cfg(any(test, feature = "test-utils"))]
 pub use recording::{DiscardOp, RecordingDiscard};
 pub use stats::GuestStats;
 
