@@ -95,6 +95,8 @@
 pub mod bench;
 mod chain;
 mod config_space;
+mod context;
+pub mod deflate;
 mod device;
 pub mod discard;
 pub mod error;
@@ -103,7 +105,8 @@ pub mod inflate;
 pub mod memory;
 pub mod metrics;
 pub mod options;
-mod queue;
+mod pfns;
+mod queues;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod recording;
 pub mod reporting;

@@ -17,107 +17,86 @@
 //! overflowing, or not wholly guest RAM is skipped and counted; the others are still discarded.
 
 use prezero_balloon::pfn::BALLOON_PAGE_SIZE;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryBackend;
 
 use crate::chain::{collect, Buffer};
-use crate::device::{BalloonDevice, Scratch};
+use crate::context::ChainCtx;
 use crate::discard::{discard_ranges, DiscardBackend};
-use crate::error::{DeviceError, ErrorKind};
+use crate::error::ErrorKind;
 use crate::memory::{self, covered, normalize, GuestRange};
 use crate::metrics::bump;
-use crate::queue::Completion;
 
-impl<D> BalloonDevice<D> {
-    /// Process the reporting queue. Returns whether the driver must be notified.
-    pub fn process_reporting<Q, M>(
-        &mut self,
-        index: usize,
-        queue: &mut Q,
-        mem: &M,
-    ) -> Result<bool, DeviceError>
-    where
-        Q: QueueT,
-        M: GuestMemoryBackend,
-        D: DiscardBackend<M::R>,
-    {
-        self.drain(index, queue, mem, |dev, mem, chain, used_ring, scratch| {
-            Completion::Used(dev.report_chain(mem, chain, used_ring, scratch))
-        })
+/// Handle one reporting chain: discard its blocks; return its used length (its total length if
+/// every byte now reads zero and may be claimed so, else 0).
+pub(crate) fn report_chain<M, D>(ctx: &mut ChainCtx<'_, M, D>, chain: DescriptorChain<&M>) -> u32
+where
+    M: GuestMemoryBackend,
+    D: DiscardBackend<M::R>,
+{
+    let metrics = ctx.metrics;
+    let poison_forbids_zero = ctx.poison_forbids_zero();
+    let bufs = &mut *ctx.bufs;
+    bump(&metrics.reporting_requests, 1);
+    if let Err(kind) = collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers) {
+        metrics.error(kind);
+        return 0;
     }
-
-    fn report_chain<M>(
-        &mut self,
-        mem: &M,
-        chain: DescriptorChain<&M>,
-        used_ring: Option<GuestRange>,
-        s: &mut Scratch,
-    ) -> u32
-    where
-        M: GuestMemoryBackend,
-        D: DiscardBackend<M::R>,
-    {
-        bump(&self.metrics.reporting_requests, 1);
-        let max_descriptors = self.options.limits.max_chain_descriptors;
-        if let Err(kind) = collect(chain, max_descriptors, &mut s.buffers) {
-            self.metrics.error(kind);
-            return 0;
-        }
-        if s.buffers.iter().any(|b| !b.writable) {
-            self.metrics.error(ErrorKind::WrongDirection);
-            return 0;
-        }
-        bump(&self.metrics.reporting_buffers, s.buffers.len() as u64);
-        if self.poison_forbids_zero() {
-            bump(&self.metrics.poison_skipped, 1);
-            return 0;
-        }
-        let total_len: u64 = s.buffers.iter().map(|b| u64::from(b.len)).sum();
-        s.reported.clear();
-        let mut all_valid = true;
-        for b in &s.buffers {
-            match reported_range(mem, b) {
-                Ok(range) => s.reported.push(range),
-                Err(kind) => {
-                    self.metrics.error(kind);
-                    all_valid = false;
-                }
+    if bufs.buffers.iter().any(|b| !b.writable) {
+        metrics.error(ErrorKind::WrongDirection);
+        return 0;
+    }
+    bump(&metrics.reporting_buffers, bufs.buffers.len() as u64);
+    if poison_forbids_zero {
+        bump(&metrics.poison_skipped, 1);
+        return 0;
+    }
+    let total_len: u64 = bufs.buffers.iter().map(|b| u64::from(b.len)).sum();
+    bufs.reported.clear();
+    let mut all_valid = true;
+    for b in &bufs.buffers {
+        match reported_range(ctx.mem, b) {
+            Ok(range) => bufs.reported.push(range),
+            Err(kind) => {
+                metrics.error(kind);
+                all_valid = false;
             }
         }
-        let valid_bytes = s
-            .reported
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.len()));
-        bump(&self.metrics.reported_bytes, valid_bytes);
-
-        s.ranges.clear();
-        s.ranges.extend_from_slice(&s.reported);
-        normalize(&mut s.ranges);
-        s.zeroed.clear();
-        discard_ranges(
-            mem,
-            &mut self.discard,
-            &self.metrics,
-            &s.ranges,
-            &mut s.zeroed,
-        );
-        normalize(&mut s.zeroed);
-
-        if !self.negotiated.init_reported() || !all_valid {
-            return 0;
-        }
-        let all_zeroed = s
-            .reported
-            .iter()
-            .all(|r| covered(&s.zeroed, *r) && !used_ring.is_some_and(|u| r.overlaps(&u)));
-        // A chain is at most 4 GiB (virtio-queue stops iterating past that), so this fits.
-        let Some(used) = u32::try_from(total_len).ok().filter(|_| all_zeroed) else {
-            return 0;
-        };
-        bump(&self.metrics.reported_chains_zeroed, 1);
-        bump(&self.metrics.zeroed_bytes, u64::from(used));
-        used
     }
+    let valid_bytes = bufs
+        .reported
+        .iter()
+        .fold(0u64, |a, r| a.saturating_add(r.len()));
+    bump(&metrics.reported_bytes, valid_bytes);
+
+    bufs.ranges.clear();
+    bufs.ranges.extend_from_slice(&bufs.reported);
+    normalize(&mut bufs.ranges);
+    bufs.zeroed.clear();
+    discard_ranges(
+        ctx.mem,
+        ctx.discard,
+        metrics,
+        &bufs.ranges,
+        &mut bufs.zeroed,
+    );
+    normalize(&mut bufs.zeroed);
+
+    if !ctx.features.init_reported() || !all_valid {
+        return 0;
+    }
+    let used_ring = ctx.used_ring;
+    let all_zeroed = bufs
+        .reported
+        .iter()
+        .all(|r| covered(&bufs.zeroed, *r) && !used_ring.is_some_and(|u| r.overlaps(&u)));
+    // A chain is at most 4 GiB (virtio-queue stops iterating past that), so this fits.
+    let Some(used) = u32::try_from(total_len).ok().filter(|_| all_zeroed) else {
+        return 0;
+    };
+    bump(&metrics.reported_chains_zeroed, 1);
+    bump(&metrics.zeroed_bytes, u64::from(used));
+    used
 }
 
 /// The guest range of one reported buffer, if acceptable.
