@@ -77,3 +77,75 @@ pub(crate) enum Completion {
     /// Keep it and give back the previously held chain with length 0.
     HoldAndRelease(u16),
 }
+
+/// A context over test memory with a recording discard backend, for the handlers' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{DescriptorChain, Queue, QueueT};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::{ChainCtx, RequestBuffers};
+    use crate::metrics::Metrics;
+    use crate::options::Limits;
+    use crate::recording::RecordingDiscard;
+    use prezero_balloon::features::Features;
+
+    /// `VIRTQ_DESC_F_NEXT`.
+    const NEXT: u16 = 1;
+    /// `VIRTQ_DESC_F_WRITE`.
+    pub const WRITE: u16 = 2;
+
+    /// 4 MiB of RAM at 0; the mock queue's rings sit at the start, buffers go from 1 MiB.
+    pub fn mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    /// One chain of `(addr, len, flags)` buffers, as a driver would make it available.
+    pub fn chain<'m>(
+        mem: &'m GuestMemoryMmap<()>,
+        descs: &[(u64, u32, u16)],
+    ) -> DescriptorChain<&'m GuestMemoryMmap<()>> {
+        let raw: Vec<RawDescriptor> = (0..descs.len())
+            .map(|i| {
+                let (addr, len, flags) = descs[i];
+                let next = i + 1 < descs.len();
+                let flags = if next { flags | NEXT } else { flags };
+                Descriptor::new(addr, len, flags, if next { i as u16 + 1 } else { 0 }).into()
+            })
+            .collect();
+        let rings = MockSplitQueue::new(mem, 16);
+        rings.add_desc_chains(&raw, 0).unwrap();
+        let mut queue: Queue = rings.create_queue().unwrap();
+        queue.pop_descriptor_chain(mem).unwrap()
+    }
+
+    /// What the device would lend a handler.
+    #[derive(Default)]
+    pub struct Parts {
+        pub discard: RecordingDiscard,
+        pub metrics: Metrics,
+        pub bufs: RequestBuffers,
+    }
+
+    impl Parts {
+        pub fn ctx<'a>(
+            &'a mut self,
+            mem: &'a GuestMemoryMmap<()>,
+            features: Features,
+        ) -> ChainCtx<'a, GuestMemoryMmap<()>, RecordingDiscard> {
+            ChainCtx {
+                mem,
+                discard: &mut self.discard,
+                metrics: &self.metrics,
+                features,
+                poison_val: None,
+                limits: Limits::default(),
+                deflate_willneed: false,
+                used_ring: None,
+                bufs: &mut self.bufs,
+            }
+        }
+    }
+}

@@ -163,3 +163,31 @@ fn write_bitmap<M: GuestMemoryBackend, D>(
     // write_len <= buffer.len, a u32.
     write_len as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use prezero_balloon::features::{Features, DEVICE_INIT_ON_INFLATE};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::inflate_chain;
+    use crate::context::test_support::{chain, mem, Parts, WRITE};
+
+    #[test]
+    fn bitmap_marks_each_distinct_discarded_page() {
+        let mem = mem();
+        // PFNs 0x200 (1 MiB), 0x300, 0x200 again, and one past RAM.
+        let pfns: Vec<u8> = [0x200u32, 0x300, 0x200, 0x10_0000]
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect();
+        mem.write_slice(&pfns, GuestAddress(0x30_0000)).unwrap();
+        let descs = [(0x30_0000, 16, 0), (0x30_1000, 1, WRITE)];
+        let mut parts = Parts::default();
+        let features = Features::bit(DEVICE_INIT_ON_INFLATE);
+        let used = inflate_chain(&mut parts.ctx(&mem, features), chain(&mem, &descs));
+        assert_eq!(used, 1);
+        // Only the page that appears once and was discarded: bit 1.
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x30_1000)).unwrap(), 0b10);
+        assert_eq!(parts.discard.discarded_bytes(), 2 * 4096);
+    }
+}

@@ -108,3 +108,44 @@ fn reported_range<M: GuestMemoryBackend>(mem: &M, b: &Buffer) -> Result<GuestRan
     memory::check(mem, range)?;
     Ok(range)
 }
+
+#[cfg(test)]
+mod tests {
+    use prezero_balloon::features::{Features, DEVICE_INIT_REPORTED, REPORTING};
+
+    use super::report_chain;
+    use crate::context::test_support::{chain, mem, Parts, WRITE};
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn zeroed_chain_answers_its_length_unless_poisoned() {
+        let mem = mem();
+        let features = Features::bit(REPORTING).with(DEVICE_INIT_REPORTED);
+        let mut parts = Parts::default();
+        let blocks = [(MIB, 4096, WRITE), (MIB + 8192, 8192, WRITE)];
+        let used = report_chain(&mut parts.ctx(&mem, features), chain(&mem, &blocks));
+        assert_eq!(used, 3 * 4096);
+        assert_eq!(parts.discard.discarded_bytes(), 3 * 4096);
+
+        let mut poisoned = Parts::default();
+        let mut ctx = poisoned.ctx(&mem, features);
+        ctx.poison_val = Some(0xaa);
+        assert_eq!(report_chain(&mut ctx, chain(&mem, &blocks)), 0);
+        assert!(poisoned.discard.ops.is_empty());
+    }
+
+    #[test]
+    fn used_ring_overlap_is_discarded_but_not_claimed() {
+        let mem = mem();
+        let features = Features::bit(REPORTING).with(DEVICE_INIT_REPORTED);
+        let mut parts = Parts::default();
+        let mut ctx = parts.ctx(&mem, features);
+        ctx.used_ring = crate::memory::GuestRange::new(MIB + 100, 8).ok();
+        assert_eq!(
+            report_chain(&mut ctx, chain(&mem, &[(MIB, 4096, WRITE)])),
+            0
+        );
+        assert_eq!(parts.discard.discarded_bytes(), 4096);
+    }
+}

@@ -137,3 +137,34 @@ fn parse_stats<M: GuestMemoryBackend>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use prezero_balloon::features::Features;
+    use prezero_balloon::stats::encode_entry;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::{stats_chain, StatsState};
+    use crate::context::test_support::{chain, mem, Parts};
+    use crate::context::Completion;
+
+    #[test]
+    fn holds_one_buffer_and_keeps_the_latest_values() {
+        let mem = mem();
+        let mut entries = encode_entry(4, 1234).to_vec();
+        entries.extend_from_slice(&encode_entry(0xffff, 1));
+        mem.write_slice(&entries, GuestAddress(0x10_0000)).unwrap();
+        let mut parts = Parts::default();
+        let mut stats = StatsState::default();
+        let mut ctx = parts.ctx(&mem, Features::EMPTY);
+        let first = chain(&mem, &[(0x10_0000, 20, 0)]);
+        let head = first.head_index();
+        assert_eq!(stats_chain(&mut ctx, &mut stats, first), Completion::Hold);
+        let second = chain(&mem, &[(0x10_0000, 10, 0)]);
+        let release = stats_chain(&mut ctx, &mut stats, second);
+        assert_eq!(release, Completion::HoldAndRelease(head));
+        let latest = stats.latest.unwrap();
+        assert_eq!((latest.sequence, latest.values[4]), (2, Some(1234)));
+        assert_eq!(parts.metrics.snapshot().stats_unknown_tags, 1);
+    }
+}
