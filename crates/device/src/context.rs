@@ -3,9 +3,14 @@
 //! A handler ([`reporting`](crate::reporting), [`inflate`](crate::inflate),
 //! [`deflate`](crate::deflate), [`stats`](crate::stats)) gets one descriptor chain and a
 //! [`ChainCtx`]: the parts of the device it may use for that chain, each named. It never sees
-//! the device itself, so it can be read, and tested, on its own; the device lends the parts for
-//! the length of one queue event ([`BalloonDevice::process_queue`](crate::BalloonDevice::process_queue))
-//! and the queue loop ([`queues`](crate::queues)) hands the context to every chain in turn.
+//! the device itself, so it can be read, and tested, on its own. It answers with the chain's
+//! used length, or with the [`ErrorKind`](crate::ErrorKind) that rejects the chain (the loop
+//! counts it and answers 0); the stats handler, which keeps its buffer, answers with a
+//! [`Completion`].
+//!
+//! The device lends the parts for one queue event
+//! ([`BalloonDevice::process_queue`](crate::BalloonDevice::process_queue)); the queue loop
+//! ([`queues`](crate::queues)) hands the context to every chain in turn.
 
 use prezero_balloon::features::Features;
 

@@ -9,46 +9,36 @@
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryBackend;
 
-use crate::chain::{collect, split_directions};
+use crate::chain::collect_split;
 use crate::context::ChainCtx;
 use crate::discard::{will_need_ranges, DiscardBackend};
 use crate::error::ErrorKind;
 use crate::metrics::bump;
 use crate::pfns::{distinct_valid_pfns, page_runs, read_pfns};
 
-/// Handle one deflate chain.
-pub(crate) fn deflate_chain<M, D>(ctx: &mut ChainCtx<'_, M, D>, chain: DescriptorChain<&M>)
+/// Handle one deflate chain (its used length is always 0). `Err` rejects the whole chain.
+pub(crate) fn deflate_chain<M, D>(
+    ctx: &mut ChainCtx<'_, M, D>,
+    chain: DescriptorChain<&M>,
+) -> Result<(), ErrorKind>
 where
     M: GuestMemoryBackend,
     D: DiscardBackend<M::R>,
 {
-    let metrics = ctx.metrics;
+    bump(&ctx.metrics.deflate_requests, 1);
     let bufs = &mut *ctx.bufs;
-    bump(&metrics.deflate_requests, 1);
-    if let Err(kind) = collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers) {
-        metrics.error(kind);
-        return;
-    }
-    let readable = match split_directions(&bufs.buffers) {
-        Ok((readable, [])) => readable,
-        Ok(_) => {
-            metrics.error(ErrorKind::WrongDirection);
-            return;
-        }
-        Err(kind) => {
-            metrics.error(kind);
-            return;
-        }
+    let readable = match collect_split(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers)?
+    {
+        (readable, []) => readable,
+        _ => return Err(ErrorKind::WrongDirection),
     };
     let max_pfns = ctx.limits.max_pfns_per_request;
-    if let Err(kind) = read_pfns(ctx.mem, readable, max_pfns, &mut bufs.bytes, &mut bufs.pfns) {
-        metrics.error(kind);
-        return;
-    }
-    distinct_valid_pfns(ctx.mem, metrics, bufs);
-    bump(&metrics.deflated_pages, bufs.distinct.len() as u64);
+    read_pfns(ctx.mem, readable, max_pfns, &mut bufs.bytes, &mut bufs.pfns)?;
+    distinct_valid_pfns(ctx.mem, ctx.metrics, bufs);
+    bump(&ctx.metrics.deflated_pages, bufs.distinct.len() as u64);
     if ctx.deflate_willneed {
         page_runs(&bufs.distinct, &mut bufs.ranges);
-        will_need_ranges(ctx.mem, ctx.discard, metrics, &bufs.ranges);
+        will_need_ranges(ctx.mem, ctx.discard, ctx.metrics, &bufs.ranges);
     }
+    Ok(())
 }

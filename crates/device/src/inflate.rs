@@ -21,11 +21,11 @@ use prezero_balloon::pfn::{bitmap_len, bitmap_set, BALLOON_PAGE_SIZE};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use crate::chain::{collect, split_directions, Buffer};
+use crate::chain::{collect_split, Buffer};
 use crate::context::ChainCtx;
 use crate::discard::{discard_ranges, DiscardBackend};
 use crate::error::ErrorKind;
-use crate::memory::{self, covered, normalize, GuestRange};
+use crate::memory::{self, covered, GuestRange};
 use crate::metrics::bump;
 use crate::pfns::{distinct_valid_pfns, page_range, page_runs, read_pfns};
 
@@ -38,30 +38,23 @@ enum BitmapBuffer {
 }
 
 /// Handle one inflate chain: discard its pages; return its used length (the bitmap bytes
-/// written, 0 without `DEVICE_INIT_ON_INFLATE`).
-pub(crate) fn inflate_chain<M, D>(ctx: &mut ChainCtx<'_, M, D>, chain: DescriptorChain<&M>) -> u32
+/// written, 0 without `DEVICE_INIT_ON_INFLATE`). `Err` answers used length 0; the pages may
+/// have been discarded already (ballooned memory is the host's whatever the driver is told).
+pub(crate) fn inflate_chain<M, D>(
+    ctx: &mut ChainCtx<'_, M, D>,
+    chain: DescriptorChain<&M>,
+) -> Result<u32, ErrorKind>
 where
     M: GuestMemoryBackend,
     D: DiscardBackend<M::R>,
 {
-    let metrics = ctx.metrics;
+    bump(&ctx.metrics.inflate_requests, 1);
     let bufs = &mut *ctx.bufs;
-    bump(&metrics.inflate_requests, 1);
-    if let Err(kind) = collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers) {
-        metrics.error(kind);
-        return 0;
-    }
-    let (readable, writable) = match split_directions(&bufs.buffers) {
-        Ok(parts) => parts,
-        Err(kind) => {
-            metrics.error(kind);
-            return 0;
-        }
-    };
+    let (readable, writable) =
+        collect_split(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers)?;
     let with_bitmap = ctx.features.init_on_inflate();
     if !with_bitmap && !writable.is_empty() {
-        metrics.error(ErrorKind::WrongDirection);
-        return 0;
+        return Err(ErrorKind::WrongDirection);
     }
     let bitmap = match writable {
         [] => BitmapBuffer::Missing,
@@ -69,26 +62,21 @@ where
         _ => BitmapBuffer::Several,
     };
     let max_pfns = ctx.limits.max_pfns_per_request;
-    if let Err(kind) = read_pfns(ctx.mem, readable, max_pfns, &mut bufs.bytes, &mut bufs.pfns) {
-        metrics.error(kind);
-        return 0;
-    }
-    distinct_valid_pfns(ctx.mem, metrics, bufs);
-    bump(&metrics.inflated_pages, bufs.distinct.len() as u64);
+    read_pfns(ctx.mem, readable, max_pfns, &mut bufs.bytes, &mut bufs.pfns)?;
+    distinct_valid_pfns(ctx.mem, ctx.metrics, bufs);
+    bump(&ctx.metrics.inflated_pages, bufs.distinct.len() as u64);
 
     page_runs(&bufs.distinct, &mut bufs.ranges);
-    bufs.zeroed.clear();
     discard_ranges(
         ctx.mem,
         ctx.discard,
-        metrics,
+        ctx.metrics,
         &bufs.ranges,
         &mut bufs.zeroed,
     );
-    normalize(&mut bufs.zeroed);
 
     if !with_bitmap {
-        return 0;
+        return Ok(0);
     }
     write_bitmap(ctx, bitmap)
 }
@@ -97,44 +85,29 @@ where
 fn write_bitmap<M: GuestMemoryBackend, D>(
     ctx: &mut ChainCtx<'_, M, D>,
     bitmap: BitmapBuffer,
-) -> u32 {
-    let metrics = ctx.metrics;
+) -> Result<u32, ErrorKind> {
     let buffer = match bitmap {
-        BitmapBuffer::Missing => {
-            metrics.error(ErrorKind::BitmapMissing);
-            return 0;
-        }
+        BitmapBuffer::Missing => return Err(ErrorKind::BitmapMissing),
         BitmapBuffer::One(one) => one,
-        BitmapBuffer::Several => {
-            metrics.error(ErrorKind::BitmapMalformed);
-            return 0;
-        }
+        BitmapBuffer::Several => return Err(ErrorKind::BitmapMalformed),
     };
+    let target =
+        GuestRange::new(buffer.addr.0, u64::from(buffer.len)).map_err(|kind| match kind {
+            ErrorKind::ZeroLength => ErrorKind::BitmapTooShort,
+            kind => kind,
+        })?;
+    memory::check(ctx.mem, target).map_err(|_| ErrorKind::BitmapMalformed)?;
     let poison_forbids_zero = ctx.poison_forbids_zero();
     let used_ring = ctx.used_ring;
     let bufs = &mut *ctx.bufs;
     let needed = bitmap_len(bufs.pfns.len());
-    let target = match GuestRange::new(buffer.addr.0, u64::from(buffer.len)) {
-        Ok(target) => target,
-        Err(ErrorKind::ZeroLength) => {
-            metrics.error(ErrorKind::BitmapTooShort);
-            return 0;
-        }
-        Err(kind) => {
-            metrics.error(kind);
-            return 0;
-        }
-    };
-    if memory::check(ctx.mem, target).is_err() {
-        metrics.error(ErrorKind::BitmapMalformed);
-        return 0;
-    }
     let write_len = needed.min(buffer.len as usize);
     bufs.bytes.clear();
     bufs.bytes.resize(write_len, 0);
     let mut zeroed_pages = 0u64;
     if write_len < needed {
-        metrics.error(ErrorKind::BitmapTooShort);
+        // Still written (all zeros): the used length tells the driver how short it was.
+        ctx.metrics.error(ErrorKind::BitmapTooShort);
     } else if !poison_forbids_zero {
         let written = GuestRange {
             start: target.start,
@@ -151,17 +124,16 @@ fn write_bitmap<M: GuestMemoryBackend, D>(
             }
         }
     }
-    if ctx.mem.write_slice(&bufs.bytes, buffer.addr).is_err() {
-        metrics.error(ErrorKind::GuestMemory);
-        return 0;
-    }
-    bump(&metrics.inflated_pages_zeroed, zeroed_pages);
+    ctx.mem
+        .write_slice(&bufs.bytes, buffer.addr)
+        .map_err(|_| ErrorKind::GuestMemory)?;
+    bump(&ctx.metrics.inflated_pages_zeroed, zeroed_pages);
     bump(
-        &metrics.zeroed_bytes,
+        &ctx.metrics.zeroed_bytes,
         zeroed_pages.saturating_mul(BALLOON_PAGE_SIZE),
     );
     // write_len <= buffer.len, a u32.
-    write_len as u32
+    Ok(write_len as u32)
 }
 
 #[cfg(test)]
@@ -184,7 +156,7 @@ mod tests {
         let descs = [(0x30_0000, 16, 0), (0x30_1000, 1, WRITE)];
         let mut parts = Parts::default();
         let features = Features::bit(DEVICE_INIT_ON_INFLATE);
-        let used = inflate_chain(&mut parts.ctx(&mem, features), chain(&mem, &descs));
+        let used = inflate_chain(&mut parts.ctx(&mem, features), chain(&mem, &descs)).unwrap();
         assert_eq!(used, 1);
         // Only the page that appears once and was discarded: bit 1.
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x30_1000)).unwrap(), 0b10);

@@ -7,9 +7,9 @@
 //! valid pages are merged into runs, so that each run costs one discard per region piece.
 
 use prezero_balloon::pfn::{decode_pfns, pfn_to_addr, PfnRuns, BALLOON_PAGE_SIZE, PFN_SIZE};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::GuestMemoryBackend;
 
-use crate::chain::Buffer;
+use crate::chain::{read_buffers, Buffer};
 use crate::context::RequestBuffers;
 use crate::error::ErrorKind;
 use crate::memory::{self, GuestRange};
@@ -40,15 +40,7 @@ pub(crate) fn read_pfns<M: GuestMemoryBackend>(
             .filter(|t| *t / PFN_SIZE <= max_pfns)
             .ok_or(ErrorKind::TooManyPfns)?;
     }
-    bytes.clear();
-    bytes.resize(total, 0);
-    let mut at = 0;
-    for b in readable {
-        let len = b.len as usize;
-        mem.read_slice(&mut bytes[at..at + len], b.addr)
-            .map_err(|_| ErrorKind::GuestMemory)?;
-        at += len;
-    }
+    read_buffers(mem, readable, bytes)?;
     pfns.clear();
     pfns.resize(total / PFN_SIZE, 0);
     decode_pfns(bytes, pfns);

@@ -45,12 +45,18 @@ where
     D: DiscardBackend<M::R>,
 {
     let handle: Handler<'a, M, D> = match role {
-        Some(QueueRole::Inflate) => |ctx, _, chain| Completion::Used(inflate_chain(ctx, chain)),
-        Some(QueueRole::Deflate) => |ctx, _, chain| {
-            deflate_chain(ctx, chain);
-            Completion::Used(0)
+        Some(QueueRole::Inflate) => |ctx, _, chain| {
+            let used = inflate_chain(ctx, chain);
+            answer(ctx.metrics, used)
         },
-        Some(QueueRole::Reporting) => |ctx, _, chain| Completion::Used(report_chain(ctx, chain)),
+        Some(QueueRole::Deflate) => |ctx, _, chain| {
+            let used = deflate_chain(ctx, chain).map(|()| 0);
+            answer(ctx.metrics, used)
+        },
+        Some(QueueRole::Reporting) => |ctx, _, chain| {
+            let used = report_chain(ctx, chain);
+            answer(ctx.metrics, used)
+        },
         Some(QueueRole::Stats) => |ctx, stats, chain| stats_chain(ctx, stats, chain),
         Some(QueueRole::FreePageHint) | None => {
             ctx.metrics.error(ErrorKind::UnknownQueue);
@@ -99,6 +105,14 @@ where
         }
     }
     Ok(completed && queue.needs_notification(mem).unwrap_or(true))
+}
+
+/// The completion of a handler's answer: a rejected chain is counted and used with length 0.
+fn answer(metrics: &Metrics, used: Result<u32, ErrorKind>) -> Completion {
+    Completion::Used(used.unwrap_or_else(|kind| {
+        metrics.error(kind);
+        0
+    }))
 }
 
 /// Complete a chain the device held (the stats buffer) with used length 0, outside the loop.

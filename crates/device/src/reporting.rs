@@ -28,28 +28,28 @@ use crate::memory::{self, covered, normalize, GuestRange};
 use crate::metrics::bump;
 
 /// Handle one reporting chain: discard its blocks; return its used length (its total length if
-/// every byte now reads zero and may be claimed so, else 0).
-pub(crate) fn report_chain<M, D>(ctx: &mut ChainCtx<'_, M, D>, chain: DescriptorChain<&M>) -> u32
+/// every byte now reads zero and may be claimed so, else 0). `Err` rejects the whole chain:
+/// nothing discarded.
+pub(crate) fn report_chain<M, D>(
+    ctx: &mut ChainCtx<'_, M, D>,
+    chain: DescriptorChain<&M>,
+) -> Result<u32, ErrorKind>
 where
     M: GuestMemoryBackend,
     D: DiscardBackend<M::R>,
 {
+    bump(&ctx.metrics.reporting_requests, 1);
     let metrics = ctx.metrics;
     let poison_forbids_zero = ctx.poison_forbids_zero();
     let bufs = &mut *ctx.bufs;
-    bump(&metrics.reporting_requests, 1);
-    if let Err(kind) = collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers) {
-        metrics.error(kind);
-        return 0;
-    }
+    collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers)?;
     if bufs.buffers.iter().any(|b| !b.writable) {
-        metrics.error(ErrorKind::WrongDirection);
-        return 0;
+        return Err(ErrorKind::WrongDirection);
     }
     bump(&metrics.reporting_buffers, bufs.buffers.len() as u64);
     if poison_forbids_zero {
         bump(&metrics.poison_skipped, 1);
-        return 0;
+        return Ok(0);
     }
     let total_len: u64 = bufs.buffers.iter().map(|b| u64::from(b.len)).sum();
     bufs.reported.clear();
@@ -72,7 +72,6 @@ where
     bufs.ranges.clear();
     bufs.ranges.extend_from_slice(&bufs.reported);
     normalize(&mut bufs.ranges);
-    bufs.zeroed.clear();
     discard_ranges(
         ctx.mem,
         ctx.discard,
@@ -80,10 +79,9 @@ where
         &bufs.ranges,
         &mut bufs.zeroed,
     );
-    normalize(&mut bufs.zeroed);
 
     if !ctx.features.init_reported() || !all_valid {
-        return 0;
+        return Ok(0);
     }
     let used_ring = ctx.used_ring;
     let all_zeroed = bufs
@@ -92,11 +90,11 @@ where
         .all(|r| covered(&bufs.zeroed, *r) && !used_ring.is_some_and(|u| r.overlaps(&u)));
     // A chain is at most 4 GiB (virtio-queue stops iterating past that), so this fits.
     let Some(used) = u32::try_from(total_len).ok().filter(|_| all_zeroed) else {
-        return 0;
+        return Ok(0);
     };
     bump(&metrics.reported_chains_zeroed, 1);
     bump(&metrics.zeroed_bytes, u64::from(used));
-    used
+    Ok(used)
 }
 
 /// The guest range of one reported buffer, if acceptable.
@@ -124,14 +122,14 @@ mod tests {
         let features = Features::bit(REPORTING).with(DEVICE_INIT_REPORTED);
         let mut parts = Parts::default();
         let blocks = [(MIB, 4096, WRITE), (MIB + 8192, 8192, WRITE)];
-        let used = report_chain(&mut parts.ctx(&mem, features), chain(&mem, &blocks));
+        let used = report_chain(&mut parts.ctx(&mem, features), chain(&mem, &blocks)).unwrap();
         assert_eq!(used, 3 * 4096);
         assert_eq!(parts.discard.discarded_bytes(), 3 * 4096);
 
         let mut poisoned = Parts::default();
         let mut ctx = poisoned.ctx(&mem, features);
         ctx.poison_val = Some(0xaa);
-        assert_eq!(report_chain(&mut ctx, chain(&mem, &blocks)), 0);
+        assert_eq!(report_chain(&mut ctx, chain(&mem, &blocks)), Ok(0));
         assert!(poisoned.discard.ops.is_empty());
     }
 
@@ -144,7 +142,7 @@ mod tests {
         ctx.used_ring = crate::memory::GuestRange::new(MIB + 100, 8).ok();
         assert_eq!(
             report_chain(&mut ctx, chain(&mem, &[(MIB, 4096, WRITE)])),
-            0
+            Ok(0)
         );
         assert_eq!(parts.discard.discarded_bytes(), 4096);
     }

@@ -16,9 +16,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use prezero_balloon::stats::{entries, StatTag, NUM_STAT_TAGS, STAT_ENTRY_SIZE};
 use serde::Serialize;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::GuestMemoryBackend;
 
-use crate::chain::{collect, split_directions};
+use crate::chain::{collect_split, read_buffers};
 use crate::context::{ChainCtx, Completion, RequestBuffers};
 use crate::error::ErrorKind;
 use crate::metrics::{bump, Metrics};
@@ -90,8 +90,8 @@ fn parse_stats<M: GuestMemoryBackend>(
     stats: &mut StatsState,
     chain: DescriptorChain<&M>,
 ) -> Result<(), ErrorKind> {
-    collect(chain, limits.max_chain_descriptors, &mut bufs.buffers)?;
-    let (readable, writable) = split_directions(&bufs.buffers)?;
+    let (readable, writable) =
+        collect_split(chain, limits.max_chain_descriptors, &mut bufs.buffers)?;
     if !writable.is_empty() {
         return Err(ErrorKind::WrongDirection);
     }
@@ -103,19 +103,10 @@ fn parse_stats<M: GuestMemoryBackend>(
     if total < STAT_ENTRY_SIZE {
         return Err(ErrorKind::StatsBufferSize);
     }
-    let bytes = &mut bufs.bytes;
-    bytes.clear();
-    bytes.resize(total, 0);
-    let mut at = 0;
-    for b in readable {
-        let len = b.len as usize;
-        mem.read_slice(&mut bytes[at..at + len], b.addr)
-            .map_err(|_| ErrorKind::GuestMemory)?;
-        at += len;
-    }
+    read_buffers(mem, readable, &mut bufs.bytes)?;
     let mut values = [None; NUM_STAT_TAGS];
     let mut unknown = 0u64;
-    for (tag, value) in entries(bytes) {
+    for (tag, value) in entries(&bufs.bytes) {
         match StatTag::from_raw(tag) {
             Some(tag) => values[tag.index()] = Some(value),
             None => unknown += 1,
