@@ -9,7 +9,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
 use crate::error::ErrorKind;
 
@@ -68,6 +68,38 @@ pub(crate) fn split_directions(buffers: &[Buffer]) -> Result<(&[Buffer], &[Buffe
         return Err(ErrorKind::WrongDirection);
     }
     Ok((readable, writable))
+}
+
+/// Collect `chain` into `out` and split it into its device-readable head and device-writable
+/// tail (see [`collect`] and [`split_directions`]).
+pub(crate) fn collect_split<M>(
+    chain: DescriptorChain<M>,
+    max_descriptors: usize,
+    out: &mut Vec<Buffer>,
+) -> Result<(&[Buffer], &[Buffer]), ErrorKind>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    collect(chain, max_descriptors, out)?;
+    split_directions(out)
+}
+
+/// Read `buffers` back to back into `bytes` (cleared first). Bounding their total length is
+/// the caller's job: it knows the request's limit.
+pub(crate) fn read_buffers<M: GuestMemoryBackend>(
+    mem: &M,
+    buffers: &[Buffer],
+    bytes: &mut Vec<u8>,
+) -> Result<(), ErrorKind> {
+    bytes.clear();
+    for b in buffers {
+        let at = bytes.len();
+        bytes.resize(at + b.len as usize, 0);
+        mem.read_slice(&mut bytes[at..], b.addr)
+            .map_err(|_| ErrorKind::GuestMemory)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

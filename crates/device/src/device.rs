@@ -1,4 +1,6 @@
-//! The device: feature negotiation, configuration space, queue dispatch and the host API.
+//! The device: its state (negotiation, configuration space, stats buffer, counters, discard
+//! backend) and the API transports and the host call. Queue events are lent to the queue loop
+//! ([`queues`](crate::queues)) with the parts of the state a handler may use.
 
 use std::sync::Arc;
 
@@ -8,42 +10,29 @@ use prezero_balloon::queues::{QueueRole, QueueRoles};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryBackend;
 
-use crate::chain::Buffer;
 use crate::config_space::{ConfigSpace, ConfigWriteOutcome, ConfigWriteRefusal};
+use crate::context::{ChainCtx, RequestBuffers};
 use crate::discard::DiscardBackend;
 use crate::error::{DeviceError, ErrorKind};
-use crate::memory::GuestRange;
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{bump, Metrics, MetricsSnapshot};
 use crate::options::DeviceOptions;
+use crate::queues;
 use crate::stats::{GuestStats, StatsState};
-
-/// Reused buffers, so steady-state request handling does not allocate.
-#[derive(Debug, Default)]
-pub(crate) struct Scratch {
-    pub buffers: Vec<Buffer>,
-    pub bytes: Vec<u8>,
-    pub pfns: Vec<u32>,
-    pub sorted: Vec<u32>,
-    pub duplicates: Vec<u32>,
-    pub ranges: Vec<GuestRange>,
-    pub reported: Vec<GuestRange>,
-    pub zeroed: Vec<GuestRange>,
-}
 
 /// The virtio-balloon device core, transport-agnostic.
 ///
 /// `D` is the discard backend ([`HostDiscard`](crate::HostDiscard) for real memory,
-/// [`RecordingDiscard`](crate::RecordingDiscard) in tests).
+/// `RecordingDiscard` (feature `test-utils`) in tests).
 #[derive(Debug)]
 pub struct BalloonDevice<D> {
-    pub(crate) options: DeviceOptions,
-    pub(crate) negotiated: Features,
-    pub(crate) roles: QueueRoles,
-    pub(crate) config: ConfigSpace,
-    pub(crate) stats: StatsState,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) discard: D,
-    pub(crate) scratch: Scratch,
+    options: DeviceOptions,
+    negotiated: Features,
+    roles: QueueRoles,
+    config: ConfigSpace,
+    stats: StatsState,
+    metrics: Arc<Metrics>,
+    discard: D,
+    buffers: RequestBuffers,
 }
 
 impl<D> BalloonDevice<D> {
@@ -60,7 +49,7 @@ impl<D> BalloonDevice<D> {
             stats: StatsState::default(),
             metrics: Arc::new(Metrics::default()),
             discard,
-            scratch: Scratch::default(),
+            buffers: RequestBuffers::default(),
         })
     }
 
@@ -192,11 +181,6 @@ impl<D> BalloonDevice<D> {
             .then_some(self.config.values.poison_val)
     }
 
-    /// Whether guest poisoning forbids turning free pages into zeros (and claiming it).
-    pub(crate) fn poison_forbids_zero(&self) -> bool {
-        self.poison_val().is_some_and(|v| v != 0)
-    }
-
     /// A copy of the metrics.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
@@ -246,16 +230,20 @@ impl<D> BalloonDevice<D> {
         M: GuestMemoryBackend,
         D: DiscardBackend<M::R>,
     {
-        match self.roles.role(index) {
-            Some(QueueRole::Inflate) => self.process_inflate(index, queue, mem),
-            Some(QueueRole::Deflate) => self.process_deflate(index, queue, mem),
-            Some(QueueRole::Stats) => self.process_stats(index, queue, mem),
-            Some(QueueRole::Reporting) => self.process_reporting(index, queue, mem),
-            Some(QueueRole::FreePageHint) | None => {
-                self.metrics.error(ErrorKind::UnknownQueue);
-                Err(DeviceError::NoSuchQueue(index))
-            }
-        }
+        let poison_val = self.poison_val();
+        let mut ctx = ChainCtx {
+            mem,
+            discard: &mut self.discard,
+            metrics: &self.metrics,
+            features: self.negotiated,
+            poison_val,
+            limits: self.options.limits,
+            deflate_willneed: self.options.deflate_willneed,
+            used_ring: queues::used_ring_range(queue),
+            bufs: &mut self.buffers,
+        };
+        let role = self.roles.role(index);
+        queues::process(role, index, queue, &mut ctx, &mut self.stats)
     }
 
     /// Give the held stats buffer back so the driver refills it with fresh values. Returns
@@ -270,10 +258,7 @@ impl<D> BalloonDevice<D> {
         let Some(head) = self.stats.held.take() else {
             return Ok(false);
         };
-        crate::metrics::bump(&self.metrics.stats_requests, 1);
-        if queue.add_used(mem, head, 0).is_err() {
-            return Err(self.queue_error(index, ErrorKind::UsedRing));
-        }
-        Ok(queue.needs_notification(mem).unwrap_or(true))
+        bump(&self.metrics.stats_requests, 1);
+        queues::release_held(&self.metrics, index, queue, mem, head)
     }
 }

@@ -10,13 +10,13 @@
 //! - a failed discard claims nothing.
 //!
 //! [`HostDiscard`](crate::HostDiscard) is the real backend,
-//! [`RecordingDiscard`](crate::RecordingDiscard) the one tests use.
+//! `RecordingDiscard` (feature `test-utils`) the one tests use.
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::ErrorKind;
-use crate::memory::{for_each_span, GuestRange};
+use crate::memory::{for_each_span, normalize, GuestRange};
 use crate::metrics::{bump, Metrics};
 
 /// What a discard does to the memory of a region.
@@ -91,8 +91,8 @@ pub(crate) struct DiscardSummary {
     pub discarded: u64,
 }
 
-/// Discard each range of `ranges` (guest RAM, checked by the caller or here), appending the
-/// guest ranges that now read zero to `zeroed` (in address order, maybe adjacent).
+/// Discard each range of `ranges` (guest RAM, checked by the caller or here), and fill `zeroed`
+/// with the guest ranges that now read zero (normalized: sorted, merged).
 pub(crate) fn discard_ranges<M, D>(
     mem: &M,
     backend: &mut D,
@@ -105,6 +105,7 @@ where
     D: DiscardBackend<M::R>,
 {
     let mut summary = DiscardSummary::default();
+    zeroed.clear();
     for range in ranges {
         let mut partial = false;
         let walked = for_each_span(mem, *range, |span| {
@@ -156,6 +157,7 @@ where
             metrics.error(ErrorKind::PartialHostPage);
         }
     }
+    normalize(zeroed);
     bump(&metrics.discarded_bytes, summary.discarded);
     summary
 }

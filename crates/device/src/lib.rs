@@ -49,6 +49,20 @@
 //! assert!(dev.set_target_pages(1024));
 //! ```
 //!
+//! # Layout
+//!
+//! `device` owns the state and the API above. A queue event lends the queue loop (`queues`:
+//! pop, dispatch by role, `add_used`, notify) a `ChainCtx` (`context`: guest memory, discard
+//! backend, counters, negotiated features, poison value, limits, the used ring's range, the
+//! request buffers), and the loop hands it with each chain to the handler of the queue's role:
+//! [`reporting`], [`inflate`], [`deflate`] (both over [`pfns`]) or [`stats`]. Handlers never
+//! see the device. Below them: `chain` (a chain's shape), [`memory`] (guest ranges through the
+//! memory map), [`discard`] (the discard seam and what may be claimed zeroed) with
+//! [`host_discard`] as the real backend, [`metrics`] and [`error`] (what is counted and
+//! returned). `config_space` and [`options`] are the configuration space and the host's
+//! settings. With the `test-utils` feature, `recording` provides a recording discard backend
+//! for tests.
+//!
 //! # Decisions
 //!
 //! - **Element = descriptor chain** (QEMU's `VirtQueueElement`). The reporting used length is per
@@ -94,6 +108,8 @@
 
 mod chain;
 mod config_space;
+mod context;
+pub mod deflate;
 mod device;
 pub mod discard;
 pub mod error;
@@ -102,8 +118,10 @@ pub mod inflate;
 pub mod memory;
 pub mod metrics;
 pub mod options;
-mod queue;
-mod recording;
+pub mod pfns;
+mod queues;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod recording;
 pub mod reporting;
 pub mod stats;
 
@@ -118,6 +136,7 @@ pub use error::{DeviceError, ErrorKind};
 pub use host_discard::HostDiscard;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{DeviceOptions, Limits};
+#[cfg(any(test, feature = "test-utils"))]
 pub use recording::{DiscardOp, RecordingDiscard};
 pub use stats::GuestStats;
 

@@ -1,4 +1,8 @@
-//! A discard backend that records what it is asked to do, for tests and the fuzz harness.
+//! A test double for the discard seam: a backend that records what it is asked to do instead
+//! of doing it, with per-region policies and injectable failures.
+//!
+//! Built only with the `test-utils` feature (or the crate's own unit tests), so no product
+//! build carries it.
 
 use std::collections::BTreeMap;
 

@@ -17,107 +17,84 @@
 //! overflowing, or not wholly guest RAM is skipped and counted; the others are still discarded.
 
 use prezero_balloon::pfn::BALLOON_PAGE_SIZE;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryBackend;
 
 use crate::chain::{collect, Buffer};
-use crate::device::{BalloonDevice, Scratch};
+use crate::context::ChainCtx;
 use crate::discard::{discard_ranges, DiscardBackend};
-use crate::error::{DeviceError, ErrorKind};
+use crate::error::ErrorKind;
 use crate::memory::{self, covered, normalize, GuestRange};
 use crate::metrics::bump;
-use crate::queue::Completion;
 
-impl<D> BalloonDevice<D> {
-    /// Process the reporting queue. Returns whether the driver must be notified.
-    pub fn process_reporting<Q, M>(
-        &mut self,
-        index: usize,
-        queue: &mut Q,
-        mem: &M,
-    ) -> Result<bool, DeviceError>
-    where
-        Q: QueueT,
-        M: GuestMemoryBackend,
-        D: DiscardBackend<M::R>,
-    {
-        self.drain(index, queue, mem, |dev, mem, chain, used_ring, scratch| {
-            Completion::Used(dev.report_chain(mem, chain, used_ring, scratch))
-        })
+/// Handle one reporting chain: discard its blocks; return its used length (its total length if
+/// every byte now reads zero and may be claimed so, else 0). `Err` rejects the whole chain:
+/// nothing discarded.
+pub(crate) fn report_chain<M, D>(
+    ctx: &mut ChainCtx<'_, M, D>,
+    chain: DescriptorChain<&M>,
+) -> Result<u32, ErrorKind>
+where
+    M: GuestMemoryBackend,
+    D: DiscardBackend<M::R>,
+{
+    bump(&ctx.metrics.reporting_requests, 1);
+    let metrics = ctx.metrics;
+    let poison_forbids_zero = ctx.poison_forbids_zero();
+    let bufs = &mut *ctx.bufs;
+    collect(chain, ctx.limits.max_chain_descriptors, &mut bufs.buffers)?;
+    if bufs.buffers.iter().any(|b| !b.writable) {
+        return Err(ErrorKind::WrongDirection);
     }
-
-    fn report_chain<M>(
-        &mut self,
-        mem: &M,
-        chain: DescriptorChain<&M>,
-        used_ring: Option<GuestRange>,
-        s: &mut Scratch,
-    ) -> u32
-    where
-        M: GuestMemoryBackend,
-        D: DiscardBackend<M::R>,
-    {
-        bump(&self.metrics.reporting_requests, 1);
-        let max_descriptors = self.options.limits.max_chain_descriptors;
-        if let Err(kind) = collect(chain, max_descriptors, &mut s.buffers) {
-            self.metrics.error(kind);
-            return 0;
-        }
-        if s.buffers.iter().any(|b| !b.writable) {
-            self.metrics.error(ErrorKind::WrongDirection);
-            return 0;
-        }
-        bump(&self.metrics.reporting_buffers, s.buffers.len() as u64);
-        if self.poison_forbids_zero() {
-            bump(&self.metrics.poison_skipped, 1);
-            return 0;
-        }
-        let total_len: u64 = s.buffers.iter().map(|b| u64::from(b.len)).sum();
-        s.reported.clear();
-        let mut all_valid = true;
-        for b in &s.buffers {
-            match reported_range(mem, b) {
-                Ok(range) => s.reported.push(range),
-                Err(kind) => {
-                    self.metrics.error(kind);
-                    all_valid = false;
-                }
+    bump(&metrics.reporting_buffers, bufs.buffers.len() as u64);
+    if poison_forbids_zero {
+        bump(&metrics.poison_skipped, 1);
+        return Ok(0);
+    }
+    let total_len: u64 = bufs.buffers.iter().map(|b| u64::from(b.len)).sum();
+    bufs.reported.clear();
+    let mut all_valid = true;
+    for b in &bufs.buffers {
+        match reported_range(ctx.mem, b) {
+            Ok(range) => bufs.reported.push(range),
+            Err(kind) => {
+                metrics.error(kind);
+                all_valid = false;
             }
         }
-        let valid_bytes = s
-            .reported
-            .iter()
-            .fold(0u64, |a, r| a.saturating_add(r.len()));
-        bump(&self.metrics.reported_bytes, valid_bytes);
-
-        s.ranges.clear();
-        s.ranges.extend_from_slice(&s.reported);
-        normalize(&mut s.ranges);
-        s.zeroed.clear();
-        discard_ranges(
-            mem,
-            &mut self.discard,
-            &self.metrics,
-            &s.ranges,
-            &mut s.zeroed,
-        );
-        normalize(&mut s.zeroed);
-
-        if !self.negotiated.init_reported() || !all_valid {
-            return 0;
-        }
-        let all_zeroed = s
-            .reported
-            .iter()
-            .all(|r| covered(&s.zeroed, *r) && !used_ring.is_some_and(|u| r.overlaps(&u)));
-        // A chain is at most 4 GiB (virtio-queue stops iterating past that), so this fits.
-        let Some(used) = u32::try_from(total_len).ok().filter(|_| all_zeroed) else {
-            return 0;
-        };
-        bump(&self.metrics.reported_chains_zeroed, 1);
-        bump(&self.metrics.zeroed_bytes, u64::from(used));
-        used
     }
+    let valid_bytes = bufs
+        .reported
+        .iter()
+        .fold(0u64, |a, r| a.saturating_add(r.len()));
+    bump(&metrics.reported_bytes, valid_bytes);
+
+    bufs.ranges.clear();
+    bufs.ranges.extend_from_slice(&bufs.reported);
+    normalize(&mut bufs.ranges);
+    discard_ranges(
+        ctx.mem,
+        ctx.discard,
+        metrics,
+        &bufs.ranges,
+        &mut bufs.zeroed,
+    );
+
+    if !ctx.features.init_reported() || !all_valid {
+        return Ok(0);
+    }
+    let used_ring = ctx.used_ring;
+    let all_zeroed = bufs
+        .reported
+        .iter()
+        .all(|r| covered(&bufs.zeroed, *r) && !used_ring.is_some_and(|u| r.overlaps(&u)));
+    // A chain is at most 4 GiB (virtio-queue stops iterating past that), so this fits.
+    let Some(used) = u32::try_from(total_len).ok().filter(|_| all_zeroed) else {
+        return Ok(0);
+    };
+    bump(&metrics.reported_chains_zeroed, 1);
+    bump(&metrics.zeroed_bytes, u64::from(used));
+    Ok(used)
 }
 
 /// The guest range of one reported buffer, if acceptable.
@@ -128,4 +105,45 @@ fn reported_range<M: GuestMemoryBackend>(mem: &M, b: &Buffer) -> Result<GuestRan
     }
     memory::check(mem, range)?;
     Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use prezero_balloon::features::{Features, DEVICE_INIT_REPORTED, REPORTING};
+
+    use super::report_chain;
+    use crate::context::test_support::{chain, mem, Parts, WRITE};
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn zeroed_chain_answers_its_length_unless_poisoned() {
+        let mem = mem();
+        let features = Features::bit(REPORTING).with(DEVICE_INIT_REPORTED);
+        let mut parts = Parts::default();
+        let blocks = [(MIB, 4096, WRITE), (MIB + 8192, 8192, WRITE)];
+        let used = report_chain(&mut parts.ctx(&mem, features), chain(&mem, &blocks)).unwrap();
+        assert_eq!(used, 3 * 4096);
+        assert_eq!(parts.discard.discarded_bytes(), 3 * 4096);
+
+        let mut poisoned = Parts::default();
+        let mut ctx = poisoned.ctx(&mem, features);
+        ctx.poison_val = Some(0xaa);
+        assert_eq!(report_chain(&mut ctx, chain(&mem, &blocks)), Ok(0));
+        assert!(poisoned.discard.ops.is_empty());
+    }
+
+    #[test]
+    fn used_ring_overlap_is_discarded_but_not_claimed() {
+        let mem = mem();
+        let features = Features::bit(REPORTING).with(DEVICE_INIT_REPORTED);
+        let mut parts = Parts::default();
+        let mut ctx = parts.ctx(&mem, features);
+        ctx.used_ring = crate::memory::GuestRange::new(MIB + 100, 8).ok();
+        assert_eq!(
+            report_chain(&mut ctx, chain(&mem, &[(MIB, 4096, WRITE)])),
+            Ok(0)
+        );
+        assert_eq!(parts.discard.discarded_bytes(), 4096);
+    }
 }
