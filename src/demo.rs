@@ -9,7 +9,7 @@
 //!    zeroing happens; the same memory is then zeroed the way a guest without
 //!    `DEVICE_INIT_REPORTED` would, to show what was saved.
 
-use crate::embedded::Embedded;
+use crate::in_process::InProcess;
 use anyhow::{bail, ensure, Result};
 use clap::Args;
 use prezero_guest::workload::{alloc_and_touch, dirty_and_free, free_run, Source};
@@ -98,7 +98,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         mm: Config::default(),
         ..GuestOptions::default()
     };
-    let mut sys = Embedded::start(guest, FeatureOffer::default())?;
+    let mut sys = InProcess::start(guest, FeatureOffer::default())?;
     let daemon = sys.daemon.controller();
     let g = &mut sys.guest;
     let features = g.balloon().map(|b| b.features()).unwrap_or_default();

@@ -3,7 +3,7 @@
 mod balloon_cmd;
 mod bench;
 mod demo;
-mod embedded;
+mod in_process;
 mod linux_cmd;
 mod serve;
 

@@ -13,7 +13,7 @@
 
 use super::chart::{bar_chart, Bar};
 use super::median;
-use crate::embedded::Embedded;
+use crate::in_process::InProcess;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use prezero_guest::workload::{alloc_and_touch, dirty_and_free, free_run, Source};
@@ -141,7 +141,7 @@ enum Mode {
 /// One mode's guest, ready to measure: it has been running (all memory dirtied once and
 /// freed) and its free memory has been reported.
 struct Subject {
-    sys: Embedded,
+    sys: InProcess,
     flags: AllocFlags,
     total: Vec<f64>,
     alloc: Vec<f64>,
@@ -160,7 +160,7 @@ impl Subject {
             huge_page_size: a.hugetlb.then_some(2 << 20),
             ..GuestOptions::default()
         };
-        let mut sys = Embedded::start(guest, offer)?;
+        let mut sys = InProcess::start(guest, offer)?;
         let g = &mut sys.guest;
         dirty_and_free(g, u64::MAX)?;
         if source == Source::HugePool {

@@ -1,6 +1,6 @@
 //! The balloon device as a `vhost-user-backend` backend.
 //!
-//! One [`DeviceCell`] lives as long as the daemon: the device (negotiation, config space,
+//! One [`SharedDevice`] lives as long as the daemon: the device (negotiation, config space,
 //! metrics, latest stats, the host's target) behind a mutex. Each frontend connection gets a
 //! fresh [`BalloonBackend`] over it, with that connection's guest memory map; when the
 //! connection ends, the backend and with it every mapping of the guest's memory are dropped.
@@ -47,7 +47,7 @@ pub(crate) fn protocol_features() -> VhostUserProtocolFeatures {
 
 /// The device and what is shared about it across connections and with the host API.
 #[derive(Debug)]
-pub(crate) struct DeviceCell {
+pub(crate) struct SharedDevice {
     device: Mutex<Device>,
     /// The config space image, refreshed after every device call that may change it.
     config: Mutex<[u8; CONFIG_SIZE]>,
@@ -60,7 +60,7 @@ pub(crate) struct DeviceCell {
     pub(crate) queue_size: usize,
 }
 
-impl DeviceCell {
+impl SharedDevice {
     pub(crate) fn new(
         options: DeviceOptions,
         discard: bool,
@@ -73,7 +73,7 @@ impl DeviceCell {
         let device = BalloonDevice::new(options, backend)?;
         let mut config = [0u8; CONFIG_SIZE];
         device.read_config(0, &mut config);
-        Ok(DeviceCell {
+        Ok(SharedDevice {
             offered: device.offered_features(),
             num_queues: device.max_queues(),
             queue_size: usize::from(device.queue_max_size()),
@@ -159,7 +159,7 @@ impl DeviceCell {
 /// The `vhost-user-backend` backend of one frontend connection.
 #[derive(Debug)]
 pub(crate) struct BalloonBackend {
-    cell: Arc<DeviceCell>,
+    shared: Arc<SharedDevice>,
     mem: Memory,
     /// Written by the host API to make the worker hand the stats buffer back.
     stats_event: EventFd,
@@ -177,9 +177,13 @@ pub(crate) fn stats_event_id(num_queues: usize) -> u64 {
 }
 
 impl BalloonBackend {
-    pub(crate) fn new(cell: Arc<DeviceCell>, mem: Memory, gone: Sender<()>) -> io::Result<Self> {
+    pub(crate) fn new(
+        shared: Arc<SharedDevice>,
+        mem: Memory,
+        gone: Sender<()>,
+    ) -> io::Result<Self> {
         Ok(BalloonBackend {
-            cell,
+            shared,
             mem,
             stats_event: EventFd::new(EFD_NONBLOCK)?,
             exit_consumers: Mutex::new(Vec::new()),
@@ -195,13 +199,13 @@ impl BalloonBackend {
 
     fn process(&self, index: usize, vring: &VringRwLock) {
         let mem = self.mem.memory();
-        let result = self.cell.with_device_queues(|dev| {
+        let result = self.shared.with_device_queues(|dev| {
             let result = {
                 let mut state = vring.get_mut();
                 dev.process_queue(index, state.get_queue_mut(), &*mem)
             };
             if dev.queue_role(index) == Some(QueueRole::Stats) {
-                self.cell.stats_processed(dev);
+                self.shared.stats_processed(dev);
             }
             result
         });
@@ -226,7 +230,7 @@ impl BalloonBackend {
     fn give_back_stats(&self, vrings: &[VringRwLock]) {
         let _ = self.stats_event.read();
         let mem = self.mem.memory();
-        let done = self.cell.with_device_queues(|dev| {
+        let done = self.shared.with_device_queues(|dev| {
             let index = dev.queue_roles().index(QueueRole::Stats)?;
             let vring = vrings.get(index)?;
             let mut state = vring.get_mut();
@@ -274,21 +278,21 @@ impl VhostUserBackend for BalloonBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        self.cell.num_queues
+        self.shared.num_queues
     }
 
     fn max_queue_size(&self) -> usize {
-        self.cell.queue_size
+        self.shared.queue_size
     }
 
     fn features(&self) -> u64 {
-        self.cell.offered | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.shared.offered | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&self, features: u64) {
         // Bit 30 is vhost-user's, not the device's.
         let features = features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let negotiated = self.cell.with_device(|d| d.ack_features(features));
+        let negotiated = self.shared.with_device(|d| d.ack_features(features));
         tracing::info!(
             features = format_args!("{:#x}", negotiated.bits()),
             "guest negotiated features"
@@ -300,7 +304,7 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn reset_device(&self) {
-        self.cell.with_device(|d| d.reset());
+        self.shared.with_device(|d| d.reset());
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -308,7 +312,7 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.cell.read_config(offset, size)
+        self.shared.read_config(offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -318,11 +322,11 @@ impl VhostUserBackend for BalloonBackend {
         // SET_CONFIG fails, which would take the balloon away from a guest over one stray
         // write.
         match self
-            .cell
+            .shared
             .with_device(|d| d.write_config(u64::from(offset), buf))
         {
             Ok(outcome) if outcome.actual_changed => {
-                let actual = self.cell.with_device_queues(|d| d.actual_pages());
+                let actual = self.shared.with_device_queues(|d| d.actual_pages());
                 tracing::debug!(actual, "guest updated the balloon size");
             }
             Ok(_) => {}
@@ -365,7 +369,7 @@ impl VhostUserBackend for BalloonBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         let event = usize::from(device_event);
-        if u64::from(device_event) == stats_event_id(self.cell.num_queues) {
+        if u64::from(device_event) == stats_event_id(self.shared.num_queues) {
             self.give_back_stats(vrings);
         } else if let Some(vring) = vrings.get(event) {
             self.process(event, vring);
@@ -385,8 +389,8 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use vm_memory::GuestAddress;
 
-    fn cell() -> Arc<DeviceCell> {
-        Arc::new(DeviceCell::new(DeviceOptions::default(), true).unwrap())
+    fn shared() -> Arc<SharedDevice> {
+        Arc::new(SharedDevice::new(DeviceOptions::default(), true).unwrap())
     }
 
     #[test]
@@ -411,7 +415,7 @@ mod tests {
 
     #[test]
     fn config_reads_come_from_the_mirror_and_past_the_space_are_refused() {
-        let c = cell();
+        let c = shared();
         assert_eq!(c.read_config(0, 8), vec![0; 8]);
         c.with_device(|d| d.set_target_pages(0x1234));
         assert_eq!(c.read_config(0, 4), 0x1234u32.to_le_bytes().to_vec());
@@ -425,7 +429,7 @@ mod tests {
     fn exit_pipes_are_closed_when_the_backend_goes() {
         let (tx, rx) = std::sync::mpsc::channel();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
-        let backend = BalloonBackend::new(cell(), mem, tx).unwrap();
+        let backend = BalloonBackend::new(shared(), mem, tx).unwrap();
         let (consumer, notifier) = backend.exit_event(0).unwrap();
         // As vhost-user-backend does with it.
         let fd = consumer.into_raw_fd();

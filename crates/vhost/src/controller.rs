@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::DeviceCell;
+use crate::backend::SharedDevice;
 use crate::error::Result;
 use crate::notifier::{ConfigNotifier, Notification};
 use crate::options::{bytes_to_pages, ServeOptions};
@@ -59,7 +59,7 @@ impl fmt::Debug for SessionLink {
 #[derive(Debug)]
 pub(crate) struct DaemonShared {
     pub(crate) opts: ServeOptions,
-    pub(crate) cell: Arc<DeviceCell>,
+    pub(crate) device: Arc<SharedDevice>,
     pub(crate) counters: DaemonCounters,
     session: Mutex<Option<Arc<SessionLink>>>,
     /// Readable once a stop was requested (never read, so it stays readable).
@@ -73,10 +73,10 @@ pub(crate) struct DaemonShared {
 
 impl DaemonShared {
     /// Fresh state for a daemon about to start.
-    pub(crate) fn new(opts: ServeOptions, cell: Arc<DeviceCell>) -> std::io::Result<Self> {
+    pub(crate) fn new(opts: ServeOptions, device: Arc<SharedDevice>) -> std::io::Result<Self> {
         Ok(DaemonShared {
             opts,
-            cell,
+            device,
             counters: DaemonCounters::default(),
             session: Mutex::new(None),
             stop_event: EventFd::new(EFD_NONBLOCK)?,
@@ -178,7 +178,10 @@ impl Controller {
             .target_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let changed = self.shared.cell.with_device(|d| d.set_target_pages(pages));
+        let changed = self
+            .shared
+            .device
+            .with_device(|d| d.set_target_pages(pages));
         tracing::info!(pages, changed, "balloon target set");
         let notification = if !changed {
             Notification::Unchanged
@@ -229,22 +232,23 @@ impl Controller {
     /// The balloon's state.
     pub fn status(&self) -> BalloonStatus {
         let link = self.shared.link();
-        let (target, actual, negotiated, roles, holds) = self.shared.cell.with_device_queues(|d| {
-            (
-                d.target_pages(),
-                d.actual_pages(),
-                d.negotiated_features(),
-                d.queue_roles(),
-                d.holds_stats_buffer(),
-            )
-        });
+        let (target, actual, negotiated, roles, holds) =
+            self.shared.device.with_device_queues(|d| {
+                (
+                    d.target_pages(),
+                    d.actual_pages(),
+                    d.negotiated_features(),
+                    d.queue_roles(),
+                    d.holds_stats_buffer(),
+                )
+            });
         BalloonStatus {
             connected: link.is_some(),
             target_pages: target,
             target_bytes: pages_to_bytes(target),
             actual_pages: actual,
             actual_bytes: pages_to_bytes(actual),
-            offered_features: self.shared.cell.offered,
+            offered_features: self.shared.device.offered,
             negotiated_features: negotiated.bits(),
             negotiated: feature_names(negotiated),
             queues: queue_names(roles),
@@ -257,7 +261,7 @@ impl Controller {
     /// The latest guest statistics, if the guest ever sent any.
     pub fn stats(&self) -> Option<StatsReport> {
         self.shared
-            .cell
+            .device
             .with_device_queues(|d| d.latest_stats().map(StatsReport::from_stats))
     }
 
@@ -265,10 +269,10 @@ impl Controller {
     /// `wait` (capped by the options' `max_stats_wait`) for them to arrive.
     pub fn request_stats(&self, wait: Option<Duration>) -> StatsRequestOutcome {
         DaemonCounters::bump(&self.shared.counters.stats_requests);
-        let before = self.shared.cell.stats_sequence();
+        let before = self.shared.device.stats_sequence();
         let holds = self
             .shared
-            .cell
+            .device
             .with_device_queues(|d| d.holds_stats_buffer());
         let requested = match (holds, self.shared.link()) {
             (true, Some(link)) => match link.stats_kick.write(1) {
@@ -283,7 +287,7 @@ impl Controller {
         let fresh = requested
             && wait.is_some_and(|w| {
                 let w = w.min(self.shared.opts.max_stats_wait);
-                self.shared.cell.wait_stats_after(before, w)
+                self.shared.device.wait_stats_after(before, w)
             });
         StatsRequestOutcome {
             requested,
@@ -295,7 +299,7 @@ impl Controller {
     /// The device's and the daemon's counters.
     pub fn metrics(&self) -> MetricsReport {
         MetricsReport {
-            device: self.shared.cell.with_device_queues(|d| d.metrics()),
+            device: self.shared.device.with_device_queues(|d| d.metrics()),
             daemon: self.shared.counters.snapshot(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::DeviceCell;
+use crate::backend::SharedDevice;
 use crate::control;
 use crate::controller::{Controller, DaemonShared};
 use crate::error::{Error, Result};
@@ -88,15 +88,15 @@ impl Drop for DaemonHandle {
 pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
     opts.validate()?;
     signals::ignore_sigpipe();
-    let cell = Arc::new(DeviceCell::new(opts.device, opts.discard)?);
+    let device = Arc::new(SharedDevice::new(opts.device, opts.discard)?);
     let vhost_socket = BoundSocket::bind(&opts.socket)?;
     let control_socket = opts.control.as_deref().map(BoundSocket::bind).transpose()?;
     let shared =
-        Arc::new(DaemonShared::new(opts, cell).map_err(Error::io("creating the stop event"))?);
+        Arc::new(DaemonShared::new(opts, device).map_err(Error::io("creating the stop event"))?);
     tracing::info!(
         socket = %shared.opts.socket.display(),
         control = ?shared.opts.control,
-        features = format_args!("{:#x}", shared.cell.offered),
+        features = format_args!("{:#x}", shared.device.offered),
         "virtio-balloon vhost-user daemon listening"
     );
     let controller = Controller::new(shared.clone());

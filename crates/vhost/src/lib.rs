@@ -43,7 +43,7 @@
 //! | `daemon.rs` | [`spawn`] / [`serve`]: bind the sockets, the accept loop (one guest at a time), [`DaemonHandle`] |
 //! | `session.rs` | one frontend connection: backend, `VhostUserDaemon`, relay, teardown |
 //! | `controller.rs` | the host API: [`Controller`], the state shared with the daemon's threads, the link to the connected guest |
-//! | `backend.rs` | the device as a `vhost-user-backend` backend (`DeviceCell`, `BalloonBackend`) |
+//! | `backend.rs` | the device as a `vhost-user-backend` backend (`SharedDevice`, `BalloonBackend`) |
 //! | [`notifier`] | [`ConfigNotifier`]: "tell the frontend the config changed" -> [`Notification`] |
 //! | [`relay`] | the vhost 0.18 workaround (message relay, config-change sender, UML's padded `SET_MEM_TABLE`); deleted when `docs/upstream/` lands |
 //! | [`control`] (+ `http.rs`) | the operator's control socket (HTTP/1.1 + JSON) and its client |
@@ -75,12 +75,12 @@
 //! # Interoperability
 //!
 //! Checked against the stock Linux 6.1 `virtio_balloon` driver under User-Mode Linux
-//! (`virtio_uml`) in the root package's `tests/linux_uml.rs`, with `prezero serve` as a
+//! (`virtio_uml`) in `harness/linux/tests/linux_uml.rs` (a root-package test), with `prezero serve` as a
 //! separate process: probe with `CONFIG`/`REPLY_ACK`/`BACKEND_REQ`, dense queue roles for
 //! several feature offers, inflate and deflate following a target set on the control socket
 //! (config change acked by the guest), fresh statistics, free page reporting (discarded by
 //! hole punching in UML's shared memory file), deflate-on-OOM, the guest killed mid-inflate.
-//! What the stock driver does is listed in the `prezero-linux` crate docs. Two things here
+//! What the stock driver does is listed in the `prezero-linux-harness` crate docs. Two things here
 //! exist for it: UML 6.1 pads `SET_MEM_TABLE`, which vhost 0.18 refuses (the [`relay`] trims
 //! it), and its call "fd" is a socket (SIGPIPE, see above). It writes `SET_FEATURES` twice at
 //! probe (with, then without `PAGE_POISON`); the device goes by the last one.

@@ -32,12 +32,12 @@ use crate::status::DaemonCounters;
 /// Serves `front` until it disconnects or the daemon stops. Errors are this connection's
 /// only: the caller logs them and accepts the next guest.
 pub(crate) fn run(front: UnixStream, shared: &Arc<DaemonShared>) -> Result<()> {
-    let cell = shared.cell.clone();
-    cell.with_device(|d| d.reset());
+    let device = shared.device.clone();
+    device.with_device(|d| d.reset());
     let (gone_tx, gone_rx) = mpsc::channel::<()>();
     let mem: Memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let backend = Arc::new(
-        BalloonBackend::new(cell.clone(), mem.clone(), gone_tx)
+        BalloonBackend::new(device.clone(), mem.clone(), gone_tx)
             .map_err(Error::io("creating the stats event"))?,
     );
     let outcome = serve_connection(front, shared, &backend, mem);
@@ -53,7 +53,7 @@ pub(crate) fn run(front: UnixStream, shared: &Arc<DaemonShared>) -> Result<()> {
             );
         }
     }
-    cell.with_device(|d| d.reset());
+    device.with_device(|d| d.reset());
     outcome
 }
 
@@ -74,7 +74,7 @@ fn serve_connection(
             .register_listener(
                 backend.stats_event().as_raw_fd(),
                 EventSet::IN,
-                stats_event_id(shared.cell.num_queues),
+                stats_event_id(shared.device.num_queues),
             )
             .map_err(Error::io("registering the stats event"))?;
         let stats_kick = backend

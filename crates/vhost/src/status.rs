@@ -113,67 +113,40 @@ pub struct StatsRequestOutcome {
     pub stats: Option<StatsReport>,
 }
 
-/// Daemon-level counters (the device's own are in [`MetricsSnapshot`]).
-#[derive(Debug, Default)]
-pub(crate) struct DaemonCounters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) disconnections: AtomicU64,
-    pub(crate) connection_errors: AtomicU64,
-    pub(crate) messages_to_backend: AtomicU64,
-    pub(crate) messages_to_frontend: AtomicU64,
-    pub(crate) config_changes_sent: AtomicU64,
-    pub(crate) config_changes_acked: AtomicU64,
-    pub(crate) config_changes_failed: AtomicU64,
-    pub(crate) stats_requests: AtomicU64,
-    pub(crate) slow_teardowns: AtomicU64,
+prezero_device::counters! {
+    /// Daemon-level counters, live (the device's own are in [`MetricsSnapshot`]).
+    pub(crate) struct DaemonCounters {
+        /// Guests accepted.
+        pub(crate) connections: AtomicU64,
+        /// Guest connections that ended.
+        pub(crate) disconnections: AtomicU64,
+        /// Connections that ended on an error (a vhost-user protocol error, a setup failure)
+        /// rather than a plain disconnect.
+        pub(crate) connection_errors: AtomicU64,
+        /// vhost-user messages relayed from frontends to the daemon.
+        pub(crate) messages_to_backend: AtomicU64,
+        /// vhost-user messages relayed from the daemon to frontends.
+        pub(crate) messages_to_frontend: AtomicU64,
+        /// Config-change notifications sent.
+        pub(crate) config_changes_sent: AtomicU64,
+        /// Config-change notifications the frontend acked with success.
+        pub(crate) config_changes_acked: AtomicU64,
+        /// Config-change notifications that failed, were refused or timed out.
+        pub(crate) config_changes_failed: AtomicU64,
+        /// Fresh-stats requests.
+        pub(crate) stats_requests: AtomicU64,
+        /// Connections whose worker thread outlived the teardown timeout.
+        pub(crate) slow_teardowns: AtomicU64,
+    }
+    /// Daemon-level counters: connections, relayed messages, notifications.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DaemonMetrics;
 }
 
 impl DaemonCounters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-
-    pub(crate) fn snapshot(&self) -> DaemonMetrics {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        DaemonMetrics {
-            connections: g(&self.connections),
-            disconnections: g(&self.disconnections),
-            connection_errors: g(&self.connection_errors),
-            messages_to_backend: g(&self.messages_to_backend),
-            messages_to_frontend: g(&self.messages_to_frontend),
-            config_changes_sent: g(&self.config_changes_sent),
-            config_changes_acked: g(&self.config_changes_acked),
-            config_changes_failed: g(&self.config_changes_failed),
-            stats_requests: g(&self.stats_requests),
-            slow_teardowns: g(&self.slow_teardowns),
-        }
-    }
-}
-
-/// Daemon-level counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonMetrics {
-    /// Guests accepted.
-    pub connections: u64,
-    /// Guest connections that ended.
-    pub disconnections: u64,
-    /// Connections that ended on an error (a vhost-user protocol error, a setup failure)
-    /// rather than a plain disconnect.
-    pub connection_errors: u64,
-    /// vhost-user messages relayed from frontends to the daemon.
-    pub messages_to_backend: u64,
-    /// vhost-user messages relayed from the daemon to frontends.
-    pub messages_to_frontend: u64,
-    /// Config-change notifications sent.
-    pub config_changes_sent: u64,
-    /// Config-change notifications the frontend acked with success.
-    pub config_changes_acked: u64,
-    /// Config-change notifications that failed, were refused or timed out.
-    pub config_changes_failed: u64,
-    /// Fresh-stats requests.
-    pub stats_requests: u64,
-    /// Connections whose worker thread outlived the teardown timeout.
-    pub slow_teardowns: u64,
 }
 
 /// Everything measurable: the device's counters and the daemon's.
