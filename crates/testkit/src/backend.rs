@@ -6,19 +6,14 @@
 //! byte of the chain's first readable buffer, or a default) and returns the written length.
 //! It serves a small config space and offers `CONFIG`, `BACKEND_REQ` and `MQ`.
 //!
-//! vhost 0.18's backend-side `Backend` cannot send `CONFIG_CHANGE_MSG` (it has no
-//! `handle_config_change`, and hides its socket), so a relay sits between the frontend and the
-//! daemon: it forwards every message with its fds unchanged, keeps a copy of the fd of
-//! `SET_BACKEND_REQ_FD`, and sends config-change notifications on it itself. The relay can
-//! also cut the connection, which is what the frontend sees when a backend dies.
-
-//! This relay is a private copy of the daemon's (`prezero-vhost`); it goes once the daemon's
-//! relay is reusable.
+//! vhost 0.18's backend-side `Backend` cannot send `CONFIG_CHANGE_MSG`, so, as in the daemon,
+//! the daemon's own relay ([`prezero_vhost::relay::Relay`]) sits between the frontend and the
+//! test daemon: it forwards every message with its fds, sends config-change notifications on
+//! the backend request channel, and can cut the connection, which is what the frontend sees
+//! when a backend dies.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prezero_balloon::features;
+use prezero_vhost::relay::{channel::BackendChannel, Relay};
+use prezero_vhost::{ConfigNotifier, Notification};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_queue::QueueOwnedT;
@@ -34,7 +31,6 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::bits;
 use crate::scratch::Scratch;
@@ -100,58 +96,39 @@ pub struct Shared {
     pub config: Mutex<[u8; CONFIG_SIZE]>,
     pub chains: AtomicU64,
     pub mode: Mutex<Option<Mode>>,
-    frontend_side: Mutex<Option<UnixStream>>,
-    backend_req: Mutex<Option<UnixStream>>,
-    reply_ack: Mutex<bool>,
+    /// The relay of the one connection, once the frontend connected.
+    relay: Mutex<Option<Relay>>,
 }
 
 impl Shared {
     /// Drops the connection both ways, as a dying backend process would.
     pub fn cut(&self) {
-        if let Some(s) = self.frontend_side.lock().unwrap().as_ref() {
-            let _ = s.shutdown(Shutdown::Both);
+        if let Some(relay) = self.relay.lock().unwrap().as_ref() {
+            relay.cut();
         }
+    }
+
+    fn channel(&self) -> io::Result<Arc<BackendChannel>> {
+        let relay = self.relay.lock().unwrap();
+        let relay = relay
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no frontend connected"))?;
+        Ok(relay.notifier())
     }
 
     /// Sends `CONFIG_CHANGE_MSG` on the backend request channel; returns the frontend's ack
     /// value when `REPLY_ACK` is in use (0 = handled), else 0 once sent.
     pub fn send_config_change(&self) -> io::Result<u64> {
-        let guard = self.backend_req.lock().unwrap();
-        let mut sock = guard
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the frontend never sent SET_BACKEND_REQ_FD"))?;
-        let need_reply = *self.reply_ack.lock().unwrap();
-        // Header: request, flags (version 1, NEED_REPLY = 0x8), payload size.
-        let flags: u32 = 0x1 | if need_reply { 0x8 } else { 0 };
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&2u32.to_le_bytes()); // VHOST_USER_BACKEND_CONFIG_CHANGE_MSG
-        msg.extend_from_slice(&flags.to_le_bytes());
-        msg.extend_from_slice(&0u32.to_le_bytes());
-        sock.write_all(&msg)?;
-        if !need_reply {
-            return Ok(0);
+        match self.channel()?.notify_config_change(HANG_GUARD) {
+            Notification::Acked | Notification::Sent => Ok(0),
+            Notification::Refused(value) => Ok(value),
+            other => Err(io::Error::other(format!("config change: {other:?}"))),
         }
-        sock.set_read_timeout(Some(HANG_GUARD))?;
-        let mut reply = [0u8; 20];
-        sock.read_exact(&mut reply)?;
-        let request = u32::from_le_bytes(reply[0..4].try_into().unwrap());
-        let rflags = u32::from_le_bytes(reply[4..8].try_into().unwrap());
-        let size = u32::from_le_bytes(reply[8..12].try_into().unwrap());
-        if request != 2 || rflags & 0x4 == 0 || size != 8 {
-            return Err(io::Error::other(format!(
-                "bad ack: request {request} flags {rflags:#x} size {size}"
-            )));
-        }
-        Ok(u64::from_le_bytes(reply[12..20].try_into().unwrap()))
     }
 
     /// Writes raw bytes on the backend request channel (to send a broken message).
     pub fn send_raw_backend_request(&self, bytes: &[u8]) -> io::Result<()> {
-        let guard = self.backend_req.lock().unwrap();
-        let mut sock = guard
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the frontend never sent SET_BACKEND_REQ_FD"))?;
-        sock.write_all(bytes)
+        self.channel()?.send_raw(bytes)
     }
 
     pub fn set_config(&self, offset: usize, data: &[u8]) {
@@ -351,7 +328,7 @@ impl TestBackend {
         let relay = std::thread::spawn(move || {
             let (front, _) = listener.accept().unwrap();
             let back = UnixStream::connect(&inner).unwrap();
-            relay_connection(front, back, &relay_shared);
+            *relay_shared.relay.lock().unwrap() = Some(Relay::start(front, back).unwrap());
         });
         TestBackend {
             path,
@@ -365,7 +342,15 @@ impl TestBackend {
     /// Waits (with the hang guard) until the daemon and relay have exited, which they do once
     /// the frontend is gone.
     pub fn join(mut self) {
-        join_with_guard(self.relay.take().unwrap(), "relay");
+        join_with_guard(self.relay.take().unwrap(), "relay start");
+        if let Some(relay) = self.shared.relay.lock().unwrap().take() {
+            join_with_guard(
+                std::thread::spawn(move || {
+                    relay.join();
+                }),
+                "relay",
+            );
+        }
         join_with_guard(self.daemon.take().unwrap(), "daemon");
     }
 }
@@ -373,88 +358,6 @@ impl TestBackend {
 impl Drop for TestBackend {
     fn drop(&mut self) {
         self.shared.cut();
-    }
-}
-
-/// Forwards vhost-user messages both ways, fds included, until either side closes.
-fn relay_connection(front: UnixStream, back: UnixStream, shared: &Arc<Shared>) {
-    *shared.frontend_side.lock().unwrap() = Some(front.try_clone().unwrap());
-    let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
-    let to_backend_shared = shared.clone();
-    let to_backend = std::thread::spawn(move || {
-        let _ = relay_messages(&front, &back, Some(&to_backend_shared));
-        let _ = back.shutdown(Shutdown::Both);
-        let _ = front.shutdown(Shutdown::Both);
-    });
-    let _ = relay_messages(&back2, &front2, None);
-    let _ = front2.shutdown(Shutdown::Both);
-    let _ = back2.shutdown(Shutdown::Both);
-    to_backend.join().unwrap();
-}
-
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const SET_BACKEND_REQ_FD: u32 = 21;
-
-/// Copies whole messages (12-byte header, then `size` bytes) from `from` to `to`, fds attached
-/// to the header as the sender attached them.
-fn relay_messages(
-    from: &UnixStream,
-    mut to: &UnixStream,
-    watch: Option<&Arc<Shared>>,
-) -> io::Result<()> {
-    let mut from_reader = from;
-    loop {
-        let mut hdr = [0u8; 12];
-        let mut fds = [-1 as RawFd; 32];
-        let mut iov = [libc::iovec {
-            iov_base: hdr.as_mut_ptr().cast(),
-            iov_len: hdr.len(),
-        }];
-        // SAFETY: the iovec points at `hdr`, alive and exclusively borrowed for the call.
-        let (n, nfds) = unsafe { from.recv_with_fds(&mut iov, &mut fds) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        // Own the received fds so they are closed after forwarding.
-        // SAFETY: recvmsg just created these fds for us.
-        let owned: Vec<OwnedFd> = fds[..nfds]
-            .iter()
-            .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .collect();
-        if n == 0 {
-            return Ok(());
-        }
-        if n < hdr.len() {
-            from_reader.read_exact(&mut hdr[n..])?;
-        }
-        let request = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
-        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; size];
-        from_reader.read_exact(&mut body)?;
-
-        if let Some(shared) = watch {
-            let is_reply = flags & 0x4 != 0;
-            if !is_reply && request == SET_BACKEND_REQ_FD && owned.len() == 1 {
-                let dup = owned[0].try_clone()?;
-                *shared.backend_req.lock().unwrap() = Some(UnixStream::from(dup));
-            }
-            if !is_reply && request == SET_PROTOCOL_FEATURES && size == 8 {
-                let features = u64::from_le_bytes(body[..8].try_into().unwrap());
-                *shared.reply_ack.lock().unwrap() =
-                    features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
-            }
-        }
-
-        let raw: Vec<RawFd> = owned.iter().map(|f| f.as_raw_fd()).collect();
-        let bufs: [&[u8]; 2] = [&hdr, &body];
-        let sent = to
-            .send_with_fds(&bufs[..], &raw)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        if sent < hdr.len() + body.len() {
-            let mut rest = Vec::with_capacity(hdr.len() + body.len());
-            rest.extend_from_slice(&hdr);
-            rest.extend_from_slice(&body);
-            to.write_all(&rest[sent..])?;
-        }
     }
 }
 

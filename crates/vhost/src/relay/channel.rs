@@ -48,6 +48,21 @@ impl BackendChannel {
     pub(crate) fn set_reply_ack(&self, on: bool) {
         self.reply_ack.store(on, Ordering::SeqCst);
     }
+
+    /// Writes `bytes` as they are on the channel, for tests of a frontend's handling of a
+    /// broken backend request (a truncated header, a bad size). The daemon never calls it.
+    ///
+    /// Errors: no channel yet (`NotConnected`), or the write failed or would block.
+    pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let guard = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut socket = guard.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the frontend never sent SET_BACKEND_REQ_FD",
+            )
+        })?;
+        socket.write_all(bytes)
+    }
 }
 
 impl ConfigNotifier for BackendChannel {
