@@ -1,43 +1,37 @@
-//! [`Scratch`]: the one scratch directory of the tests, removed when dropped.
+//! [`Scratch`]: a test's scratch directory, removed when dropped.
 //!
-//! A thin layer over `vmm_sys_util::tempdir::TempDir` (which picks a unique name with
-//! `mkdtemp`) that keeps names short: a Unix socket path must fit `sun_path`, 108 bytes with
-//! its NUL, and `TMPDIR` may already be long.
+//! The project has one scratch-directory helper, the harness's
+//! [`ScratchDir`](prezero_linux_harness::scratch::ScratchDir) (short, predictable names that
+//! leave room for a Unix socket address; every live directory listed for interrupt cleanup);
+//! this is that helper with the tests' conventions: a directory under the temp dir named
+//! after the test, and the socket names the tests use.
 
 use std::path::{Path, PathBuf};
 
-use vmm_sys_util::tempdir::TempDir;
-
-/// Longest socket path a test may build inside a scratch directory (`sun_path` minus NUL, minus
-/// room for a file name such as `frontend.sock`).
-const SOCKET_DIR_MAX: usize = 107 - 24;
+use prezero_linux_harness::scratch::ScratchDir;
 
 /// A fresh directory, unique per call, removed with its contents on drop.
 #[derive(Debug)]
-pub struct Scratch(TempDir);
+pub struct Scratch(ScratchDir);
 
 impl Scratch {
-    /// Creates `$TMPDIR/pz-<tag>-XXXXXX` (or under `/tmp` when `$TMPDIR` is too deep for
-    /// socket paths). `tag` names the test in the path; keep it short.
+    /// Creates `<temp dir>/prezero-<tag>-<pid>-<n>`. `tag` names the test in the path: keep it
+    /// short (it is cut to 16 characters).
     pub fn new(tag: &str) -> Scratch {
         let tag: String = tag.chars().take(16).collect();
-        let mut base = std::env::temp_dir();
-        if base.as_os_str().len() + tag.len() + 10 > SOCKET_DIR_MAX {
-            base = PathBuf::from("/tmp");
-        }
-        let dir = TempDir::new_with_prefix(base.join(format!("pz-{tag}-")))
-            .unwrap_or_else(|e| panic!("scratch directory under {}: {e}", base.display()));
+        let dir = ScratchDir::temp(&format!("{tag}-"))
+            .unwrap_or_else(|e| panic!("scratch directory for {tag}: {e}"));
         Scratch(dir)
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        self.0.as_path()
+        self.0.path()
     }
 
     /// `name` inside the directory.
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
-        self.path().join(name)
+        self.0.join(name)
     }
 
     /// The vhost-user socket path the tests use: `balloon.sock`.
