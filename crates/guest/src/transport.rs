@@ -43,7 +43,7 @@
 //! use std::time::Duration;
 //! use prezero_guest::{Buffer, GuestRam, SplitQueue, VirtioTransport};
 //!
-//! const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+//! const VIRTIO_F_VERSION_1: u64 = 1 << prezero_balloon::features::VERSION_1;
 //!
 //! /// Hands the device one 4 MiB block to write (or discard) and waits for it back.
 //! fn one_request<T: VirtioTransport<Memory = GuestRam>>(

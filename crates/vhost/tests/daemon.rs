@@ -605,7 +605,7 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     f.set_owner().unwrap();
     let offered = f.get_features().unwrap();
     assert_ne!(
-        offered & (1 << 30),
+        offered & VHOST_USER_F_PROTOCOL_FEATURES,
         0,
         "VHOST_USER_F_PROTOCOL_FEATURES offered"
     );

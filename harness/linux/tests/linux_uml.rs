@@ -22,6 +22,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use prezero_balloon::features;
 use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::{Event, Meminfo};
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
@@ -336,11 +337,11 @@ fn names(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Feature bits.
-const MUST_TELL_HOST: u64 = 1 << 0;
-const STATS_VQ: u64 = 1 << 1;
-const DEFLATE_ON_OOM: u64 = 1 << 2;
-const REPORTING: u64 = 1 << 5;
+/// Feature bits, as masks.
+const MUST_TELL_HOST: u64 = 1 << features::MUST_TELL_HOST;
+const STATS_VQ: u64 = 1 << features::STATS_VQ;
+const DEFLATE_ON_OOM: u64 = 1 << features::DEFLATE_ON_OOM;
+const REPORTING: u64 = 1 << features::REPORTING;
 
 /// Probe and negotiation for several feature offers; each queue role carries what Linux puts
 /// on it (dense numbering: without stats, reporting is queue 2).
