@@ -23,13 +23,14 @@ pub enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
-    /// Free page reporting throughput of the device against a raw loop of the same discard
-    /// syscalls (memfd and anonymous memory).
+    /// Free page reporting throughput of the device for the stock (1 chain x 32 x 4 MiB) and
+    /// upstream (256 chains x 2 MiB) request patterns, against one raw discard syscall per
+    /// contiguous range (memfd and anonymous memory).
     Report {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Bytes of memory per backing, in MiB.
+        /// Bytes of memory per backing, in MiB (a multiple of 512).
         #[arg(long, default_value_t = 2048)]
         mib: u64,
         /// Timed passes over the memory.

@@ -1,18 +1,20 @@
-//! `prezero bench report`: free page reporting throughput through the real queue path, against
-//! the raw discard syscalls.
+//! `prezero bench report`: free page reporting throughput through the real queue path, for
+//! the two request patterns drivers use, against the raw discard syscalls.
+//!
+//! Patterns (per queue drain: what a driver hands over before it kicks and waits):
+//! - **stock**: one chain of 32 x 4 MiB blocks, as the stock Linux 6.1 driver sends (one
+//!   chain per pass of up to `PAGE_REPORTING_CAPACITY` pageblocks; 4 MiB in UML);
+//! - **upstream**: 256 chains of one 2 MiB block each, as the upstream patched driver sends
+//!   (one chain per block, up to the ring size per pass).
 //!
 //! For each backing (a memfd mapped shared, private anonymous memory), a guest region of
-//! `region_bytes` is reported in requests of `elements_per_request` elements of `element_bytes`
-//! (default: 2 GiB, 32 x 4 MiB, as the stock Linux driver sends). Each request is one descriptor
-//! chain in a split ring (a [`prezero_virtq::SplitQueue`]) placed in a small separate region,
-//! processed by
-//! [`BalloonDevice::process_queue`] with the [`HostDiscard`] backend, `DEVICE_INIT_REPORTED`
-//! negotiated.
-//!
-//! The elements of one request are never adjacent (request `r` takes blocks `r, r + R, r + 2R,
-//! ...`), as blocks taken from the guest's free lists rarely are; so the device cannot merge
-//! them and issues exactly the syscalls of the floor: one `fallocate(PUNCH_HOLE)` (memfd) or
-//! `madvise(MADV_DONTNEED)` (anonymous) per element, over the same ranges in the same order.
+//! `region_bytes` is reported front to back, so the blocks of one drain are contiguous (a
+//! freshly freed region, as after a large free). The device runs with the [`HostDiscard`]
+//! backend and `DEVICE_INIT_REPORTED` negotiated, its ring in a small separate region; one
+//! [`BalloonDevice::process_queue`] call per drain. The floor is one bare discard syscall per
+//! contiguous range of each drain (`fallocate(PUNCH_HOLE)` on the memfd,
+//! `madvise(MADV_DONTNEED)` on anonymous memory): the least any device can do for the same
+//! request.
 //!
 //! Every pass first dirties every page of the region (not timed), so each discard has real
 //! work; device and floor passes alternate, and which one goes first alternates too.
@@ -37,7 +39,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// Guest-physical base of the reported region; the ring lives below it.
 const DATA_BASE: u64 = 1 << 30;
 const RING_REGION: usize = 1 << 20;
-/// Entries of the reporting ring (the most elements a request may have).
+/// Entries of the reporting ring (the most blocks a drain may have).
 const RING_SIZE: u16 = 256;
 
 /// A backing for the reported region.
@@ -60,17 +62,70 @@ impl Backing {
     }
 }
 
+/// Which driver's request pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// The stock Linux driver: one chain of many blocks per drain.
+    Stock,
+    /// The upstream patched driver: one chain per block, many chains per drain.
+    Upstream,
+}
+
+impl Pattern {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Stock => "stock",
+            Pattern::Upstream => "upstream",
+        }
+    }
+}
+
+/// The shape of one pattern's drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Which pattern this is.
+    pub pattern: Pattern,
+    /// Chains per drain.
+    pub chains: u16,
+    /// Blocks (device-writable buffers) per chain.
+    pub blocks_per_chain: u16,
+    /// Bytes per block.
+    pub block_bytes: u64,
+}
+
+impl Shape {
+    /// One chain of 32 x 4 MiB.
+    pub const STOCK: Shape = Shape {
+        pattern: Pattern::Stock,
+        chains: 1,
+        blocks_per_chain: 32,
+        block_bytes: 4 << 20,
+    };
+    /// 256 chains of one 2 MiB block.
+    pub const UPSTREAM: Shape = Shape {
+        pattern: Pattern::Upstream,
+        chains: 256,
+        blocks_per_chain: 1,
+        block_bytes: 2 << 20,
+    };
+
+    /// Bytes reported per drain.
+    pub fn drain_bytes(&self) -> u64 {
+        u64::from(self.chains) * u64::from(self.blocks_per_chain) * self.block_bytes
+    }
+}
+
 /// What to measure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportBenchOptions {
     /// Size of the reported region per backing (default 2 GiB).
     pub region_bytes: u64,
-    /// Size of one reported element (default 4 MiB).
-    pub element_bytes: u64,
-    /// Elements per request chain (default 32).
-    pub elements_per_request: u16,
     /// Passes over the whole region, each for the device and for the floor (default 3).
     pub passes: u32,
+    /// Patterns to measure (default stock then upstream).
+    pub shapes: Vec<Shape>,
     /// Backings to measure (default memfd then anonymous).
     pub backings: Vec<Backing>,
 }
@@ -79,43 +134,59 @@ impl Default for ReportBenchOptions {
     fn default() -> Self {
         ReportBenchOptions {
             region_bytes: 2 << 30,
-            element_bytes: 4 << 20,
-            elements_per_request: 32,
             passes: 3,
+            shapes: vec![Shape::STOCK, Shape::UPSTREAM],
             backings: vec![Backing::Memfd, Backing::Anonymous],
         }
     }
 }
 
 impl ReportBenchOptions {
-    /// A small configuration for tests: 64 MiB, 1 MiB elements, 8 per request, 1 pass.
+    /// A small configuration for tests: 64 MiB, the two patterns with smaller blocks (stock
+    /// 32 x 256 KiB, upstream 256 x 128 KiB), 1 pass.
     #[cfg(test)]
     pub fn small() -> Self {
         ReportBenchOptions {
             region_bytes: 64 << 20,
-            element_bytes: 1 << 20,
-            elements_per_request: 8,
             passes: 1,
+            shapes: vec![
+                Shape {
+                    block_bytes: 256 << 10,
+                    ..Shape::STOCK
+                },
+                Shape {
+                    block_bytes: 128 << 10,
+                    ..Shape::UPSTREAM
+                },
+            ],
             ..Self::default()
         }
     }
 }
 
-/// Result for one backing.
+/// Result for one pattern on one backing.
 #[derive(Clone, Debug, Serialize)]
-pub struct BackingResult {
+pub struct PatternResult {
+    /// Which pattern.
+    pub pattern: Pattern,
     /// Which backing.
     pub backing: Backing,
     /// Reported bytes per second through the device, in GiB/s.
     pub device_gib_s: f64,
-    /// The same discard syscalls in a bare loop, in GiB/s.
+    /// One discard syscall per contiguous range in a bare loop, in GiB/s.
     pub floor_gib_s: f64,
-    /// Device time over floor time (1.0 = no overhead).
+    /// Device time over floor time (1.0 = no overhead; target <= 1.1).
     pub ratio: f64,
     /// Discard syscalls the device issued per GiB reported.
     pub syscalls_per_gib: f64,
     /// Discard syscalls the floor issued per GiB.
     pub floor_syscalls_per_gib: f64,
+    /// Chains per drain.
+    pub chains_per_drain: u16,
+    /// Blocks per chain.
+    pub blocks_per_chain: u16,
+    /// Bytes per block.
+    pub block_bytes: u64,
     /// Fraction of reported bytes the device answered "zeroed" (used length = full length).
     pub zeroed_fraction: f64,
     /// Seconds spent in the device, all passes.
@@ -127,55 +198,54 @@ pub struct BackingResult {
 /// The benchmark result (`--json` output).
 #[derive(Clone, Debug, Serialize)]
 pub struct ReportBenchResult {
-    /// All backings together, GiB/s through the device.
-    pub device_gib_s: f64,
-    /// All backings together, GiB/s for the raw syscall loop.
-    pub floor_gib_s: f64,
-    /// Device time over floor time, all backings (target: <= 1.2).
-    pub ratio: f64,
-    /// Discard syscalls per GiB through the device, all backings.
-    pub syscalls_per_gib: f64,
     /// Region size per backing.
     pub region_bytes: u64,
-    /// Element size.
-    pub element_bytes: u64,
-    /// Elements per request.
-    pub elements_per_request: u16,
     /// Passes.
     pub passes: u32,
-    /// Per-backing detail.
-    pub backings: Vec<BackingResult>,
+    /// One entry per pattern and backing.
+    pub patterns: Vec<PatternResult>,
 }
 
 impl ReportBenchResult {
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "report bench: {} MiB per backing, {} x {} KiB elements per request, {} pass(es)\n",
+            "report bench: {} MiB per backing, contiguous, {} pass(es); floor: one discard per contiguous range\n",
             self.region_bytes >> 20,
-            self.elements_per_request,
-            self.element_bytes >> 10,
             self.passes
         );
         out.push_str(&format!(
-            "{:<10} {:>13} {:>12} {:>7} {:>13} {:>8}\n",
-            "backing", "device GiB/s", "floor GiB/s", "ratio", "syscalls/GiB", "zeroed"
+            "{:<9} {:<18} {:<10} {:>13} {:>12} {:>7} {:>13} {:>13} {:>8}\n",
+            "pattern",
+            "chains x blocks",
+            "backing",
+            "device GiB/s",
+            "floor GiB/s",
+            "ratio",
+            "syscalls/GiB",
+            "floor sc/GiB",
+            "zeroed"
         ));
-        for b in &self.backings {
+        for p in &self.patterns {
+            let shape = format!(
+                "{} x {} x {}K",
+                p.chains_per_drain,
+                p.blocks_per_chain,
+                p.block_bytes >> 10
+            );
             out.push_str(&format!(
-                "{:<10} {:>13.2} {:>12.2} {:>7.3} {:>13.1} {:>7.1}%\n",
-                b.backing.name(),
-                b.device_gib_s,
-                b.floor_gib_s,
-                b.ratio,
-                b.syscalls_per_gib,
-                b.zeroed_fraction * 100.0
+                "{:<9} {:<18} {:<10} {:>13.2} {:>12.2} {:>7.3} {:>13.1} {:>13.1} {:>7.1}%\n",
+                p.pattern.name(),
+                shape,
+                p.backing.name(),
+                p.device_gib_s,
+                p.floor_gib_s,
+                p.ratio,
+                p.syscalls_per_gib,
+                p.floor_syscalls_per_gib,
+                p.zeroed_fraction * 100.0
             ));
         }
-        out.push_str(&format!(
-            "{:<10} {:>13.2} {:>12.2} {:>7.3} {:>13.1}\n",
-            "all", self.device_gib_s, self.floor_gib_s, self.ratio, self.syscalls_per_gib
-        ));
         out
     }
 }
@@ -200,51 +270,42 @@ pub enum BenchError {
 /// Run the benchmark.
 pub fn run(opts: &ReportBenchOptions) -> Result<ReportBenchResult, BenchError> {
     validate(opts)?;
-    let mut backings = Vec::new();
-    for backing in &opts.backings {
-        backings.push(run_backing(opts, *backing)?);
+    let mut patterns = Vec::new();
+    for shape in &opts.shapes {
+        for backing in &opts.backings {
+            patterns.push(run_pattern(opts, *shape, *backing)?);
+        }
     }
-    let total = |f: fn(&BackingResult) -> f64| backings.iter().map(f).sum::<f64>();
-    let bytes = opts.region_bytes as f64 * f64::from(opts.passes) * backings.len() as f64;
-    let device_s = total(|b| b.device_seconds);
-    let floor_s = total(|b| b.floor_seconds);
-    let syscalls = total(|b| b.syscalls_per_gib);
     Ok(ReportBenchResult {
-        device_gib_s: rate(bytes, device_s),
-        floor_gib_s: rate(bytes, floor_s),
-        ratio: ratio(device_s, floor_s),
-        syscalls_per_gib: if backings.is_empty() {
-            0.0
-        } else {
-            syscalls / backings.len() as f64
-        },
         region_bytes: opts.region_bytes,
-        element_bytes: opts.element_bytes,
-        elements_per_request: opts.elements_per_request,
         passes: opts.passes,
-        backings,
+        patterns,
     })
 }
 
 fn validate(opts: &ReportBenchOptions) -> Result<(), BenchError> {
     let page = system_page_size();
-    if opts.element_bytes == 0
-        || opts.element_bytes % page != 0
-        || opts.element_bytes > u64::from(u32::MAX)
-    {
-        return Err(BenchError::Options(
-            "element_bytes must be a non-zero multiple of the page size below 4 GiB",
-        ));
-    }
-    if opts.region_bytes < opts.element_bytes || opts.region_bytes % opts.element_bytes != 0 {
-        return Err(BenchError::Options(
-            "region_bytes must be a non-zero multiple of element_bytes",
-        ));
-    }
-    if opts.elements_per_request == 0 || opts.elements_per_request > RING_SIZE {
-        return Err(BenchError::Options(
-            "elements_per_request must be in 1..=256",
-        ));
+    for shape in &opts.shapes {
+        if shape.block_bytes == 0
+            || shape.block_bytes % page != 0
+            || shape.block_bytes > u64::from(u32::MAX)
+        {
+            return Err(BenchError::Options(
+                "block_bytes must be a non-zero multiple of the page size below 4 GiB",
+            ));
+        }
+        let blocks = u32::from(shape.chains) * u32::from(shape.blocks_per_chain);
+        if blocks == 0 || blocks > u32::from(RING_SIZE) {
+            return Err(BenchError::Options(
+                "a drain must have 1 to 256 blocks (the ring's size)",
+            ));
+        }
+        let drain = shape.drain_bytes();
+        if opts.region_bytes < drain || opts.region_bytes % drain != 0 {
+            return Err(BenchError::Options(
+                "the region must be a multiple of every pattern's drain (128 MiB stock, 512 MiB upstream): use --mib 512, 1024, 2048, ...",
+            ));
+        }
     }
     if opts.passes == 0 {
         return Err(BenchError::Options("passes must be at least 1"));
@@ -297,23 +358,14 @@ fn memory(opts: &ReportBenchOptions, backing: Backing) -> Result<GuestMemoryMmap
     GuestMemoryMmap::from_regions(vec![ring, data]).map_err(|e| setup(&e))
 }
 
-/// Block indices of request `r`: `r, r + R, r + 2R, ...` so no two are adjacent.
-fn request_blocks(
-    r: u64,
-    requests: u64,
-    blocks: u64,
-    per_request: u64,
-) -> impl Iterator<Item = u64> {
-    (0..per_request)
-        .map(move |i| i * requests + r)
-        .filter(move |b| *b < blocks)
-}
-
-fn run_backing(opts: &ReportBenchOptions, backing: Backing) -> Result<BackingResult, BenchError> {
+fn run_pattern(
+    opts: &ReportBenchOptions,
+    shape: Shape,
+    backing: Backing,
+) -> Result<PatternResult, BenchError> {
     let mem = memory(opts, backing)?;
-    let blocks = opts.region_bytes / opts.element_bytes;
-    let per_request = u64::from(opts.elements_per_request);
-    let requests = blocks.div_ceil(per_request);
+    let drain_bytes = shape.drain_bytes();
+    let drains = opts.region_bytes / drain_bytes;
 
     let mut dev = BalloonDevice::new(DeviceOptions::default(), HostDiscard::<()>::new())?;
     dev.ack_features(
@@ -329,48 +381,47 @@ fn run_backing(opts: &ReportBenchOptions, backing: Backing) -> Result<BackingRes
         .ok_or(BenchError::Options("reporting not negotiated"))?;
     let mut ring = SplitQueue::new(&mem, RING_SIZE, 0, false)?;
     let mut queue = ring.layout().device_queue();
+    let region = mem
+        .find_region(GuestAddress(DATA_BASE))
+        .ok_or(BenchError::Options("no data region"))?;
 
     let mut device_time = Duration::ZERO;
     let mut floor_time = Duration::ZERO;
     let mut reported = 0u64;
     let mut zeroed = 0u64;
     let mut floor_calls = 0u64;
+    let chain_bytes = u64::from(shape.blocks_per_chain) * shape.block_bytes;
     for pass in 0..opts.passes {
         let device_first = pass % 2 == 0;
         for step in 0..2 {
             dirty(&mem, opts.region_bytes);
             if (step == 0) == device_first {
-                for r in 0..requests {
-                    let bufs: Vec<Buffer> = request_blocks(r, requests, blocks, per_request)
-                        .map(|block| {
-                            let gpa = DATA_BASE + block * opts.element_bytes;
-                            Buffer::writable(gpa, opts.element_bytes as u32)
-                        })
-                        .collect();
-                    if bufs.is_empty() {
-                        continue;
+                for d in 0..drains {
+                    let base = DATA_BASE + d * drain_bytes;
+                    for c in 0..u64::from(shape.chains) {
+                        let bufs: Vec<Buffer> = (0..u64::from(shape.blocks_per_chain))
+                            .map(|b| {
+                                let gpa = base + c * chain_bytes + b * shape.block_bytes;
+                                Buffer::writable(gpa, shape.block_bytes as u32)
+                            })
+                            .collect();
+                        ring.add(&bufs, ())?;
                     }
-                    ring.add(&bufs, ())?;
                     let start = Instant::now();
                     dev.process_queue(index, &mut queue, &mem)?;
                     device_time += start.elapsed();
                     while let Some(used) = ring.pop_used()? {
-                        reported += bufs.len() as u64 * opts.element_bytes;
+                        reported += chain_bytes;
                         zeroed += u64::from(used.len);
                     }
                 }
             } else {
-                let region = mem
-                    .find_region(GuestAddress(DATA_BASE))
-                    .ok_or(BenchError::Options("no data region"))?;
-                for r in 0..requests {
-                    for block in request_blocks(r, requests, blocks, per_request) {
-                        let offset = block * opts.element_bytes;
-                        let start = Instant::now();
-                        floor_discard(region, backing, offset, opts.element_bytes)?;
-                        floor_time += start.elapsed();
-                        floor_calls += 1;
-                    }
+                // A drain's blocks form one contiguous range: one syscall each.
+                for d in 0..drains {
+                    let start = Instant::now();
+                    floor_discard(region, backing, d * drain_bytes, drain_bytes)?;
+                    floor_time += start.elapsed();
+                    floor_calls += 1;
                 }
             }
         }
@@ -379,13 +430,17 @@ fn run_backing(opts: &ReportBenchOptions, backing: Backing) -> Result<BackingRes
     let gib = bytes / GIB;
     let device_s = device_time.as_secs_f64();
     let floor_s = floor_time.as_secs_f64();
-    Ok(BackingResult {
+    Ok(PatternResult {
+        pattern: shape.pattern,
         backing,
         device_gib_s: rate(bytes, device_s),
         floor_gib_s: rate(bytes, floor_s),
         ratio: ratio(device_s, floor_s),
         syscalls_per_gib: dev.metrics().discard_calls as f64 / gib,
         floor_syscalls_per_gib: floor_calls as f64 / gib,
+        chains_per_drain: shape.chains,
+        blocks_per_chain: shape.blocks_per_chain,
+        block_bytes: shape.block_bytes,
         zeroed_fraction: if reported > 0 {
             zeroed as f64 / reported as f64
         } else {
@@ -451,60 +506,71 @@ fn floor_discard(
 mod tests {
     use super::*;
 
+    /// Run small: both patterns go through the device, which issues one discard per drain (its
+    /// blocks are contiguous) like the floor, and answers every block "zeroed".
     #[test]
-    fn request_blocks_are_never_adjacent_and_cover_everything() {
-        let (blocks, per) = (50u64, 8u64);
-        let requests = blocks.div_ceil(per);
-        let mut all = Vec::new();
-        for r in 0..requests {
-            let b: Vec<u64> = request_blocks(r, requests, blocks, per).collect();
-            assert!(b.windows(2).all(|w| w[1] - w[0] > 1));
-            all.extend(b);
-        }
-        all.sort_unstable();
-        assert_eq!(all, (0..blocks).collect::<Vec<_>>());
-    }
-
-    /// Run small, it must go through the device, issue one discard per element like the floor,
-    /// and get every element answered "zeroed".
-    #[test]
-    fn small_report_bench_runs_through_the_device() {
+    fn small_report_bench_runs_both_patterns_through_the_device() {
         let opts = ReportBenchOptions::small();
         let result = run(&opts).unwrap();
-        assert_eq!(result.backings.len(), 2);
-        for b in &result.backings {
-            // 1 MiB elements: 1024 per GiB, one syscall each, for the device and the floor.
-            assert_eq!(b.syscalls_per_gib, 1024.0, "{:?}", b.backing);
-            assert_eq!(b.floor_syscalls_per_gib, 1024.0);
-            assert_eq!(b.zeroed_fraction, 1.0);
-            assert!(b.device_gib_s > 0.0 && b.floor_gib_s > 0.0 && b.ratio > 0.0);
+        assert_eq!(result.patterns.len(), 4);
+        for p in &result.patterns {
+            // Stock: 8 MiB drains, 128 per GiB; upstream: 32 MiB drains, 32 per GiB.
+            let per_gib = match p.pattern {
+                Pattern::Stock => 128.0,
+                Pattern::Upstream => 32.0,
+            };
+            assert_eq!(p.syscalls_per_gib, per_gib, "{p:?}");
+            assert_eq!(p.floor_syscalls_per_gib, per_gib);
+            assert_eq!(p.zeroed_fraction, 1.0);
+            assert!(p.device_gib_s > 0.0 && p.floor_gib_s > 0.0 && p.ratio > 0.0);
         }
-        assert_eq!(result.backings[0].backing, Backing::Memfd);
         let json = serde_json::to_value(&result).unwrap();
-        for key in ["device_gib_s", "floor_gib_s", "syscalls_per_gib", "ratio"] {
-            assert!(json[key].is_number(), "{key} missing");
+        let first = &json["patterns"][0];
+        for key in ["device_gib_s", "floor_gib_s", "syscalls_per_gib"] {
+            assert!(first[key].is_number(), "{key} missing");
         }
-        assert_eq!(json["backings"][1]["backing"], "anonymous");
+        assert_eq!(first["pattern"], "stock");
+        assert_eq!(first["backing"], "memfd");
+        assert_eq!(json["patterns"][3]["pattern"], "upstream");
+        assert_eq!(json["patterns"][3]["backing"], "anonymous");
         let table = result.table();
-        assert!(table.contains("memfd") && table.contains("anonymous") && table.contains("all"));
+        assert!(table.contains("stock") && table.contains("upstream"));
+        assert!(table.contains("memfd") && table.contains("anonymous"));
+    }
+
+    #[test]
+    fn the_default_patterns_are_the_drivers() {
+        assert_eq!(Shape::STOCK.drain_bytes(), 128 << 20);
+        assert_eq!(Shape::UPSTREAM.drain_bytes(), 512 << 20);
+        assert_eq!(Shape::UPSTREAM.chains, RING_SIZE);
     }
 
     #[test]
     fn bad_options_are_refused() {
+        let small = ReportBenchOptions::small();
         let o = ReportBenchOptions {
-            element_bytes: 1000,
-            ..ReportBenchOptions::small()
+            shapes: vec![Shape {
+                block_bytes: 1000,
+                ..Shape::STOCK
+            }],
+            ..small.clone()
         };
         assert!(run(&o).is_err());
         let o = ReportBenchOptions {
-            region_bytes: o.element_bytes * 3 / 2,
-            ..ReportBenchOptions::small()
+            region_bytes: 96 << 20,
+            shapes: vec![Shape::STOCK],
+            ..small.clone()
         };
         assert!(run(&o).is_err());
         let o = ReportBenchOptions {
-            passes: 0,
-            ..ReportBenchOptions::small()
+            shapes: vec![Shape {
+                chains: 257,
+                ..Shape::UPSTREAM
+            }],
+            ..small.clone()
         };
+        assert!(run(&o).is_err());
+        let o = ReportBenchOptions { passes: 0, ..small };
         assert!(run(&o).is_err());
     }
 }

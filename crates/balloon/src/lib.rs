@@ -27,8 +27,45 @@
 //! - `DEVICE_INIT_ON_INFLATE`: each inflate chain carries, after its PFN buffers, exactly one
 //!   device-writable bitmap buffer of at least [`pfn::bitmap_len`]`(n)` bytes; bit `i` (byte
 //!   `i / 8`, bit `i % 8`, LSB first) is set by the device only if the page of the `i`-th PFN of
-//!   the request was initialized (zeroed) by the device. A driver trusts the bitmap only if the
-//!   used length is at least `bitmap_len(n)`.
+//!   the request was initialized (zeroed) by the device. Valid bits are `used_len * 8`.
+//!
+//! # The chain of "zeroed"
+//!
+//! A guest skips zeroing a page only if every link holds. There is no spec text for bits 6
+//! and 7 yet (virtio-spec issues #242, #244); the reference is the series author's Linux
+//! driver (`drivers/virtio/virtio_balloon.c`, `vhost` tree, `balloon` branch) and QEMU device
+//! (`hw/virtio/virtio-balloon.c`), summarised in the project's `UPSTREAM-FACTS.md`.
+//!
+//! 1. **Device rule** (`prezero_device::discard::discard_ranges`): a range is "zeroed" only if
+//!    every byte lies in a successful discard of whole host pages in a region whose discard
+//!    zeroes, that the device does not write again (its used ring, the bitmap), and no
+//!    non-zero `poison_val` is set. Matches QEMU (discard inhibited or `poison_val != 0`:
+//!    nothing claimed; host-page aligned ranges only). Differs on purpose: a 2 MiB host page
+//!    is discarded and marked only if the request names all its sub-pages as distinct PFNs in
+//!    RAM (QEMU marks the whole run of entries before the last sub-page, skipped or repeated
+//!    ones included), and a repeated PFN never gets a bit.
+//! 2. **Used length, reporting** (`prezero_device::reporting`: `queue_report`,
+//!    `finish_drain`): the chain's total length if every buffer is zeroed by rule 1, else 0.
+//!    QEMU answers the sum of the buffers whose discard succeeded: the same for the upstream
+//!    driver's one-buffer chains, a partial sum no driver can map to blocks for a chain of
+//!    several; this device never answers a partial sum. The chains of one queue drain are
+//!    discarded together (one call per contiguous range), each answered with its own length
+//!    at the end of that drain.
+//! 3. **Used length, inflate** (`prezero_device::inflate`, `write_bitmap`): the bitmap bytes
+//!    written, at most the buffer; a short bitmap is all zeros. QEMU answers `ceil(n / 8)`
+//!    whatever the buffer holds, which can exceed what it wrote.
+//! 4. **Driver rule** (`prezero_guest::balloon`: its `ReportSink` impl and `zeroed_pages`): a
+//!    reported block is zeroed only if its own chain's used length equals its buffer length;
+//!    an inflated guest page only if the bits of all its 4 KiB sub-pages are set and below
+//!    `used_len * 8`. Matches the upstream driver, as do the batch (one chain per block, up to
+//!    the reporting ring's size) and freeing deflated pages as known-zero (`FPI_ZEROED`,
+//!    `prezero_mm::FreeHint::Deflated`).
+//! 5. **Trust gate**, twice: at negotiation (`prezero_guest::balloon::driver_features`, the
+//!    upstream `validate()`: bits 6 and 7 dropped in a confidential guest and with a non-zero
+//!    poison value, bit 6 without `REPORTING`, never `VIRTIO_RING_F_INDIRECT_DESC`) and in the
+//!    allocator (`prezero_mm::Config::trusts_device_zeroing`: "zeroed" is believed only with
+//!    the feature negotiated, poison off or 0, and not confidential). Upstream has the first
+//!    only; the second keeps a kernel embedding `prezero-mm` behind another driver safe.
 #![no_std]
 #![deny(missing_docs)]
 

@@ -66,10 +66,32 @@ pub(crate) struct RequestBuffers {
     pub duplicates: Vec<u32>,
     /// Guest ranges to discard (or to hint will-need), in address order.
     pub ranges: Vec<GuestRange>,
-    /// The valid reported ranges of a reporting chain, in chain order.
+    /// The valid reported ranges of the pending reporting chains, in pop order.
     pub reported: Vec<GuestRange>,
+    /// The reporting chains of the current queue drain, waiting for its discards.
+    pub pending_reports: Vec<PendingReport>,
     /// Guest ranges that read zero after the discards, normalized.
     pub zeroed: Vec<GuestRange>,
+}
+
+/// A reporting chain popped in the current queue drain, answered when the drain's discards are
+/// done (see [`reporting`](crate::reporting)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PendingReport {
+    /// The chain's head descriptor: what the used ring names.
+    pub head: u16,
+    /// What the chain is answered.
+    pub answer: PendingAnswer,
+}
+
+/// How a pending reporting chain will be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PendingAnswer {
+    /// Already decided (rejected, poisoned, or nothing may be claimed): this used length.
+    Fixed(u32),
+    /// Its total length `len` if every range `reported[first..end]` reads zero after the
+    /// drain's discards, else 0.
+    IfZeroed { first: usize, end: usize, len: u32 },
 }
 
 /// What to do with a chain after its handler ran.
@@ -81,6 +103,9 @@ pub(crate) enum Completion {
     Hold,
     /// Keep it and give back the previously held chain with length 0.
     HoldAndRelease(u16),
+    /// Answer it at the end of the queue drain (a reporting chain, see
+    /// [`PendingReport`]).
+    EndOfDrain,
 }
 
 /// A context over test memory with a recording discard backend, for the handlers' unit tests.

@@ -67,8 +67,11 @@
 //!
 //! - **Element = descriptor chain** (QEMU's `VirtQueueElement`). The reporting used length is per
 //!   chain: the sum of its buffer lengths only if `DEVICE_INIT_REPORTED` was negotiated and every
-//!   buffer was wholly discarded by a zeroing discard (and poison allows), else 0. Reporting
-//!   buffers must all be device-writable. See [`reporting`].
+//!   buffer was wholly discarded by a zeroing discard (and poison allows), else 0: never a
+//!   partial sum (QEMU sums the buffers whose discard succeeded). Reporting buffers must all be
+//!   device-writable. The chains of one queue drain are discarded together and answered at
+//!   its end, so one chain per block (the upstream driver) costs no more syscalls than one
+//!   chain of many blocks (the stock driver). See [`reporting`].
 //! - **Inflate/deflate**: device-readable arrays of little-endian `u32` PFNs (4 KiB pages).
 //!   With `DEVICE_INIT_ON_INFLATE`, exactly one device-writable bitmap of at least
 //!   `ceil(n / 8)` bytes follows, LSB-first; the device writes all `ceil(n / 8)` bytes. A short
@@ -86,7 +89,7 @@
 //!   hugetlbfs -> the same punch with the huge page as the host page; private file mapping ->
 //!   `MADV_DONTNEED` but never claimed. Only whole host pages are discarded and claimed; a
 //!   failed discard claims nothing. Adjacent ranges are merged: one syscall per contiguous
-//!   range. Discarded ranges are marked in the region's dirty bitmap (migration must resend the
+//!   range of a request (inflate) or of a queue drain (reporting). Discarded ranges are marked in the region's dirty bitmap (migration must resend the
 //!   zeros).
 //! - **Partial host pages**: only assembled within one inflate request (as QEMU does); pages of
 //!   a huge host page inflated across requests are not tracked, because a deflate in between

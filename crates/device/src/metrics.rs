@@ -107,6 +107,9 @@ counters! {
         pub(crate) stats_unknown_tags: AtomicU64,
         /// Reporting chains processed.
         pub(crate) reporting_requests: AtomicU64,
+        /// Queue drains that answered reporting chains: the ranges of all the chains of one
+        /// drain are discarded together (one call per contiguous range).
+        pub(crate) reporting_drains: AtomicU64,
         /// Buffers (reported blocks) in the well-formed reporting chains: with `reported_bytes`
         /// and `reporting_requests`, the shape of what the driver sends.
         pub(crate) reporting_buffers: AtomicU64,

@@ -70,9 +70,15 @@ impl Default for DeviceOptions {
 }
 
 impl DeviceOptions {
-    /// Every bit the device offers.
+    /// Every bit the device offers: `balloon_features` and `transport_features`, except
+    /// `DEVICE_INIT_REPORTED` without `REPORTING` (it describes the reporting queue's answers;
+    /// QEMU's `x-device-init-reported=auto` likewise offers it only with free page reporting).
     pub fn offered_features(&self) -> Features {
-        self.balloon_features.or(self.transport_features)
+        let mut balloon = self.balloon_features;
+        if !balloon.has(REPORTING) {
+            balloon = balloon.without(DEVICE_INIT_REPORTED);
+        }
+        balloon.or(self.transport_features)
     }
 
     /// Refuse what this device cannot honour.

@@ -1,6 +1,11 @@
 //! The one queue loop: pop each available chain, hand it to the handler of the queue's role,
 //! put it in the used ring, and say whether the driver needs a notification.
 //!
+//! Reporting chains are answered at the end of each drain (everything popped before the
+//! loop looks at the avail ring again, at most a ring's worth): the drain's ranges are
+//! discarded together, one call per contiguous range whatever the number of chains (see
+//! [`reporting`](crate::reporting)).
+//!
 //! Notifications from the driver are suppressed while the loop drains the queue and re-enabled
 //! before it stops; if chains arrived in between, it drains again, so no kick is lost. Guest
 //! mistakes inside a chain are the handlers' business (counted, answered conservatively); this
@@ -20,7 +25,7 @@ use crate::error::{DeviceError, ErrorKind};
 use crate::inflate::inflate_chain;
 use crate::memory::GuestRange;
 use crate::metrics::{bump, Metrics};
-use crate::reporting::report_chain;
+use crate::reporting::{drain_full, finish_drain, queue_report};
 use crate::stats::{stats_chain, StatsState};
 
 /// A queue's handler: one chain in, what to do with it out.
@@ -54,8 +59,8 @@ where
             answer(ctx.metrics, used)
         },
         Some(QueueRole::Reporting) => |ctx, _, chain| {
-            let used = report_chain(ctx, chain);
-            answer(ctx.metrics, used)
+            queue_report(ctx, chain);
+            Completion::EndOfDrain
         },
         Some(QueueRole::Stats) => |ctx, stats, chain| stats_chain(ctx, stats, chain),
         Some(QueueRole::FreePageHint) | None => {
@@ -85,17 +90,22 @@ where
                 Completion::Used(len) => Some((head, len)),
                 Completion::Hold => None,
                 Completion::HoldAndRelease(previous) => Some((previous, 0)),
+                Completion::EndOfDrain => {
+                    if drain_full(ctx, queue.size()) {
+                        finish_drain(ctx, |id, len| {
+                            completed |= add_used(metrics, queue, mem, id, len)
+                        });
+                    }
+                    None
+                }
             };
             if let Some((id, len)) = used {
-                if queue.add_used(mem, id, len).is_err() {
-                    // An out-of-range head index: nothing can be completed for it, the ring
-                    // itself is still fine.
-                    metrics.error(ErrorKind::UsedRing);
-                } else {
-                    completed = true;
-                }
+                completed |= add_used(metrics, queue, mem, id, len);
             }
         }
+        finish_drain(ctx, |id, len| {
+            completed |= add_used(metrics, queue, mem, id, len)
+        });
         match queue.enable_notification(mem) {
             Ok(true) if popped > 0 => continue,
             // More is announced but nothing could be popped: the avail ring is unreadable.
@@ -105,6 +115,22 @@ where
         }
     }
     Ok(completed && queue.needs_notification(mem).unwrap_or(true))
+}
+
+/// Put chain `id` in the used ring with `len`; whether it went in. An out-of-range head index
+/// cannot be completed, but the ring itself is still fine: counted, not fatal.
+fn add_used<Q: QueueT, M: GuestMemoryBackend>(
+    metrics: &Metrics,
+    queue: &mut Q,
+    mem: &M,
+    id: u16,
+    len: u32,
+) -> bool {
+    let ok = queue.add_used(mem, id, len).is_ok();
+    if !ok {
+        metrics.error(ErrorKind::UsedRing);
+    }
+    ok
 }
 
 /// The completion of a handler's answer: a rejected chain is counted and used with length 0.

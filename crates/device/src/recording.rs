@@ -39,6 +39,7 @@ pub struct RecordingDiscard {
     default_policy: RegionPolicy,
     policies: BTreeMap<u64, RegionPolicy>,
     fail: bool,
+    failing_regions: Vec<u64>,
     write_zeros: bool,
 }
 
@@ -49,6 +50,7 @@ impl Default for RecordingDiscard {
             default_policy: RegionPolicy::zeroing(4096),
             policies: BTreeMap::new(),
             fail: false,
+            failing_regions: Vec::new(),
             write_zeros: false,
         }
     }
@@ -78,6 +80,14 @@ impl RecordingDiscard {
     #[must_use]
     pub fn failing(mut self) -> Self {
         self.fail = true;
+        self
+    }
+
+    /// Make the discards in the region starting at `region_start` fail (as a syscall error
+    /// would), the others succeed.
+    #[must_use]
+    pub fn failing_in(mut self, region_start: GuestAddress) -> Self {
+        self.failing_regions.push(region_start.0);
         self
     }
 
@@ -129,7 +139,7 @@ impl<R: GuestMemoryRegion> DiscardBackend<R> for RecordingDiscard {
             len,
             discard: true,
         });
-        if self.fail {
+        if self.fail || self.failing_regions.contains(&region.start_addr().0) {
             return Err(DiscardError::Os(std::io::Error::from_raw_os_error(
                 libc::EINVAL,
             )));

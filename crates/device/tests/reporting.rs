@@ -288,3 +288,90 @@ fn repeated_passes_keep_working() {
     }
     assert_eq!(drv.used_idx(), 10);
 }
+
+#[test]
+fn upstream_pattern_chains_of_one_drain_share_one_discard() {
+    let m = mem();
+    let mut dev = device(reporting_features());
+    let mut drv = Driver::new(&m, 0, 64);
+    // The upstream driver: one chain per block, 64 blocks of 64 KiB covering region C, given in
+    // descending order, then one kick.
+    let heads: Vec<u16> = (0..64u64)
+        .rev()
+        .map(|i| drv.add(&[w(REGION_C + i * 0x10000, 0x10000)]))
+        .collect();
+    assert!(process(&mut dev, &mut drv));
+    assert_eq!(
+        dev.metrics().discard_calls,
+        1,
+        "one contiguous range, one call"
+    );
+    assert_eq!(dev.discard_backend().discarded_bytes(), 4 * MIB);
+    // Every chain is answered in this drain, with its own length, in the order it came.
+    assert_eq!(drv.used_idx(), 64);
+    for (i, head) in heads.iter().enumerate() {
+        assert_eq!(drv.used(i as u16), (u32::from(*head), 0x10000));
+    }
+    let metrics = dev.metrics();
+    assert_eq!(metrics.reporting_drains, 1);
+    assert_eq!(metrics.reported_chains_zeroed, 64);
+}
+
+#[test]
+fn a_failing_chain_of_the_drain_answers_zero_and_the_others_their_length() {
+    let m = mem();
+    let mut dev = device(reporting_features());
+    let mut drv = Driver::new(&m, 0, 16);
+    drv.add(&[w(REGION_C, 0x1000)]);
+    // Readable: rejected whole, nothing of it discarded.
+    drv.add(&[r(REGION_C + 0x1000, 0x1000)]);
+    // Its second buffer crosses the hole: the first is discarded but the chain answers 0.
+    drv.add(&[w(REGION_C + 0x2000, 0x1000), w(HOLE - 0x1000, 0x2000)]);
+    drv.add(&[w(REGION_C + 0x3000, 0x1000)]);
+    process(&mut dev, &mut drv);
+    let used: Vec<u32> = (0..4).map(|i| drv.used(i).1).collect();
+    assert_eq!(used, [0x1000, 0, 0, 0x1000]);
+    // Chains 0 and 3 are not adjacent (chain 1's page is not discarded): two ranges.
+    let ops: Vec<_> = dev
+        .discard_backend()
+        .ops
+        .iter()
+        .map(|o| (o.guest_start(), o.len))
+        .collect();
+    assert_eq!(ops, [(REGION_C, 0x1000), (REGION_C + 0x2000, 0x2000)]);
+}
+
+#[test]
+fn chains_of_separate_kicks_are_not_merged_nor_delayed() {
+    let m = mem();
+    let mut dev = device(reporting_features());
+    let mut drv = Driver::new(&m, 0, 16);
+    drv.add(&[w(REGION_C, 0x1000)]);
+    process(&mut dev, &mut drv);
+    assert_eq!(drv.used_idx(), 1, "answered within its own drain");
+    drv.add(&[w(REGION_C + 0x1000, 0x1000)]);
+    process(&mut dev, &mut drv);
+    assert_eq!(drv.used_idx(), 2);
+    assert_eq!(dev.metrics().discard_calls, 2);
+    assert_eq!(dev.metrics().reporting_drains, 2);
+}
+
+#[test]
+fn a_drain_holding_the_range_limit_is_finished_early() {
+    let m = mem();
+    let mut options = prezero_device::DeviceOptions::default();
+    options.limits.max_chain_descriptors = 4;
+    let mut dev = BalloonDevice::new(options, RecordingDiscard::new()).unwrap();
+    dev.ack_features(reporting_features().bits());
+    let mut drv = Driver::new(&m, 0, 16);
+    // Three chains of two adjacent blocks: the first two fill the limit of 4 ranges.
+    for c in 0..3u64 {
+        let at = REGION_C + c * 0x2000;
+        drv.add(&[w(at, 0x1000), w(at + 0x1000, 0x1000)]);
+    }
+    process(&mut dev, &mut drv);
+    assert_eq!(drv.used_idx(), 3);
+    assert!((0..3).all(|i| drv.used(i).1 == 0x2000));
+    assert_eq!(dev.metrics().reporting_drains, 2);
+    assert_eq!(dev.metrics().discard_calls, 2);
+}

@@ -1,10 +1,32 @@
 //! The guest's virtio-balloon driver, after Linux `drivers/virtio/virtio_balloon.c`.
 //!
-//! It negotiates features (and applies the trust rules: a confidential guest refuses the
-//! device-init features, as upstream's `validate()` does), lays its queues out in guest RAM,
-//! reports free blocks for the allocator (one chain per block, so each block gets its own
-//! "zeroed" answer through the used length), inflates and deflates toward the device's target
-//! (with the `DEVICE_INIT_ON_INFLATE` bitmap when negotiated) and answers stats requests.
+//! It negotiates features (and applies the trust gate of the upstream driver's `validate()`,
+//! see [`driver_features`]), lays its queues out in guest RAM, reports free blocks for the
+//! allocator (one chain per block, so each block gets its own "zeroed" answer through the used
+//! length; up to the reporting ring's size per request), inflates and deflates toward the
+//! device's target (with the `DEVICE_INIT_ON_INFLATE` bitmap when negotiated, read by
+//! [`zeroed_pages`]) and answers stats requests.
+//!
+//! # Conformance with the upstream driver
+//!
+//! The series author's Linux driver (`drivers/virtio/virtio_balloon.c` in his `vhost` tree,
+//! `balloon` branch) is the reference for bits 6 and 7 until the spec has text. This driver
+//! does what it does:
+//! - reporting: one device-writable buffer per block, each its own chain; a block is zeroed
+//!   only if its used length equals its buffer length ([`ReportSink`] impl below);
+//! - reporting batch capacity: the reporting ring's size ([`ReportCapacity::RingSize`], the
+//!   default; the stock drivers' 32 is [`ReportCapacity::Fixed`]);
+//! - never `VIRTIO_RING_F_INDIRECT_DESC` on the balloon queues;
+//! - the trust gate ([`driver_features`]);
+//! - inflate: valid bits = used length x 8, bit `N` = byte `N / 8`, bit `N % 8`; a guest page
+//!   larger than 4 KiB is zeroed only if all its 4 KiB sub-page bits are set and valid
+//!   ([`zeroed_pages`]);
+//! - deflate: pages the device zeroed on inflate are freed as known-zero
+//!   ([`FreeHint::Deflated`], upstream `FPI_ZEROED`).
+//!
+//! Difference: the upstream driver allocates its bitmap per request and zero-fills it before
+//! each inflate; this one reads it back only up to the valid bits, so stale bytes past them
+//! never count (the same outcome).
 //!
 //! The driver owns no memory policy: every call that allocates or frees guest pages takes the
 //! [`Zone`] (over any frame metadata storage) and does it there, so the allocator stays the
@@ -21,7 +43,7 @@ use crate::transport::VirtioTransport;
 use crate::{Buffer, SplitQueue};
 use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
 use prezero_balloon::features::{self, Features};
-use prezero_balloon::pfn::{bitmap_len, bitmap_test, PFN_SIZE};
+use prezero_balloon::pfn::{bitmap_len, bitmap_test, BALLOON_PAGE_SIZE, PFN_SIZE};
 use prezero_balloon::stats::{encode_entry, STAT_ENTRY_SIZE};
 use prezero_balloon::{QueueRole, QueueRoles, StatTag};
 use prezero_mm::{
@@ -56,6 +78,12 @@ pub fn max_queues() -> u16 {
     QueueRoles::from_features(Features(DRIVER_FEATURES)).count() as u16
 }
 
+/// 4 KiB balloon pages per guest frame: how many PFNs (and bitmap bits) one guest page takes.
+/// The Rust guest's frames are balloon pages, so its PFN arrays list frames; [`zeroed_pages`]
+/// takes the ratio as a parameter for guests with larger pages (Linux on arm64 with 64 KiB).
+const BALLOON_PAGES_PER_FRAME: usize = (FRAME_SIZE / BALLOON_PAGE_SIZE) as usize;
+const _: () = assert!(BALLOON_PAGES_PER_FRAME == 1, "PFN arrays list frames");
+
 /// Driver settings, taken from the guest's own configuration.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DriverOptions {
@@ -65,6 +93,72 @@ pub struct DriverOptions {
     pub poison: Option<u8>,
     /// Feature bits the driver must not accept even if offered (for experiments and tests).
     pub refuse: u64,
+    /// Blocks per free page reporting request.
+    pub report_capacity: ReportCapacity,
+}
+
+/// Blocks per free page reporting request (the allocator's batch, Linux
+/// `page_reporting_dev_info.capacity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReportCapacity {
+    /// The reporting ring's size ([`QUEUE_SIZE`]), as the upstream driver since
+    /// `page_reporting: allow driver to set batch capacity`: one chain per block fills it.
+    #[default]
+    RingSize,
+    /// A fixed number of blocks, e.g. 32 ([`prezero_mm::REPORTING_CAPACITY`], the stock
+    /// drivers' batch). Capped by the ring size.
+    Fixed(usize),
+}
+
+/// The trust gate and transport rules of the upstream driver's `validate()`: the features to
+/// accept out of `offered`, for a guest configured as `opts`.
+///
+/// - bits 6 and 7 are dropped in a confidential guest (an untrusted host must not be able to
+///   claim it zeroed anything: a wrong claim leaks another tenant's data), and when the guest
+///   poisons free pages with a non-zero value (the device would have to fill with it);
+/// - bit 6 is dropped when `REPORTING` is not negotiated (it describes the reporting answers);
+/// - `PAGE_POISON` is taken only when the guest poisons;
+/// - `VIRTIO_RING_F_INDIRECT_DESC` is never taken: the balloon sends one or two buffers per
+///   chain, and an indirect table would need an allocation under the balloon lock, which can
+///   deadlock through the OOM notifier deflating the balloon (upstream's reason).
+pub fn driver_features(offered: Features, opts: &DriverOptions) -> Features {
+    let device_init = Features::bit(features::DEVICE_INIT_REPORTED)
+        .or(Features::bit(features::DEVICE_INIT_ON_INFLATE));
+    let mut wanted = Features(DRIVER_FEATURES & !opts.refuse).without(features::RING_INDIRECT_DESC);
+    if opts.poison.is_none() {
+        wanted = wanted.without(features::PAGE_POISON);
+    }
+    if opts.confidential || opts.poison.is_some_and(|p| p != 0) {
+        wanted = Features(wanted.bits() & !device_init.bits());
+    }
+    let mut accepted = offered.and(wanted);
+    if !accepted.has(features::REPORTING) {
+        accepted = accepted.without(features::DEVICE_INIT_REPORTED);
+    }
+    accepted
+}
+
+/// The inflate bitmap as the upstream driver reads it: for each guest page `i` of a request
+/// (`pages` of them, each `per_page` consecutive 4 KiB balloon PFNs of the request), whether
+/// the device zeroed it. Valid bits are `used_len * 8` (never more than the bitmap holds); a
+/// page is zeroed only if the bits of all its sub-pages are set and valid. Calls `zeroed(i, z)`
+/// for each page in order.
+pub fn zeroed_pages(
+    bitmap: &[u8],
+    used_len: u32,
+    pages: usize,
+    per_page: usize,
+    mut zeroed: impl FnMut(usize, bool),
+) {
+    let valid = (used_len as usize)
+        .saturating_mul(8)
+        .min(bitmap.len().saturating_mul(8));
+    for page in 0..pages {
+        let first = page.saturating_mul(per_page);
+        let end = first.saturating_add(per_page);
+        let whole = per_page > 0 && end <= valid && (first..end).all(|n| bitmap_test(bitmap, n));
+        zeroed(page, whole);
+    }
 }
 
 /// A page in the balloon and what the device said about it on inflate.
@@ -114,6 +208,8 @@ pub struct BalloonDriver<T> {
     pending_config: bool,
     dead: bool,
     stats: DriverStats,
+    /// Blocks per reporting request.
+    report_capacity: usize,
 }
 
 impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
@@ -127,19 +223,10 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         opts: DriverOptions,
     ) -> Result<Self, BalloonError<T::Error>> {
         let offered = Features(transport.device_features());
-        let mut wanted = DRIVER_FEATURES & !opts.refuse;
-        if opts.confidential {
-            // An untrusted host must not be able to claim it zeroed anything (upstream
-            // `virtballoon_validate`): a wrong claim leaks another tenant's data.
-            wanted &=
-                !((1 << features::DEVICE_INIT_REPORTED) | (1 << features::DEVICE_INIT_ON_INFLATE));
-        }
-        if opts.poison.is_none() {
-            wanted &= !(1 << features::PAGE_POISON);
-        }
+        let wanted = driver_features(offered, &opts);
         let acked = Features(
             transport
-                .negotiate(offered.bits() & wanted)
+                .negotiate(wanted.bits())
                 .map_err(BalloonError::Transport)?,
         );
         let roles = QueueRoles::from_features(acked);
@@ -199,6 +286,10 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
             pending_config: true, // read the target once at start, as Linux does at probe
             dead: false,
             stats: DriverStats::default(),
+            report_capacity: match opts.report_capacity {
+                ReportCapacity::RingSize => usize::from(QUEUE_SIZE),
+                ReportCapacity::Fixed(n) => n.clamp(1, usize::from(QUEUE_SIZE)),
+            },
         };
         if acked.has(features::STATS_VQ) {
             // "The driver MUST make an output buffer available in the statsq" at init.
@@ -337,31 +428,43 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         n: usize,
     ) -> Result<usize, BalloonError<T::Error>> {
         let mut mem = RamFrames(&self.ram);
-        let mut pfns = Vec::with_capacity(n);
+        let mut frames = Vec::with_capacity(n);
         for _ in 0..n {
             match zone.alloc(0, AllocFlags::NONE, &mut mem) {
-                Ok(a) => pfns.push(a.pfn.0 as u32),
+                Ok(a) => frames.push(a.pfn.0 as u32),
                 Err(_) => break,
             }
         }
-        if pfns.is_empty() {
+        if frames.is_empty() {
             return Ok(0);
         }
+        let pfns = frames;
         let with_bitmap = self.features.init_on_inflate();
         let bitmap = self.pfn_page + (PFNS_PER_REQUEST * PFN_SIZE) as u64;
         let used = self.send_pfns(QueueRole::Inflate, &pfns, with_bitmap.then_some(bitmap))?;
         let mut bits = vec![0u8; bitmap_len(pfns.len())];
-        // Trust the bitmap only if the device wrote all of it.
-        if with_bitmap && used as usize >= bits.len() {
+        if with_bitmap {
             self.ram
                 .read(bitmap, &mut bits)
                 .expect("driver page inside RAM");
         }
-        for (i, &pfn) in pfns.iter().enumerate() {
-            let device_zeroed = bitmap_test(&bits, i);
-            self.stats.pages_inflated_zeroed += u64::from(device_zeroed);
-            self.balloon.push(BalloonPage { pfn, device_zeroed });
-        }
+        let used = if with_bitmap { used } else { 0 };
+        let balloon = &mut self.balloon;
+        let mut zeroed_count = 0;
+        zeroed_pages(
+            &bits,
+            used,
+            pfns.len(),
+            BALLOON_PAGES_PER_FRAME,
+            |i, device_zeroed| {
+                zeroed_count += u64::from(device_zeroed);
+                balloon.push(BalloonPage {
+                    pfn: pfns[i],
+                    device_zeroed,
+                });
+            },
+        );
+        self.stats.pages_inflated_zeroed += zeroed_count;
         self.stats.inflate_requests += 1;
         self.stats.pages_inflated += pfns.len() as u64;
         Ok(pfns.len())
@@ -537,6 +640,10 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
 /// The driver as the allocator's reporting device: each block is its own chain, so the device
 /// answers "zeroed" per block through the used length.
 impl<T: VirtioTransport<Memory = GuestRam>> ReportSink for BalloonDriver<T> {
+    fn capacity(&self) -> usize {
+        self.report_capacity
+    }
+
     fn report(&mut self, blocks: &[ReportBlock], outcomes: &mut [ReportOutcome]) {
         if self.dead || !self.features.has(features::REPORTING) {
             return; // all Failed: the blocks go back unreported
@@ -561,5 +668,93 @@ impl<T: VirtioTransport<Memory = GuestRam>> ReportSink for BalloonDriver<T> {
                 tracing::warn!(error = %e, "free page report failed: blocks go back unreported")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prezero_balloon::features::{
+        DEVICE_INIT_ON_INFLATE as INFLATE, DEVICE_INIT_REPORTED as REPORTED, PAGE_POISON,
+        REPORTING, RING_INDIRECT_DESC, VERSION_1,
+    };
+
+    fn all_offered() -> Features {
+        Features(DRIVER_FEATURES).with(RING_INDIRECT_DESC)
+    }
+
+    #[test]
+    fn the_trust_gate_of_upstream_validate() {
+        let plain = DriverOptions::default();
+        let f = driver_features(all_offered(), &plain);
+        assert!(f.has(REPORTED) && f.has(INFLATE) && f.has(VERSION_1));
+        assert!(!f.has(RING_INDIRECT_DESC), "never indirect descriptors");
+        assert!(!f.has(PAGE_POISON), "not poisoning");
+        // Non-zero poison: both bits dropped, PAGE_POISON taken.
+        let poisoned = DriverOptions {
+            poison: Some(0xaa),
+            ..plain
+        };
+        let f = driver_features(all_offered(), &poisoned);
+        assert!(f.has(PAGE_POISON) && !f.has(REPORTED) && !f.has(INFLATE));
+        // Zero poison: zeros are what the guest expects; both kept.
+        let zero = DriverOptions {
+            poison: Some(0),
+            ..plain
+        };
+        let f = driver_features(all_offered(), &zero);
+        assert!(f.has(PAGE_POISON) && f.has(REPORTED) && f.has(INFLATE));
+        // Confidential guest: both dropped.
+        let cc = DriverOptions {
+            confidential: true,
+            ..plain
+        };
+        let f = driver_features(all_offered(), &cc);
+        assert!(f.has(REPORTING) && !f.has(REPORTED) && !f.has(INFLATE));
+        // Bit 6 without reporting (not offered, or refused): dropped; bit 7 kept.
+        let f = driver_features(all_offered().without(REPORTING), &plain);
+        assert!(!f.has(REPORTED) && f.has(INFLATE));
+        let refuse = DriverOptions {
+            refuse: 1 << REPORTING,
+            ..plain
+        };
+        assert!(!driver_features(all_offered(), &refuse).has(REPORTED));
+    }
+
+    fn pages(bitmap: &[u8], used: u32, n: usize, per_page: usize) -> Vec<bool> {
+        let mut out = Vec::new();
+        zeroed_pages(bitmap, used, n, per_page, |i, z| {
+            assert_eq!(i, out.len());
+            out.push(z)
+        });
+        out
+    }
+
+    #[test]
+    fn inflate_bitmap_with_16_sub_pages_per_guest_page() {
+        // 64 KiB guest pages: 16 balloon PFNs each; 3 pages = 48 bits = 6 bytes.
+        let mut bm = [0xffu8; 6];
+        assert_eq!(pages(&bm, 6, 3, 16), [true, true, true]);
+        // One sub-page bit missing (page 1, sub-page 9 = bit 25): page 1 is not zeroed.
+        bm[3] &= !(1 << 1);
+        assert_eq!(pages(&bm, 6, 3, 16), [true, false, true]);
+        // Valid bits = used length x 8: 5 bytes = 40 bits cover page 0 and 1, not page 2.
+        let all = [0xffu8; 6];
+        assert_eq!(pages(&all, 5, 3, 16), [true, true, false]);
+        // A page half inside the valid bits (used 3 bytes = 24 bits) is not zeroed.
+        assert_eq!(pages(&all, 3, 3, 16), [true, false, false]);
+        // A used length beyond the buffer never makes bits outside it valid.
+        assert_eq!(pages(&all[..4], 100, 3, 16), [true, true, false]);
+        assert_eq!(pages(&all, 0, 3, 16), [false; 3]);
+    }
+
+    #[test]
+    fn inflate_bitmap_with_4_kib_pages_is_bit_per_pfn_little_endian() {
+        // Bit N = byte N / 8, bit N % 8.
+        let bm = [0b0000_0101u8, 0b1000_0000];
+        let got = pages(&bm, 2, 16, 1);
+        let want: Vec<bool> = (0..16).map(|n| [0, 2, 15].contains(&n)).collect();
+        assert_eq!(got, want);
+        assert!(!pages(&bm, 1, 16, 1)[15], "bit 15 is past used_len * 8");
     }
 }

@@ -5,7 +5,7 @@
 //! [`Guest::poll`] is where the "kernel" services the device (config changes, stats) and runs
 //! free page reporting when it is due, like Linux's delayed work.
 
-use crate::balloon::{self, BalloonDriver, DriverOptions};
+use crate::balloon::{self, BalloonDriver, DriverOptions, ReportCapacity};
 use crate::error::{BalloonError, GuestError};
 use crate::ram::{GuestRam, RamFrames};
 use crate::vhost_user::VhostUserTransport;
@@ -28,6 +28,8 @@ pub struct GuestOptions {
     pub mm: Config,
     /// Feature bits the balloon driver refuses.
     pub refuse_features: u64,
+    /// Blocks per free page reporting request (default: the reporting ring's size).
+    pub report_capacity: ReportCapacity,
 }
 
 impl Default for GuestOptions {
@@ -37,6 +39,7 @@ impl Default for GuestOptions {
             huge_page_size: None,
             mm: Config::default(),
             refuse_features: 0,
+            report_capacity: ReportCapacity::default(),
         }
     }
 }
@@ -77,6 +80,7 @@ impl Guest {
             confidential: self.opts.mm.confidential,
             poison: self.opts.mm.poison,
             refuse: self.opts.refuse_features,
+            report_capacity: self.opts.report_capacity,
         };
         let transport = VhostUserTransport::connect(socket, balloon::max_queues())
             .map_err(BalloonError::Transport)?;

@@ -57,7 +57,7 @@ pub mod transport;
 pub mod vhost_user;
 pub mod workload;
 
-pub use balloon::{BalloonDriver, DriverOptions};
+pub use balloon::{BalloonDriver, DriverOptions, ReportCapacity};
 pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
 pub use guest::{Guest, GuestOptions};
 pub use prezero_virtq::{Buffer, RingLayout, RingMemory, Used};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use in_process::{device, Host, InProcess};
+use prezero_balloon::features::RING_INDIRECT_DESC;
 use prezero_balloon::features::{
     Features, DEFLATE_ON_OOM, DEVICE_INIT_ON_INFLATE, DEVICE_INIT_REPORTED, MUST_TELL_HOST,
     PAGE_POISON, REPORTING, STATS_VQ, VERSION_1,
@@ -17,7 +18,7 @@ use prezero_balloon::features::{
 use prezero_device::DeviceOptions;
 use prezero_guest::balloon::DRIVER_FEATURES;
 use prezero_guest::ram::RamFrames;
-use prezero_guest::{BalloonDriver, BalloonError, DriverOptions, GuestRam};
+use prezero_guest::{BalloonDriver, BalloonError, DriverOptions, GuestRam, ReportCapacity};
 use prezero_mm::{AllocFlags, Config, FrameMeta, Pfn, Zone, FRAME_SIZE, PAGEBLOCK_ORDER};
 
 const RAM: u64 = 64 << 20;
@@ -33,6 +34,18 @@ struct Rig {
 /// A guest whose free memory is all dirty (so only the device can make it known-zero),
 /// attached to a device offering `balloon_features`.
 fn rig(balloon_features: Features, confidential: bool) -> Rig {
+    rig_with(
+        balloon_features,
+        DriverOptions {
+            confidential,
+            ..DriverOptions::default()
+        },
+    )
+}
+
+/// [`rig`] with any driver options.
+fn rig_with(balloon_features: Features, opts: DriverOptions) -> Rig {
+    let confidential = opts.confidential;
     let ram = Arc::new(GuestRam::new(RAM).unwrap());
     let frames = RAM / FRAME_SIZE;
     let cfg = Config {
@@ -46,10 +59,6 @@ fn rig(balloon_features: Features, confidential: bool) -> Rig {
         balloon_features,
         ..DeviceOptions::default()
     });
-    let opts = DriverOptions {
-        confidential,
-        ..DriverOptions::default()
-    };
     let driver = BalloonDriver::new(transport, ram.clone(), &mut zone, opts).unwrap();
     Rig {
         ram,
@@ -181,4 +190,64 @@ fn a_device_that_goes_away_leaves_the_driver_idle() {
     assert!(pass.pages_failed > 0);
     assert_eq!(r.driver.deflate_on_oom(&mut r.zone).unwrap(), 0);
     r.driver.poll(&mut r.zone, POLL).unwrap();
+}
+
+#[test]
+fn reports_one_chain_per_block_up_to_the_ring_size() {
+    // 64 MiB: its free 2 and 4 MiB blocks fit one request of the ring's 128.
+    let mut r = rig(offered(), false);
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert_eq!(pass.requests, 1);
+    let m = r.host.with_device(|d| d.metrics());
+    let blocks = m.reporting_requests;
+    assert!(blocks > 8, "{blocks} blocks");
+    assert_eq!(m.reported_bytes, pass.pages_reported * FRAME_SIZE);
+    // Each block its own direct chain, all of one request answered in one queue drain.
+    assert_eq!(m.reporting_buffers, blocks);
+    assert_eq!(m.indirect_chains, 0);
+    assert_eq!(m.reporting_drains, 1);
+    assert_eq!(pass.pages_zeroed, pass.pages_reported);
+
+    // The stock batch stays available: 8 blocks per request.
+    let mut r = rig_with(
+        offered(),
+        DriverOptions {
+            report_capacity: ReportCapacity::Fixed(8),
+            ..DriverOptions::default()
+        },
+    );
+    let pass = r.zone.report_flush(&mut r.driver);
+    assert_eq!(pass.requests, blocks.div_ceil(8));
+    assert_eq!(
+        r.host.with_device(|d| d.metrics()).reporting_drains,
+        pass.requests
+    );
+}
+
+#[test]
+fn never_negotiates_indirect_descriptors() {
+    let r = rig(offered(), false);
+    let device_offer = r.host.with_device(|d| Features(d.offered_features()));
+    assert!(device_offer.has(RING_INDIRECT_DESC), "the device offers it");
+    assert!(!r.driver.features().has(RING_INDIRECT_DESC));
+    assert!(!r
+        .host
+        .with_device(|d| d.negotiated_features())
+        .has(RING_INDIRECT_DESC));
+}
+
+#[test]
+fn nonzero_poison_drops_both_device_init_features() {
+    let r = rig_with(
+        offered(),
+        DriverOptions {
+            poison: Some(0xaa),
+            ..DriverOptions::default()
+        },
+    );
+    let f = r.driver.features();
+    assert!(f.has(PAGE_POISON) && f.has(REPORTING));
+    assert!(!f.has(DEVICE_INIT_REPORTED) && !f.has(DEVICE_INIT_ON_INFLATE));
+    // The device heard the poison value.
+    assert_eq!(r.host.with_device(|d| d.poison_val()), Some(0xaaaa_aaaa));
 }

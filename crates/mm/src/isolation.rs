@@ -37,7 +37,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         FreeBlocks::unreported_pages(self)
     }
 
-    /// Isolates up to `max` (at most [`REPORTING_CAPACITY`](crate::REPORTING_CAPACITY)) candidates, for a driver that
+    /// Isolates up to `max` (at most [`REPORTING_CAPACITY_MAX`](crate::REPORTING_CAPACITY_MAX)) candidates, for a driver that
     /// completes asynchronously; hand the batch back with [`Zone::report_complete`].
     pub fn report_take(&mut self, max: usize) -> ReportBatch {
         reporting::fill(self, max)
@@ -63,7 +63,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         if !self.report_due(now) {
             return ReportPass::default();
         }
-        let budget = reporting::budget(self);
+        let budget = reporting::budget(self, reporting::capacity(sink));
         let pass = self.report_cycle(budget, sink);
         self.reporting = if pass.more {
             reporting::Pacing::Requested { since: Some(now) }

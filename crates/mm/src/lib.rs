@@ -66,7 +66,7 @@ pub use frame::{FrameMeta, Pfn, PhysMem, FRAME_SHIFT, FRAME_SIZE};
 pub use inspect::{BlockInfo, BlockState, Corruption};
 pub use reporting::{
     ReportBatch, ReportBlock, ReportOutcome, ReportPass, ReportSink, REPORTING_BUDGET_DIVISOR,
-    REPORTING_CAPACITY,
+    REPORTING_CAPACITY, REPORTING_CAPACITY_MAX,
 };
 pub use vmstat::VmStat;
 pub use zone::{AllocFlags, Allocation, FreeHint, Zone, ZoneCounts};

@@ -3,8 +3,8 @@
 //! Candidates are free, unreported blocks of at least the reporting order (and free huge pages
 //! of the pool). A cycle works like Linux's `page_reporting_cycle`:
 //! - **fill** ([`fill`], the isolating loop of Linux `page_reporting_cycle`): isolate up to
-//!   [`REPORTING_CAPACITY`] candidates, taking them off the free lists so nobody allocates a
-//!   block while the device discards it;
+//!   the device's batch capacity ([`ReportSink::capacity`]) candidates, taking them off the free
+//!   lists so nobody allocates a block while the device discards it;
 //! - **report**: hand the batch to the device ([`ReportSink`], or the driver's own asynchronous
 //!   path through `Zone::report_take` / `Zone::report_complete`);
 //! - **drain** ([`drain`], Linux `page_reporting_drain`): put every block back `Reported`, plus
@@ -22,8 +22,14 @@
 
 use crate::frame::{FrameFlags, Pfn, FRAME_SIZE};
 
-/// Blocks per reporting request (Linux `PAGE_REPORTING_CAPACITY`).
+/// Blocks per reporting request by default (Linux `PAGE_REPORTING_CAPACITY`, the stock
+/// drivers' batch).
 pub const REPORTING_CAPACITY: usize = 32;
+/// The largest batch capacity a device may ask for ([`ReportSink::capacity`] is clamped to
+/// it). The upstream driver asks for its reporting ring's size (`page_reporting: allow driver
+/// to set batch capacity`); balloon rings are 128 (QEMU) to 256 entries. The batch is kept on
+/// the stack without allocation (16 bytes per block), hence a bound.
+pub const REPORTING_CAPACITY_MAX: usize = 256;
 /// A pass reports at most 1/16 of an order's free blocks (Linux's budget).
 pub const REPORTING_BUDGET_DIVISOR: u32 = 16;
 
@@ -74,7 +80,7 @@ pub enum ReportOutcome {
 #[derive(Debug)]
 #[must_use = "isolated blocks stay unallocatable until the batch is completed"]
 pub struct ReportBatch {
-    blocks: [ReportBlock; REPORTING_CAPACITY],
+    blocks: [ReportBlock; REPORTING_CAPACITY_MAX],
     len: usize,
 }
 
@@ -84,7 +90,7 @@ impl ReportBatch {
             blocks: [ReportBlock {
                 pfn: Pfn(0),
                 order: 0,
-            }; REPORTING_CAPACITY],
+            }; REPORTING_CAPACITY_MAX],
             len: 0,
         }
     }
@@ -111,6 +117,19 @@ pub trait ReportSink {
     /// Reports `blocks` and writes the device's answer for each into `outcomes` (same length,
     /// initialised to [`ReportOutcome::Failed`]).
     fn report(&mut self, blocks: &[ReportBlock], outcomes: &mut [ReportOutcome]);
+
+    /// Most blocks per [`ReportSink::report`] call (Linux `page_reporting_dev_info.capacity`):
+    /// the upstream virtio-balloon driver gives its reporting ring's size, one chain per block.
+    /// Clamped to `1..=`[`REPORTING_CAPACITY_MAX`]; [`REPORTING_CAPACITY`] by default. It also
+    /// scales the pass budget, as in Linux.
+    fn capacity(&self) -> usize {
+        REPORTING_CAPACITY
+    }
+}
+
+/// The sink's batch capacity, within the engine's bounds.
+pub(crate) fn capacity(sink: &impl ReportSink) -> usize {
+    sink.capacity().clamp(1, REPORTING_CAPACITY_MAX)
 }
 
 /// What a pass did.
@@ -185,18 +204,18 @@ pub(crate) trait FreeBlocks {
 }
 
 /// The requests a pass may send: `ceil(free blocks / (capacity * 16))` per source, at least 1.
-pub(crate) fn budget(blocks: &impl FreeBlocks) -> u64 {
-    let divisor = REPORTING_CAPACITY as u64 * REPORTING_BUDGET_DIVISOR as u64;
+pub(crate) fn budget(blocks: &impl FreeBlocks, capacity: usize) -> u64 {
+    let divisor = capacity as u64 * REPORTING_BUDGET_DIVISOR as u64;
     let total: u64 = (0..blocks.sources())
         .map(|s| u64::from(blocks.source_free(s)).div_ceil(divisor))
         .sum();
     total.max(1)
 }
 
-/// Isolates up to `max` (at most [`REPORTING_CAPACITY`]) candidates, smallest order first.
+/// Isolates up to `max` (at most [`REPORTING_CAPACITY_MAX`]) candidates, smallest order first.
 pub(crate) fn fill(blocks: &mut impl FreeBlocks, max: usize) -> ReportBatch {
     let mut batch = ReportBatch::new();
-    let max = max.min(REPORTING_CAPACITY);
+    let max = max.min(REPORTING_CAPACITY_MAX);
     for source in 0..blocks.sources() {
         while batch.len < max {
             let Some(block) = blocks.isolate_unreported(source) else {
@@ -271,16 +290,17 @@ pub(crate) fn cycle(
     trusted: bool,
 ) -> Drained {
     let mut total = Drained::default();
+    let capacity = capacity(sink);
     loop {
         if budget == 0 {
             total.pass.more = blocks.unreported_pages() > 0;
             return total;
         }
-        let batch = fill(blocks, REPORTING_CAPACITY);
+        let batch = fill(blocks, capacity);
         if batch.is_empty() {
             return total;
         }
-        let mut outcomes = [ReportOutcome::Failed; REPORTING_CAPACITY];
+        let mut outcomes = [ReportOutcome::Failed; REPORTING_CAPACITY_MAX];
         sink.report(batch.blocks(), &mut outcomes[..batch.len()]);
         let one = drain(blocks, batch, &outcomes, trusted);
         total.pass.requests += 1;

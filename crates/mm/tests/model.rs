@@ -113,7 +113,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (order, any::<bool>(), prop::bool::weighted(0.7)).prop_map(|(order, zero, write)| Op::Alloc { order, zero, write }),
         9 => (any::<usize>(), hint.clone()).prop_map(|(pick, hint)| Op::Free { pick, hint }),
-        3 => (1usize..=40).prop_map(|max| Op::Take { max }),
+        3 => (1usize..=300).prop_map(|max| Op::Take { max }),
         3 => (any::<usize>(), any::<u64>()).prop_map(|(pick, outcomes)| Op::Complete { pick, outcomes }),
         1 => (0u8..3).prop_map(|outcome| Op::Flush { outcome }),
         1 => (0u64..6).prop_map(|target| Op::PoolResize { target }),
@@ -371,7 +371,7 @@ impl Harness {
                     .filter(|b| !b.reported && self.is_reportable(b))
                     .count();
                 let batch = self.zone.report_take(max);
-                assert_eq!(batch.len(), max.min(REPORTING_CAPACITY).min(candidates));
+                assert_eq!(batch.len(), max.min(REPORTING_CAPACITY_MAX).min(candidates));
                 for blk in batch.blocks() {
                     let b = self
                         .free

@@ -302,6 +302,51 @@ fn a_forged_or_foreign_batch_cannot_corrupt_the_zone() {
 }
 
 #[test]
+fn the_device_sets_the_batch_capacity() {
+    // 2 GiB: 512 order-10 blocks.
+    let frames = 512 * MIB4;
+    let (mut z, mut ram) = zone(frames, Config::default());
+    trusting(&mut z);
+    let mut dev = Device::zeroing(&mut ram);
+    // The upstream driver: its reporting ring's size, one chain per block.
+    dev.capacity = 256;
+    let pass = z.report_flush(&mut dev);
+    assert_eq!((pass.requests, dev.largest_call), (2, 256));
+    assert_eq!(z.counts().free_reported, frames as u64);
+
+    // A larger ring is clamped to what the engine holds; the stock 32 stays available.
+    for (asked, got, requests) in [(4096, REPORTING_CAPACITY_MAX, 2), (32, 32, 16), (0, 1, 512)] {
+        let (mut z, mut ram) = zone(frames, Config::default());
+        let mut dev = Device::zeroing(&mut ram);
+        dev.capacity = asked;
+        let pass = z.report_flush(&mut dev);
+        assert_eq!(
+            (pass.requests, dev.largest_call),
+            (requests, got),
+            "{asked}"
+        );
+    }
+}
+
+#[test]
+fn the_pass_budget_scales_with_the_capacity() {
+    let cfg = Config {
+        reporting_delay: 0,
+        ..Config::default()
+    };
+    // 8 GiB: 2048 order-10 blocks; budget ceil(2048 / (capacity * 16)) requests.
+    let frames = 2048 * MIB4;
+    for (capacity, budget) in [(32, 4), (128, 1)] {
+        let (mut z, mut ram) = zone(frames, cfg);
+        let mut dev = Device::zeroing(&mut ram);
+        dev.capacity = capacity;
+        let pass = z.report_pass(0, &mut dev);
+        assert_eq!(pass.requests, budget, "capacity {capacity}");
+        assert_eq!(pass.pages_reported, budget * capacity as u64 * MIB4 as u64);
+    }
+}
+
+#[test]
 fn reporting_waits_for_the_delay_and_respects_the_budget() {
     let cfg = Config {
         reporting_delay: 2000,

@@ -46,6 +46,9 @@ pub struct Device<'a> {
     pub outcome: ReportOutcome,
     pub honest: bool,
     pub seen: Vec<ReportBlock>,
+    /// Blocks per call it asks for; the largest call it got.
+    pub capacity: usize,
+    pub largest_call: usize,
 }
 
 impl<'a> Device<'a> {
@@ -55,6 +58,8 @@ impl<'a> Device<'a> {
             outcome: ReportOutcome::ReportedZeroed,
             honest: true,
             seen: Vec::new(),
+            capacity: REPORTING_CAPACITY,
+            largest_call: 0,
         }
     }
     pub fn with(ram: &'a mut Ram, outcome: ReportOutcome, honest: bool) -> Self {
@@ -63,12 +68,19 @@ impl<'a> Device<'a> {
             outcome,
             honest,
             seen: Vec::new(),
+            capacity: REPORTING_CAPACITY,
+            largest_call: 0,
         }
     }
 }
 
 impl ReportSink for Device<'_> {
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     fn report(&mut self, blocks: &[ReportBlock], outcomes: &mut [ReportOutcome]) {
+        self.largest_call = self.largest_call.max(blocks.len());
         for (b, o) in blocks.iter().zip(outcomes.iter_mut()) {
             self.seen.push(*b);
             *o = self.outcome;
