@@ -196,7 +196,9 @@ where
                 ));
             }
         }
-        let (idx, content) = match self.zone.lock().take(order, zero) {
+        // (The guard must be gone before the drain below, which takes cache locks first.)
+        let taken = self.zone.lock().take(order, zero);
+        let (idx, content) = match taken {
             Some(block) => block,
             None => {
                 // Memory may sit in other CPUs' caches: give it all back and try again.
