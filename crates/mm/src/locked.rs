@@ -35,7 +35,7 @@ use crate::reporting::{
 };
 use crate::vmstat::VmStat;
 use crate::zone::{finish_alloc, free_content, AllocFlags, Allocation, FreeHint, Zone, ZoneCounts};
-use crate::{Placement, MAX_ORDER};
+use crate::MAX_ORDER;
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
 /// Which cached blocks a drain gives back.
@@ -167,8 +167,8 @@ where
             let mut pcp = cache.lock();
             pcp.busy = true;
             pcp.events.allocs += 1;
-            let preference =
-                ListKind::preference(zero && self.cfg.placement == Placement::ZeroAware);
+            // Both placements sort a cache by content (see `pcp.rs`).
+            let preference = ListKind::preference(zero);
             let mut got = pcp.pop(slot, preference);
             if got.is_some() {
                 pcp.events.alloc_hits += 1;

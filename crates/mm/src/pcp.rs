@@ -10,9 +10,10 @@
 //! - **known zero rides through**: every order has two lists, known-zero blocks and the others.
 //!   A block enters a list by the content the free rules give it (init-on-free and a poison
 //!   value of 0 make it known-zero) and leaves it with that content: a `ZERO` allocation skips
-//!   zeroing only a block from the known-zero list. Under zero-aware placement `ZERO`
-//!   allocations take the known-zero list first and the others take it last, as on the zone's
-//!   free lists. Blocks whose backing is reported (balloon deflate) bypass the caches: the
+//!   zeroing only a block from the known-zero list. Zero-aware placement applies to the caches
+//!   under both placements: `ZERO` allocations take the known-zero list first and the others
+//!   take it last, as on the zone's zero-aware free lists. (Two short stacks cost nothing to
+//!   search, and there is no reported tail in a cache for Linux's placement to keep.) Blocks whose backing is reported (balloon deflate) bypass the caches: the
 //!   zone keeps `Reported` for them, a cache would lose it.
 //! - **bounded size**: a list that grows past its `high` mark gives its `batch` oldest blocks
 //!   back to the zone; an empty list refills `batch` blocks from the zone in one lock round
