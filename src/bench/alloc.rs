@@ -247,9 +247,43 @@ fn hit_rate(o: &AllocBenchOptions, placement: Placement) -> f64 {
         / (s.zero_allocs_order0 - before.zero_allocs_order0) as f64
 }
 
-/// `threads` threads, each allocating a batch of blocks and freeing it in a shuffled order,
-/// `repeats` times (the same pattern as [`time_pairs`]), started together; returns the median
-/// over repeats of the total pairs per second. `alloc(thread)` / `free(thread, pfn)`.
+/// Pairs each thread runs per repeat of the multi-CPU comparison: many batches, so that
+/// starting and joining threads is noise.
+const PAIRS_PER_THREAD: usize = 1 << 17;
+
+/// One thread's share: `rounds` times, allocate `n` blocks, then free them in a fixed shuffled
+/// order (the same pattern as [`time_pairs`], the shuffle done once, outside the timing).
+/// Returns the time taken.
+fn pair_rounds(
+    n: usize,
+    seed: u64,
+    mut alloc: impl FnMut() -> usize,
+    mut free: impl FnMut(usize),
+) -> std::time::Duration {
+    let rounds = (PAIRS_PER_THREAD / n).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng(seed).shuffle(&mut order);
+    let mut held = vec![0usize; n];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for h in held.iter_mut() {
+            *h = alloc();
+        }
+        for &i in &order {
+            free(black_box(held[i]));
+        }
+    }
+    start.elapsed()
+}
+
+/// Blocks per batch at `order` with `threads` threads sharing the zone.
+fn thread_batch(o: &AllocBenchOptions, order: u8, threads: usize) -> usize {
+    (batch(o, order) / threads).max(1)
+}
+
+/// `threads` threads started together, each running [`pair_rounds`] on its own CPU;
+/// returns the median over repeats of the total pairs per second (pairs over the slowest
+/// thread's time).
 fn threaded_pairs_per_s(
     o: &AllocBenchOptions,
     order: u8,
@@ -257,30 +291,58 @@ fn threaded_pairs_per_s(
     alloc: impl Fn(usize) -> usize + Sync,
     free: impl Fn(usize, usize) + Sync,
 ) -> f64 {
-    let n = (batch(o, order) / threads).max(1);
+    let n = thread_batch(o, order, threads);
+    let pairs = (PAIRS_PER_THREAD / n).max(1) * n * threads;
     let samples = (0..o.repeats)
         .map(|_| {
-            let start = Barrier::new(threads + 1);
+            let start = Barrier::new(threads);
             let (alloc, free, start) = (&alloc, &free, &start);
-            std::thread::scope(|s| {
-                for t in 0..threads {
-                    s.spawn(move || {
-                        let mut rng = Rng(0x5eed + t as u64);
-                        let mut held = Vec::with_capacity(n);
-                        start.wait();
-                        held.extend((0..n).map(|_| alloc(t)));
-                        rng.shuffle(&mut held);
-                        held.drain(..).for_each(|pfn| free(t, black_box(pfn)));
-                    });
-                }
-                start.wait();
-                let t0 = Instant::now();
-                // The scope joins every thread before it returns.
-                t0
-            })
-            .elapsed()
+            let slowest = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        s.spawn(move || {
+                            start.wait();
+                            pair_rounds(n, 0x5eed + t as u64, || alloc(t), |pfn| free(t, pfn))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("bench thread"))
+                    .max()
+                    .expect("a thread")
+            });
+            pairs as f64 / slowest.as_secs_f64()
         })
-        .map(|d| (n * threads) as f64 / d.as_secs_f64())
+        .collect();
+    median(samples)
+}
+
+/// Today's `&mut` zone in the same pattern on one thread: pairs per second.
+fn single_zone_ops_s(o: &AllocBenchOptions, order: u8) -> f64 {
+    let z = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
+    let n = thread_batch(o, order, 1);
+    let pairs = (PAIRS_PER_THREAD / n).max(1) * n;
+    let samples = (0..o.repeats)
+        .map(|_| {
+            let d = pair_rounds(
+                n,
+                0x5eed,
+                || {
+                    z.borrow_mut()
+                        .alloc(order, AllocFlags::NONE, &mut NoMem)
+                        .expect("alloc")
+                        .pfn
+                        .0 as usize
+                },
+                |pfn| {
+                    z.borrow_mut()
+                        .free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
+                        .expect("free")
+                },
+            );
+            pairs as f64 / d.as_secs_f64()
+        })
         .collect();
     median(samples)
 }
@@ -396,7 +458,7 @@ fn run_smp(o: &AllocBenchOptions) -> Option<SmpResult> {
             }
         })
         .collect();
-    let single_zone_order0_ops_s = 1e9 / time_ours(o, 0);
+    let single_zone_order0_ops_s = single_zone_ops_s(o, 0);
     let one = ours_ops_s(o, 0, 1).0;
     let top = threads.iter().find(|r| r.threads == most)?;
     Some(SmpResult {

@@ -35,7 +35,7 @@ use crate::reporting::{
 };
 use crate::vmstat::VmStat;
 use crate::zone::{finish_alloc, free_content, AllocFlags, Allocation, FreeHint, Zone, ZoneCounts};
-use crate::MAX_ORDER;
+use crate::{Placement, MAX_ORDER};
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
 /// Which cached blocks a drain gives back.
@@ -169,21 +169,36 @@ where
             pcp.events.allocs += 1;
             // Both placements sort a cache by content (see `pcp.rs`).
             let preference = ListKind::preference(zero);
-            let mut got = pcp.pop(slot, preference);
+            // Zero-aware: an empty preferred list refills (the zone serves the preferred kind
+            // first) before the other list is used; Linux placement refills only when both
+            // lists are empty.
+            let zero_aware = self.cfg.placement == Placement::ZeroAware;
+            let first: &[ListKind] = if zero_aware {
+                &preference[..1]
+            } else {
+                &preference
+            };
+            let mut got = pcp.pop(slot, first);
             if got.is_some() {
                 pcp.events.alloc_hits += 1;
             } else {
                 pcp.events.refills += 1;
-                let (_, batch) = self.cache.limits(slot);
+                let (high, batch) = self.cache.limits(slot);
                 let mut zone = self.zone.lock();
                 for _ in 0..batch {
                     let Some((idx, content)) = zone.take(order, zero) else {
                         break;
                     };
+                    // The zone may serve the other kind, whose list may be full.
+                    if pcp.len(slot, content) >= high {
+                        let back = zone.give_back(self.pfn(idx), order, content);
+                        debug_assert!(back.is_ok(), "the block was just taken");
+                        break;
+                    }
                     pcp.push(slot, idx, content);
                 }
                 drop(zone);
-                got = pcp.pop(slot, preference);
+                got = pcp.pop(slot, &preference);
             }
             if let Some((idx, content)) = got {
                 return Ok(finish_alloc(

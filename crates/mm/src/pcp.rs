@@ -205,22 +205,23 @@ impl PerCpuPages {
     pub(crate) fn pop(
         &mut self,
         slot: usize,
-        preference: [ListKind; 2],
+        preference: &[ListKind],
     ) -> Option<(u32, FrameFlags)> {
-        preference.into_iter().find_map(|kind| {
+        preference.iter().find_map(|&kind| {
             let s = &mut self.lists[slot][kind as usize];
             s.len = s.len.checked_sub(1)?;
             Some((s.idx[s.len as usize], content_of(kind)))
         })
     }
 
+    /// Blocks in the list of `slot` that a block with `content` goes on.
+    pub(crate) fn len(&self, slot: usize, content: FrameFlags) -> usize {
+        self.lists[slot][kind_of(content) as usize].len as usize
+    }
+
     /// Caches block `idx` of `slot` with `content`; returns its list and that list's length.
     pub(crate) fn push(&mut self, slot: usize, idx: u32, content: FrameFlags) -> (ListKind, usize) {
-        let kind = if content.contains(FrameFlags::ZEROED) {
-            ListKind::Zeroed
-        } else {
-            ListKind::Unsorted
-        };
+        let kind = kind_of(content);
         let s = &mut self.lists[slot][kind as usize];
         s.idx[s.len as usize] = idx;
         s.len += 1;
@@ -289,6 +290,14 @@ impl PerCpuPages {
             zeroed += frames * u64::from(lists[ListKind::Zeroed as usize].len);
         }
         (all, zeroed)
+    }
+}
+
+fn kind_of(content: FrameFlags) -> ListKind {
+    if content.contains(FrameFlags::ZEROED) {
+        ListKind::Zeroed
+    } else {
+        ListKind::Unsorted
     }
 }
 
