@@ -260,11 +260,19 @@ where
         if pfn.0 & ((1 << order) - 1) != 0 {
             return Err(FreeError::Misaligned { pfn, order });
         }
+        let mut pcp = cache.lock();
         let slot = match (pcp::slot(order), hint) {
             (Some(slot), FreeHint::None) => slot,
-            _ => return self.zone.lock().free(pfn, order, hint, mem),
+            _ => {
+                // To the zone, checked fully, and counted on this CPU like its allocations.
+                let mut zone = self.zone.lock();
+                zone.allocated_head(pfn, order, false)?;
+                let device = zone.device_init();
+                let content = free_content(&mut pcp.stat, &self.cfg, device, pfn, order, hint, mem);
+                pcp.busy = true;
+                return zone.give_back(pfn, order, content);
+            }
         };
-        let mut pcp = cache.lock();
         pcp.busy = true;
         pcp.events.frees += 1;
         pcp.report_requested |= self.cache.reporting_drains;
