@@ -203,6 +203,7 @@ fn a_daemon_killed_in_the_middle_of_a_report_costs_the_guest_nothing() {
     assert_eq!((c.isolated, c.free_zeroed), (0, 0), "{c:?}");
     assert!(g
         .zone()
+        .lock()
         .blocks()
         .filter(|b| b.state == BlockState::Free)
         .all(|b| !b.zeroed));

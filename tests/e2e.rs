@@ -2,7 +2,8 @@
 //! a real memfd as guest RAM.
 
 use prezero_guest::workload::{
-    alloc_and_touch, dirty_and_free, fill_pattern, verify_pattern, Source,
+    alloc_and_touch, dirty_and_free, dirty_and_free_on_vcpus, fill_pattern, vcpu_counts,
+    verify_pattern, Source,
 };
 use prezero_guest::{Guest, GuestOptions};
 use prezero_mm::{AllocFlags, Config};
@@ -20,9 +21,14 @@ fn socket(name: &str) -> (Scratch, PathBuf) {
 }
 
 fn guest(ram: u64, mm: Config) -> Guest {
+    guest_on(ram, mm, 1)
+}
+
+fn guest_on(ram: u64, mm: Config, vcpus: usize) -> Guest {
     Guest::new(GuestOptions {
         ram_size: ram,
         mm,
+        vcpus,
         ..GuestOptions::default()
     })
     .unwrap()
@@ -30,25 +36,55 @@ fn guest(ram: u64, mm: Config) -> Guest {
 
 #[test]
 fn reported_memory_is_discarded_and_known_zero_allocations_read_zero() {
+    discarded_and_known_zero(1);
+}
+
+#[test]
+fn reported_memory_is_discarded_and_known_zero_allocations_read_zero_on_2_vcpus() {
+    discarded_and_known_zero(2);
+}
+
+/// The guest dirties and frees 200 MiB (on every vCPU at once, reporting running meanwhile,
+/// when there are several), reports it, and allocates known-zero memory back.
+fn discarded_and_known_zero(vcpus: usize) {
     let (_dir, sock) = socket("basic");
     let daemon = spawn(ServeOptions::new(&sock)).unwrap();
-    let mut g = guest(256 * MIB, Config::default());
+    let mut g = guest_on(256 * MIB, Config::default(), vcpus);
     g.attach_balloon(&sock).unwrap();
-    dirty_and_free(&mut g, 200 * MIB).unwrap();
+    if vcpus > 1 {
+        dirty_and_free_on_vcpus(&mut g, 200 * MIB).unwrap();
+    } else {
+        dirty_and_free(&mut g, 200 * MIB).unwrap();
+    }
     let before = g.ram().allocated_bytes().unwrap();
+    if vcpus == 1 {
+        assert!(
+            before >= 200 * MIB,
+            "dirtying allocated the memfd: {before}"
+        );
+    } // (with several vCPUs, passes ran during the dirtying and punched some already)
     assert!(
         before >= 200 * MIB,
         "dirtying allocated the memfd: {before}"
     );
     let pass = g.report_now();
-    assert!(pass.pages_reported * 4096 >= 200 * MIB, "{pass:?}");
+    let stat = g.zone().stat();
+    // Passes may have run during the dirtying (several vCPUs): count them all.
+    assert!(stat.pages_reported * 4096 >= 200 * MIB, "{pass:?} {stat:?}");
     assert_eq!(
-        pass.pages_zeroed, pass.pages_reported,
+        stat.pages_reported_zeroed, stat.pages_reported,
         "the daemon confirms every block it punched"
     );
+    assert_eq!(
+        g.zone().counts().cached,
+        0,
+        "a flush leaves nothing in the caches"
+    );
+    assert_eq!(g.zone().unreported_free_pages(), 0);
     let after = g.ram().allocated_bytes().unwrap();
+    let dropped_by = if vcpus == 1 { 190 * MIB } else { 1 };
     assert!(
-        after < before - 190 * MIB,
+        after + dropped_by <= before,
         "memfd blocks did not drop: {before} -> {after}"
     );
 
@@ -65,6 +101,34 @@ fn reported_memory_is_discarded_and_known_zero_allocations_read_zero() {
     }
     let m = daemon.metrics();
     assert!(m.device.zeroed_bytes >= 200 * MIB, "{m:?}");
+    // Every vCPU did its share through its own cache.
+    for v in vcpu_counts(&g) {
+        assert!(v.stat.alloc_blocks > 0 && v.stat.free_blocks > 0, "{v:?}");
+    }
+    g.zone().verify().unwrap();
+}
+
+#[test]
+fn skipping_happens_on_2_vcpus_with_the_full_offer() {
+    let (_dir, sock) = socket("skip2");
+    let _daemon = spawn(ServeOptions::new(&sock)).unwrap();
+    let mut g = guest_on(128 * MIB, Config::default(), 2);
+    g.attach_balloon(&sock).unwrap();
+    dirty_and_free_on_vcpus(&mut g, u64::MAX).unwrap();
+    g.report_now();
+    // vCPU 1 allocates ZERO 2 MiB blocks on its own thread: all known-zero, all read zero.
+    let mut v = g.vcpu(1).unwrap();
+    let run = std::thread::spawn(move || {
+        alloc_and_touch(&mut v, 32 * MIB, Source::Buddy(9), AllocFlags::ZERO).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(run.known_zero, run.blocks.len() as u64);
+    for pfn in &run.blocks {
+        assert!(g.ram().is_zero(pfn.addr() + 4097, 4095).unwrap());
+    }
+    let (stat, _) = g.zone().cpu_stat(1);
+    assert_eq!(stat.pages_zero_skipped, 32 * MIB / 4096);
 }
 
 fn skipped_after_report(offer: FeatureOffer, mm: Config) -> (u64, u64) {

@@ -1,14 +1,18 @@
 //! `prezero bench alloc`: the allocator against the published `buddy_system_allocator` crate's
-//! frame allocator, in the same run, and the known-zero hit rate of both placement policies.
+//! frame allocator, in the same run, and the known-zero hit rate of both placement policies;
+//! with `--threads`, the multi-CPU allocator (`LockedZone`: a zone lock and per-CPU caches)
+//! against `buddy_system_allocator`'s `LockedFrameAllocator` (one spin lock) at each thread
+//! count, and against today's single-threaded `&mut` zone (the cost of the locking).
 
 use super::{median, Rng};
-use buddy_system_allocator::FrameAllocator;
+use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use prezero_mm::{
-    AllocFlags, Config, DeviceInit, FrameMeta, FreeHint, Pfn, PhysMem, Placement, ReportBlock,
-    ReportOutcome, ReportSink, Zone, MAX_ORDER,
+    AllocFlags, CacheConfig, Config, CpuCache, DeviceInit, FrameMeta, FreeHint, LockedZone, Pfn,
+    PhysMem, Placement, ReportBlock, ReportOutcome, ReportSink, Zone, MAX_ORDER,
 };
 use serde::Serialize;
 use std::hint::black_box;
+use std::sync::Barrier;
 use std::time::Instant;
 
 /// Options of the allocator benchmark.
@@ -22,6 +26,8 @@ pub struct AllocBenchOptions {
     pub blocks_per_repeat: usize,
     /// `ZERO` order-0 allocations in the hit-rate workload.
     pub hit_rate_allocs: usize,
+    /// Thread counts of the multi-CPU comparison (empty: skip it).
+    pub threads: Vec<usize>,
 }
 
 impl Default for AllocBenchOptions {
@@ -31,6 +37,7 @@ impl Default for AllocBenchOptions {
             repeats: 15,
             blocks_per_repeat: 4096,
             hit_rate_allocs: 100_000,
+            threads: Vec::new(),
         }
     }
 }
@@ -43,6 +50,7 @@ impl AllocBenchOptions {
             repeats: 3,
             blocks_per_repeat: 512,
             hit_rate_allocs: 10_000,
+            threads: Vec::new(),
         }
     }
 }
@@ -72,6 +80,51 @@ pub struct AllocBenchResult {
     pub frames: usize,
     /// Timed repeats.
     pub repeats: usize,
+    /// The multi-CPU comparison, per thread count (`--threads`; absent without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smp: Option<SmpResult>,
+}
+
+/// The multi-CPU comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct SmpResult {
+    /// One row per thread count.
+    pub threads: Vec<ThreadsRow>,
+    /// Today's single-threaded `&mut` zone, order-0 pairs per second (same workload, 1 thread).
+    pub single_zone_order0_ops_s: f64,
+    /// `single_zone_order0_ops_s` / our 1-thread order-0 figure: the cost of the locking
+    /// (target <= 1.3).
+    pub locking_cost_1thread: f64,
+    /// Our order-0 pairs per second at the largest thread count / at 1 thread (target >= 1.6
+    /// at 2 threads).
+    pub scaling_order0: f64,
+    /// Our order-0 throughput / the locked reference's at the largest thread count (target >= 4
+    /// at 2 threads).
+    pub vs_reference_order0: f64,
+    /// Share of order-0 allocations served by the per-CPU cache (largest thread count).
+    pub pcp_hit_rate: f64,
+    /// Share of ZERO order-0 allocations served known-zero after a full report, through the
+    /// caches, Linux placement (largest thread count).
+    pub zero_hit_rate_default: f64,
+    /// The same with zero-aware placement.
+    pub zero_hit_rate_zero_aware: f64,
+    /// Bytes of one CPU's cache (lists, counters, lock), outside the per-frame metadata.
+    pub cache_bytes_per_cpu: usize,
+}
+
+/// Pairs per second at one thread count, in total over the threads.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadsRow {
+    /// Threads, each its own CPU.
+    pub threads: usize,
+    /// `LockedZone`, order 0.
+    pub ours_order0_ops_s: f64,
+    /// `buddy_system_allocator::LockedFrameAllocator`, order 0.
+    pub reference_order0_ops_s: f64,
+    /// `LockedZone`, order 9.
+    pub ours_order9_ops_s: f64,
+    /// `buddy_system_allocator::LockedFrameAllocator`, order 9.
+    pub reference_order9_ops_s: f64,
 }
 
 struct NoMem;
@@ -194,6 +247,233 @@ fn hit_rate(o: &AllocBenchOptions, placement: Placement) -> f64 {
         / (s.zero_allocs_order0 - before.zero_allocs_order0) as f64
 }
 
+/// Pairs each thread runs per repeat of the multi-CPU comparison: many batches, so that
+/// starting and joining threads is noise.
+const PAIRS_PER_THREAD: usize = 1 << 17;
+
+/// One thread's share: `rounds` times, allocate `n` blocks, then free them in a fixed shuffled
+/// order (the same pattern as [`time_pairs`], the shuffle done once, outside the timing).
+/// Returns the time taken.
+fn pair_rounds(
+    n: usize,
+    seed: u64,
+    mut alloc: impl FnMut() -> usize,
+    mut free: impl FnMut(usize),
+) -> std::time::Duration {
+    let rounds = (PAIRS_PER_THREAD / n).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng(seed).shuffle(&mut order);
+    let mut held = vec![0usize; n];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for h in held.iter_mut() {
+            *h = alloc();
+        }
+        for &i in &order {
+            free(black_box(held[i]));
+        }
+    }
+    start.elapsed()
+}
+
+/// Blocks per batch at `order` with `threads` threads sharing the zone.
+fn thread_batch(o: &AllocBenchOptions, order: u8, threads: usize) -> usize {
+    (batch(o, order) / threads).max(1)
+}
+
+/// `threads` threads started together, each running [`pair_rounds`] on its own CPU;
+/// returns the median over repeats of the total pairs per second (pairs over the slowest
+/// thread's time).
+fn threaded_pairs_per_s(
+    o: &AllocBenchOptions,
+    order: u8,
+    threads: usize,
+    alloc: impl Fn(usize) -> usize + Sync,
+    free: impl Fn(usize, usize) + Sync,
+) -> f64 {
+    let n = thread_batch(o, order, threads);
+    let pairs = (PAIRS_PER_THREAD / n).max(1) * n * threads;
+    let samples = (0..o.repeats)
+        .map(|_| {
+            let start = Barrier::new(threads);
+            let (alloc, free, start) = (&alloc, &free, &start);
+            let slowest = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        s.spawn(move || {
+                            start.wait();
+                            pair_rounds(n, 0x5eed + t as u64, || alloc(t), |pfn| free(t, pfn))
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("bench thread"))
+                    .max()
+                    .expect("a thread")
+            });
+            pairs as f64 / slowest.as_secs_f64()
+        })
+        .collect();
+    median(samples)
+}
+
+/// Today's `&mut` zone in the same pattern on one thread: pairs per second.
+fn single_zone_ops_s(o: &AllocBenchOptions, order: u8) -> f64 {
+    let z = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
+    let n = thread_batch(o, order, 1);
+    let pairs = (PAIRS_PER_THREAD / n).max(1) * n;
+    let samples = (0..o.repeats)
+        .map(|_| {
+            let d = pair_rounds(
+                n,
+                0x5eed,
+                || {
+                    z.borrow_mut()
+                        .alloc(order, AllocFlags::NONE, &mut NoMem)
+                        .expect("alloc")
+                        .pfn
+                        .0 as usize
+                },
+                |pfn| {
+                    z.borrow_mut()
+                        .free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
+                        .expect("free")
+                },
+            );
+            pairs as f64 / d.as_secs_f64()
+        })
+        .collect();
+    median(samples)
+}
+
+type Shared = LockedZone<Vec<FrameMeta>, Vec<CpuCache>>;
+
+fn shared(frames: usize, placement: Placement, cpus: usize) -> Shared {
+    LockedZone::new(
+        zone(frames, placement),
+        (0..cpus).map(|_| CpuCache::new()).collect(),
+        CacheConfig::default(),
+    )
+}
+
+fn ours_ops_s(o: &AllocBenchOptions, order: u8, threads: usize) -> (f64, f64) {
+    let z = shared(o.frames, Placement::Linux, threads);
+    let ops = threaded_pairs_per_s(
+        o,
+        order,
+        threads,
+        |t| {
+            z.alloc(t, order, AllocFlags::NONE, &mut NoMem)
+                .expect("alloc")
+                .pfn
+                .0 as usize
+        },
+        |t, pfn| {
+            z.free(t, Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
+                .expect("free")
+        },
+    );
+    (ops, z.cache_stat().hit_rate())
+}
+
+fn reference_ops_s(o: &AllocBenchOptions, order: u8, threads: usize) -> f64 {
+    let fa = LockedFrameAllocator::<{ MAX_ORDER as usize + 1 }>::new();
+    fa.lock().add_frame(0, o.frames);
+    let count = 1usize << order;
+    threaded_pairs_per_s(
+        o,
+        order,
+        threads,
+        |_| fa.lock().alloc(count).expect("alloc"),
+        |_, pfn| fa.lock().dealloc(pfn, count),
+    )
+}
+
+/// [`hit_rate`] through the caches: the same history on CPU 0, a full report, then every
+/// thread churns ZERO order-0 pages on its own CPU.
+fn shared_hit_rate(o: &AllocBenchOptions, placement: Placement, threads: usize) -> f64 {
+    let z = shared(o.frames, placement, threads);
+    z.lock().set_device_init(DeviceInit {
+        reported: true,
+        on_inflate: false,
+    });
+    let quarter: Vec<Pfn> = (0..o.frames / 4)
+        .map(|_| {
+            z.alloc(0, 0, AllocFlags::NONE, &mut NoMem)
+                .expect("alloc")
+                .pfn
+        })
+        .collect();
+    for pfn in quarter.iter().step_by(2) {
+        z.free(0, *pfn, 0, FreeHint::None, &mut NoMem)
+            .expect("free");
+    }
+    z.report_flush(&mut ZeroingDevice);
+    let before = z.stat();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let z = &z;
+            s.spawn(move || {
+                let mut rng = Rng(42 + t as u64);
+                let mut live: Vec<Pfn> = Vec::new();
+                for _ in 0..o.hit_rate_allocs / threads {
+                    live.push(
+                        z.alloc(t, 0, AllocFlags::ZERO, &mut NoMem)
+                            .expect("alloc")
+                            .pfn,
+                    );
+                    if rng.next() % 2 == 0 {
+                        let i = (rng.next() % live.len() as u64) as usize;
+                        let pfn = live.swap_remove(i);
+                        z.free(t, pfn, 0, FreeHint::None, &mut NoMem).expect("free");
+                    }
+                }
+            });
+        }
+    });
+    let s = z.stat();
+    (s.zero_alloc_hits_order0 - before.zero_alloc_hits_order0) as f64
+        / (s.zero_allocs_order0 - before.zero_allocs_order0) as f64
+}
+
+/// The multi-CPU comparison.
+fn run_smp(o: &AllocBenchOptions) -> Option<SmpResult> {
+    let most = *o.threads.iter().max()?;
+    let mut pcp_hit_rate = 0.0;
+    let threads: Vec<ThreadsRow> = o
+        .threads
+        .iter()
+        .map(|&t| {
+            let (ours_order0_ops_s, hits) = ours_ops_s(o, 0, t);
+            if t == most {
+                pcp_hit_rate = hits;
+            }
+            ThreadsRow {
+                threads: t,
+                ours_order0_ops_s,
+                reference_order0_ops_s: reference_ops_s(o, 0, t),
+                ours_order9_ops_s: ours_ops_s(o, 9, t).0,
+                reference_order9_ops_s: reference_ops_s(o, 9, t),
+            }
+        })
+        .collect();
+    let single_zone_order0_ops_s = single_zone_ops_s(o, 0);
+    let one = ours_ops_s(o, 0, 1).0;
+    let top = threads.iter().find(|r| r.threads == most)?;
+    Some(SmpResult {
+        single_zone_order0_ops_s,
+        locking_cost_1thread: single_zone_order0_ops_s / one,
+        scaling_order0: top.ours_order0_ops_s / one,
+        vs_reference_order0: top.ours_order0_ops_s / top.reference_order0_ops_s,
+        pcp_hit_rate,
+        zero_hit_rate_default: shared_hit_rate(o, Placement::Linux, most),
+        zero_hit_rate_zero_aware: shared_hit_rate(o, Placement::ZeroAware, most),
+        cache_bytes_per_cpu: std::mem::size_of::<CpuCache>(),
+        threads,
+    })
+}
+
 /// Runs the benchmark.
 pub fn run(o: &AllocBenchOptions) -> AllocBenchResult {
     // Interleave ours and the reference so both see the same machine state.
@@ -214,6 +494,7 @@ pub fn run(o: &AllocBenchOptions) -> AllocBenchResult {
         zero_hit_rate_zero_aware: hit_rate(o, Placement::ZeroAware),
         frames: o.frames,
         repeats: o.repeats,
+        smp: run_smp(o),
     }
 }
 
@@ -253,6 +534,54 @@ impl AllocBenchResult {
             self.zero_hit_rate_default * 100.0,
             self.zero_hit_rate_zero_aware * 100.0,
             ok(self.zero_hit_rate_zero_aware >= 0.9),
-        )
+        ) + &self.smp.as_ref().map(SmpResult::table).unwrap_or_default()
+    }
+}
+
+impl SmpResult {
+    /// The multi-CPU table with the targets.
+    pub fn table(&self) -> String {
+        let ok = |b: bool| if b { "met" } else { "MISSED" };
+        let mut t = format!(
+            "\nmulti-CPU: LockedZone (zone lock + per-CPU caches) vs buddy_system_allocator's \
+             LockedFrameAllocator,\nalloc+free pairs per second in total (millions), one CPU per thread\n\n\
+             {:<9}{:>12}{:>12}{:>8}{:>12}{:>12}{:>8}\n",
+            "threads", "ours o0", "ref o0", "ratio", "ours o9", "ref o9", "ratio"
+        );
+        for r in &self.threads {
+            t += &format!(
+                "{:<9}{:>12.2}{:>12.2}{:>7.2}x{:>12.2}{:>12.2}{:>7.2}x\n",
+                r.threads,
+                r.ours_order0_ops_s / 1e6,
+                r.reference_order0_ops_s / 1e6,
+                r.ours_order0_ops_s / r.reference_order0_ops_s,
+                r.ours_order9_ops_s / 1e6,
+                r.reference_order9_ops_s / 1e6,
+                r.ours_order9_ops_s / r.reference_order9_ops_s,
+            );
+        }
+        let most = self.threads.iter().map(|r| r.threads).max().unwrap_or(1);
+        let two = most == 2;
+        t += &format!(
+            "\nscaling, order 0, {most} threads / 1 thread    {:>6.2}x  (target >= 1.6x at 2 threads: {})\n\
+             ours / locked reference, order 0, {most} threads {:>6.2}x  (target >= 4x at 2 threads: {})\n\
+             cost of the locking, 1 thread: &mut zone {:.2} M/s / ours  {:>6.2}x  (target <= 1.3x: {})\n\
+             per-CPU cache hit rate (order 0, {most} threads)  {:>6.1}%\n\
+             ZERO order-0 known-zero after a full report, through the caches ({most} threads):\n\
+             \x20 Linux placement {:>6.1}%   zero-aware {:>6.1}%\n\
+             per-CPU cache: {} bytes per CPU (the 12 bytes per frame are unchanged)\n",
+            self.scaling_order0,
+            if two { ok(self.scaling_order0 >= 1.6) } else { "n/a" },
+            self.vs_reference_order0,
+            if two { ok(self.vs_reference_order0 >= 4.0) } else { "n/a" },
+            self.single_zone_order0_ops_s / 1e6,
+            self.locking_cost_1thread,
+            ok(self.locking_cost_1thread <= 1.3),
+            self.pcp_hit_rate * 100.0,
+            self.zero_hit_rate_default * 100.0,
+            self.zero_hit_rate_zero_aware * 100.0,
+            self.cache_bytes_per_cpu,
+        );
+        t
     }
 }

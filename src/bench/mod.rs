@@ -22,6 +22,10 @@ pub enum BenchCommand {
         /// A smaller, faster run (for smoke tests; figures are noisier).
         #[arg(long)]
         quick: bool,
+        /// Thread counts for the multi-CPU comparison, comma-separated (`--threads 1,2`); each
+        /// thread is one CPU of the zone. Without it the comparison is skipped.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Vec<u16>,
     },
     /// Free page reporting throughput of the device for the stock (1 chain x 32 x 4 MiB) and
     /// upstream (256 chains x 2 MiB) request patterns, against one raw discard syscall per
@@ -57,11 +61,18 @@ fn print<T: Serialize>(json: bool, result: &T, table: impl FnOnce(&T) -> String)
 /// Runs a benchmark command.
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Alloc { json, quick } => {
-            let o = if *quick {
-                alloc::AllocBenchOptions::quick()
-            } else {
-                alloc::AllocBenchOptions::default()
+        BenchCommand::Alloc {
+            json,
+            quick,
+            threads,
+        } => {
+            let o = alloc::AllocBenchOptions {
+                threads: threads.iter().map(|&t| t as usize).collect(),
+                ..if *quick {
+                    alloc::AllocBenchOptions::quick()
+                } else {
+                    alloc::AllocBenchOptions::default()
+                }
             };
             print(*json, &alloc::run(&o), |r| r.table())
         }

@@ -8,7 +8,7 @@
 //! | `transport.rs` | [`VirtioTransport`]: what a driver needs from a transport (features, memory, queues, kicks, calls, config space) |
 //! | `vhost_user.rs` | [`VhostUserTransport`]: the transport as a vhost-user frontend; `backend_channel.rs` serves its config-change channel |
 //! | `balloon.rs` | [`BalloonDriver`]: the virtio-balloon driver, over any transport and any zone |
-//! | `guest.rs` | [`Guest`]: RAM, zone and the driver over vhost-user, serviced from the caller's thread |
+//! | `guest.rs` | [`Guest`]: RAM, the zone shared by its vCPUs ([`Vcpu`]) and the driver over vhost-user, serviced from the caller's thread |
 //! | `workload.rs` | the memory behaviour the demo, the benchmarks and the tests run |
 //! | `error.rs` | every error of the crate, one enum per layer |
 //!
@@ -59,7 +59,7 @@ pub mod workload;
 
 pub use balloon::{BalloonDriver, DriverOptions, ReportCapacity};
 pub use error::{BalloonError, GuestError, QueueError, RamError, TransportError};
-pub use guest::{Guest, GuestOptions};
+pub use guest::{Guest, GuestOptions, GuestZone, Vcpu};
 pub use prezero_virtq::{Buffer, RingLayout, RingMemory, Used};
 pub use ram::GuestRam;
 pub use transport::{Events, VirtioTransport};

@@ -1,13 +1,113 @@
 //! Guest workloads: the memory behaviour the demo, the benchmarks and the tests exercise.
 
 use crate::error::GuestError;
-use crate::guest::Guest;
-use prezero_mm::{AllocError, AllocFlags, Pfn, FRAME_SIZE, HUGE_PAGE_ORDER, MAX_ORDER};
+use crate::guest::{Guest, Vcpu};
+use crate::ram::GuestRam;
+use prezero_mm::{
+    AllocError, AllocFlags, Allocation, CacheStat, Pfn, VmStat, FRAME_SIZE, HUGE_PAGE_ORDER,
+    MAX_ORDER,
+};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What a workload allocates from: the guest itself (vCPU 0, with deflate-on-OOM) or one of
+/// its [`Vcpu`]s on another thread.
+pub trait Cpu {
+    /// Allocates a block.
+    fn alloc(&mut self, order: u8, flags: AllocFlags) -> Result<Allocation, GuestError>;
+    /// Frees a block.
+    fn free(&mut self, pfn: Pfn, order: u8) -> Result<(), GuestError>;
+    /// The guest's RAM.
+    fn ram(&self) -> &Arc<GuestRam>;
+}
+
+impl Cpu for Guest {
+    fn alloc(&mut self, order: u8, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        Guest::alloc(self, order, flags)
+    }
+    fn free(&mut self, pfn: Pfn, order: u8) -> Result<(), GuestError> {
+        Guest::free(self, pfn, order)
+    }
+    fn ram(&self) -> &Arc<GuestRam> {
+        Guest::ram(self)
+    }
+}
+
+impl Cpu for Vcpu {
+    fn alloc(&mut self, order: u8, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        Vcpu::alloc(self, order, flags)
+    }
+    fn free(&mut self, pfn: Pfn, order: u8) -> Result<(), GuestError> {
+        Vcpu::free(self, pfn, order)
+    }
+    fn ram(&self) -> &Arc<GuestRam> {
+        Vcpu::ram(self)
+    }
+}
+
+/// A [`Cpu`] that also allocates huge pages from the pool (which lives behind the zone lock).
+pub trait HugeCpu: Cpu {
+    /// Allocates a huge page from the pool.
+    fn alloc_huge(&mut self, flags: AllocFlags) -> Result<Allocation, GuestError>;
+}
+
+impl HugeCpu for Guest {
+    fn alloc_huge(&mut self, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        Guest::alloc_huge(self, flags)
+    }
+}
+
+impl HugeCpu for Vcpu {
+    fn alloc_huge(&mut self, flags: AllocFlags) -> Result<Allocation, GuestError> {
+        Vcpu::alloc_huge(self, flags)
+    }
+}
+
+/// What one vCPU did, from its per-CPU counters.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuCounts {
+    /// The vCPU.
+    pub vcpu: usize,
+    /// Its share of the zone's counters (allocations, frees, pages zeroed and skipped).
+    pub stat: VmStat,
+    /// Its cache's counters (hits, refills, drains).
+    pub cache: CacheStat,
+}
+
+/// Per-vCPU counts of every vCPU of `guest`.
+pub fn vcpu_counts(guest: &Guest) -> Vec<VcpuCounts> {
+    (0..guest.vcpus())
+        .map(|vcpu| {
+            let (stat, cache) = guest.zone().cpu_stat(vcpu);
+            VcpuCounts { vcpu, stat, cache }
+        })
+        .collect()
+}
+
+/// [`dirty_and_free`] on every vCPU at once, `bytes` split between them, each on its own
+/// thread, while the caller's thread services the device and runs free page reporting
+/// ([`Guest::poll`]) concurrently. Returns the bytes dirtied.
+pub fn dirty_and_free_on_vcpus(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> {
+    let n = guest.vcpus() as u64;
+    let vcpus: Vec<Vcpu> = (0..guest.vcpus()).filter_map(|i| guest.vcpu(i)).collect();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = vcpus
+            .into_iter()
+            .map(|mut v| s.spawn(move || dirty_and_free(&mut v, bytes / n)))
+            .collect();
+        while !threads.iter().all(|t| t.is_finished()) {
+            guest.poll(Duration::from_millis(5))?;
+        }
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("vCPU thread"))
+            .sum()
+    })
+}
 
 /// Dirties up to `bytes` of free memory (allocate, largest blocks first, write every page,
 /// free), as a guest that ran something does. Returns the bytes dirtied.
-pub fn dirty_and_free(guest: &mut Guest, bytes: u64) -> Result<u64, GuestError> {
+pub fn dirty_and_free(guest: &mut impl Cpu, bytes: u64) -> Result<u64, GuestError> {
     let mut held = Vec::new();
     let mut dirtied = 0;
     for order in (0..=MAX_ORDER).rev() {
@@ -77,7 +177,7 @@ impl AllocRun {
 /// Allocates `bytes` in blocks of `order` with `flags`, then touches every 4 KiB page: the
 /// upstream measurement ("allocate 256 MiB anonymous memory") in guest terms.
 pub fn alloc_and_touch(
-    guest: &mut Guest,
+    guest: &mut impl HugeCpu,
     bytes: u64,
     source: Source,
     flags: AllocFlags,

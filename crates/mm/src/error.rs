@@ -11,6 +11,9 @@ pub enum AllocError {
     /// No free block of the requested order or larger.
     #[error("out of memory: no free block of order {0} or larger")]
     OutOfMemory(u8),
+    /// The CPU index is not below the number of CPUs the zone was shared with.
+    #[error("CPU {0} is not one of the zone's CPUs")]
+    NoSuchCpu(usize),
 }
 
 /// Why a free was refused. The zone is unchanged when one of these is returned.
@@ -46,6 +49,9 @@ pub enum FreeError {
     /// A huge page freed with the buddy free, or a buddy block freed as a huge page.
     #[error("pfn {0:#x}: huge pages and buddy blocks must be freed with their own call")]
     WrongPool(Pfn),
+    /// The CPU index is not below the number of CPUs the zone was shared with.
+    #[error("CPU {0} is not one of the zone's CPUs")]
+    NoSuchCpu(usize),
 }
 
 /// Why memory could not be added to a zone.

@@ -90,7 +90,7 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         drained.pass
     }
 
-    fn account(&mut self, drained: Drained) {
+    pub(crate) fn account(&mut self, drained: Drained) {
         let pass = drained.pass;
         self.stat.report_requests += pass.requests;
         self.stat.pages_reported += pass.pages_reported;

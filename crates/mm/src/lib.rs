@@ -16,6 +16,9 @@
 //!   [`Config::trusts_device_zeroing`] (`config.rs`).
 //! - A huge page pool, the hugetlbfs analogue: [`Zone::alloc_huge`] (`hugepool.rs`).
 //! - Counters like `/proc/vmstat`: [`VmStat`] (`vmstat.rs`).
+//! - For N CPUs: [`LockedZone`], the zone behind a lock with a per-CPU page cache per CPU
+//!   (`locked.rs`, the lock protocol; `pcp.rs`, the caches' rules: known-zero rides through
+//!   them, and reporting drains them so no free memory hides there).
 //!
 //! ```
 //! use prezero_mm::*;
@@ -56,6 +59,8 @@ mod free_area;
 mod hugepool;
 mod inspect;
 mod isolation;
+mod locked;
+mod pcp;
 mod reporting;
 mod vmstat;
 mod zone;
@@ -64,6 +69,8 @@ pub use config::{Config, DeviceInit, Placement};
 pub use error::{AllocError, FreeError, MemoryError};
 pub use frame::{FrameMeta, Pfn, PhysMem, FRAME_SHIFT, FRAME_SIZE};
 pub use inspect::{BlockInfo, BlockState, Corruption};
+pub use locked::LockedZone;
+pub use pcp::{CacheConfig, CacheStat, CpuCache, SpinLock, PCP_CAPACITY, PCP_ORDERS};
 pub use reporting::{
     ReportBatch, ReportBlock, ReportOutcome, ReportPass, ReportSink, REPORTING_BUDGET_DIVISOR,
     REPORTING_CAPACITY, REPORTING_CAPACITY_MAX,

@@ -42,6 +42,48 @@ pub struct VmStat {
 }
 
 impl VmStat {
+    /// All counters at zero.
+    pub const ZERO: VmStat = VmStat {
+        alloc_blocks: 0,
+        free_blocks: 0,
+        zero_allocs: 0,
+        zero_alloc_hits: 0,
+        zero_allocs_order0: 0,
+        zero_alloc_hits_order0: 0,
+        pages_zeroed: 0,
+        pages_zero_skipped: 0,
+        pages_init_on_free: 0,
+        pages_poisoned: 0,
+        report_requests: 0,
+        pages_reported: 0,
+        pages_reported_zeroed: 0,
+        pages_zeroed_untrusted: 0,
+        pages_report_failed: 0,
+        pages_deflated: 0,
+        pages_deflated_zeroed: 0,
+    };
+
+    /// Adds `o`'s counters to these (the zone's and each CPU cache's share).
+    pub(crate) fn add(&mut self, o: &VmStat) {
+        self.alloc_blocks += o.alloc_blocks;
+        self.free_blocks += o.free_blocks;
+        self.zero_allocs += o.zero_allocs;
+        self.zero_alloc_hits += o.zero_alloc_hits;
+        self.zero_allocs_order0 += o.zero_allocs_order0;
+        self.zero_alloc_hits_order0 += o.zero_alloc_hits_order0;
+        self.pages_zeroed += o.pages_zeroed;
+        self.pages_zero_skipped += o.pages_zero_skipped;
+        self.pages_init_on_free += o.pages_init_on_free;
+        self.pages_poisoned += o.pages_poisoned;
+        self.report_requests += o.report_requests;
+        self.pages_reported += o.pages_reported;
+        self.pages_reported_zeroed += o.pages_reported_zeroed;
+        self.pages_zeroed_untrusted += o.pages_zeroed_untrusted;
+        self.pages_report_failed += o.pages_report_failed;
+        self.pages_deflated += o.pages_deflated;
+        self.pages_deflated_zeroed += o.pages_deflated_zeroed;
+    }
+
     /// Bytes the allocator zeroed for `ZERO` allocations.
     pub fn bytes_zeroed(&self) -> u64 {
         self.pages_zeroed * FRAME_SIZE

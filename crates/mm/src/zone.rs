@@ -60,7 +60,7 @@ pub enum FreeHint {
 }
 
 /// Page counts of a zone, in 4 KiB frames. `present == free + pool_free + allocated +
-/// huge_allocated + isolated` always holds.
+/// huge_allocated + isolated + cached` always holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZoneCounts {
     /// Frames the zone owns (its span minus holes).
@@ -81,6 +81,11 @@ pub struct ZoneCounts {
     pub pool_free: u64,
     /// Frames in allocated huge pages.
     pub huge_allocated: u64,
+    /// Frames in per-CPU caches ([`LockedZone::counts`](crate::LockedZone::counts); a `Zone`
+    /// has none, and counts them in `allocated` when a `LockedZone` shares it).
+    pub cached: u64,
+    /// Cached frames known to be zero.
+    pub cached_zeroed: u64,
 }
 
 /// Where a free block lives.
@@ -231,16 +236,43 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             return Err(AllocError::OrderTooLarge(order));
         }
         let zero = flags.contains(AllocFlags::ZERO);
-        let (idx, from) = self
-            .pick(order, zero)
+        let (idx, content) = self
+            .take(order, zero)
             .ok_or(AllocError::OutOfMemory(order))?;
+        Ok(self.finish_alloc(idx, order, zero, content, mem))
+    }
+
+    /// Takes a free block of `order` off the free lists (splitting a larger one if needed) and
+    /// marks it allocated, without zeroing or counting it as an allocation: the allocation
+    /// itself, or a per-CPU cache refill (`pcp.rs`). Returns its frame index and the content
+    /// flags it had.
+    pub(crate) fn take(&mut self, order: u8, zero: bool) -> Option<(u32, FrameFlags)> {
+        let (idx, from) = self.pick(order, zero)?;
         let content = self.unlink(idx);
         self.split(idx, from, order, content);
         let m = &mut self.meta.as_mut()[idx as usize];
         m.flags = FrameFlags::PRESENT.union(FrameFlags::ALLOCATED);
         m.order = order;
         self.counts.allocated += 1 << order;
-        Ok(self.finish_alloc(idx, order, zero, content, mem))
+        Some((idx, content))
+    }
+
+    /// Gives a block marked allocated (by [`Zone::take`]) back to the free lists with
+    /// `content`, merging it with its free buddies: a free, or a per-CPU cache drain. Refused,
+    /// changing nothing, if no allocated block of `order` starts at `pfn`.
+    pub(crate) fn give_back(
+        &mut self,
+        pfn: Pfn,
+        order: u8,
+        content: FrameFlags,
+    ) -> Result<(), FreeError> {
+        let idx = self.allocated_head(pfn, order, false)?;
+        self.counts.allocated -= 1 << order;
+        let merged = self.merge_and_link(idx, order, content);
+        if merged >= self.cfg.reporting_order {
+            self.reporting.request();
+        }
+        Ok(())
     }
 
     /// Frees a block allocated with [`Zone::alloc`]. Bad input (double free, a pfn that is not
@@ -252,14 +284,9 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         hint: FreeHint,
         mem: &mut impl PhysMem,
     ) -> Result<(), FreeError> {
-        let idx = self.allocated_head(pfn, order, false)?;
-        self.counts.allocated -= 1 << order;
+        self.allocated_head(pfn, order, false)?;
         let content = self.free_content(pfn, order, hint, mem);
-        let merged = self.merge_and_link(idx, order, content);
-        if merged >= self.cfg.reporting_order {
-            self.reporting.request();
-        }
-        Ok(())
+        self.give_back(pfn, order, content)
     }
 
     /// The free block an allocation of `order` takes: `(frame index, its order)`. Zero-aware
@@ -296,34 +323,10 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         mem: &mut impl PhysMem,
     ) -> Allocation {
         let pfn = Pfn(self.base + idx as u64);
-        let frames = 1u64 << order;
-        let known_zero = content.contains(FrameFlags::ZEROED);
-        self.stat.alloc_blocks += 1;
-        if zero {
-            self.stat.zero_allocs += 1;
-            if order == 0 {
-                self.stat.zero_allocs_order0 += 1;
-            }
-            if known_zero {
-                self.stat.zero_alloc_hits += 1;
-                if order == 0 {
-                    self.stat.zero_alloc_hits_order0 += 1;
-                }
-                self.stat.pages_zero_skipped += frames;
-            } else {
-                mem.fill(pfn, frames, 0);
-                self.stat.pages_zeroed += frames;
-            }
-        }
-        Allocation {
-            pfn,
-            order,
-            known_zero,
-        }
+        finish_alloc(&mut self.stat, pfn, order, zero, content, mem)
     }
 
-    /// The content flags of a block being freed: only a freer that proves the block is zero
-    /// sets `Zeroed`, and only a block whose backing is still discarded keeps `Reported`.
+    /// The content flags of a block being freed (see [`free_content`]).
     pub(crate) fn free_content(
         &mut self,
         pfn: Pfn,
@@ -331,33 +334,15 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         hint: FreeHint,
         mem: &mut impl PhysMem,
     ) -> FrameFlags {
-        let frames = 1u64 << order;
-        self.stat.free_blocks += 1;
-        let mut content = FrameFlags::empty();
-        if let FreeHint::Deflated { device_zeroed } = hint {
-            self.stat.pages_deflated += frames;
-            content = FrameFlags::REPORTED;
-            if device_zeroed && self.cfg.trusts_device_zeroing(self.device.on_inflate) {
-                self.stat.pages_deflated_zeroed += frames;
-                return content.union(FrameFlags::ZEROED);
-            }
-        }
-        // Writing the block faults its backing in again: it is no longer reported.
-        if self.cfg.init_on_free {
-            mem.fill(pfn, frames, 0);
-            self.stat.pages_init_on_free += frames;
-            FrameFlags::ZEROED
-        } else if let Some(poison) = self.cfg.poison {
-            mem.fill(pfn, frames, poison);
-            self.stat.pages_poisoned += frames;
-            if poison == 0 {
-                FrameFlags::ZEROED
-            } else {
-                FrameFlags::empty()
-            }
-        } else {
-            content
-        }
+        free_content(
+            &mut self.stat,
+            &self.cfg,
+            self.device,
+            pfn,
+            order,
+            hint,
+            mem,
+        )
     }
 
     /// Puts the free block at `idx` on the buddy free lists, first merging it with its free
@@ -485,5 +470,83 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
             });
         }
         Ok(idx)
+    }
+}
+
+/// Accounts in `stat` for an allocation of the block at `pfn` taken off a free list (or a
+/// per-CPU cache) with `content` flags, zeroing it through `mem` if `zero` was asked and it was
+/// not known to be zero. `Zeroed` is consumed here: the caller learns it, the block keeps none.
+pub(crate) fn finish_alloc(
+    stat: &mut VmStat,
+    pfn: Pfn,
+    order: u8,
+    zero: bool,
+    content: FrameFlags,
+    mem: &mut impl PhysMem,
+) -> Allocation {
+    let frames = 1u64 << order;
+    let known_zero = content.contains(FrameFlags::ZEROED);
+    stat.alloc_blocks += 1;
+    if zero {
+        stat.zero_allocs += 1;
+        if order == 0 {
+            stat.zero_allocs_order0 += 1;
+        }
+        if known_zero {
+            stat.zero_alloc_hits += 1;
+            if order == 0 {
+                stat.zero_alloc_hits_order0 += 1;
+            }
+            stat.pages_zero_skipped += frames;
+        } else {
+            mem.fill(pfn, frames, 0);
+            stat.pages_zeroed += frames;
+        }
+    }
+    Allocation {
+        pfn,
+        order,
+        known_zero,
+    }
+}
+
+/// The content flags of a block being freed, counted in `stat`: only a freer that proves the
+/// block is zero sets `Zeroed`, and only a block whose backing is still discarded keeps
+/// `Reported`.
+pub(crate) fn free_content(
+    stat: &mut VmStat,
+    cfg: &Config,
+    device: DeviceInit,
+    pfn: Pfn,
+    order: u8,
+    hint: FreeHint,
+    mem: &mut impl PhysMem,
+) -> FrameFlags {
+    let frames = 1u64 << order;
+    stat.free_blocks += 1;
+    let mut content = FrameFlags::empty();
+    if let FreeHint::Deflated { device_zeroed } = hint {
+        stat.pages_deflated += frames;
+        content = FrameFlags::REPORTED;
+        if device_zeroed && cfg.trusts_device_zeroing(device.on_inflate) {
+            stat.pages_deflated_zeroed += frames;
+            return content.union(FrameFlags::ZEROED);
+        }
+    }
+    // Writing the block faults its backing in again: it is no longer reported.
+    if cfg.init_on_free {
+        mem.fill(pfn, frames, 0);
+        stat.pages_init_on_free += frames;
+        FrameFlags::ZEROED
+    } else if let Some(poison) = cfg.poison {
+        mem.fill(pfn, frames, poison);
+        stat.pages_poisoned += frames;
+        if poison == 0 {
+            FrameFlags::ZEROED
+        } else {
+            FrameFlags::empty()
+        }
+    } else {
+        content
     }
 }

@@ -288,6 +288,7 @@ impl Harness {
                     Err(AllocError::OutOfMemory(_)) => {
                         assert_eq!(any, None, "allocation failed with free blocks")
                     }
+                    Err(e @ AllocError::NoSuchCpu(_)) => panic!("a zone has no CPUs: {e}"),
                     Ok(a) => {
                         let wanted = |b: &MBlock| b.zeroed == zero;
                         let preferred = self.lowest_order(order, wanted);
