@@ -63,10 +63,6 @@ fn discarded_and_known_zero(vcpus: usize) {
             "dirtying allocated the memfd: {before}"
         );
     } // (with several vCPUs, passes ran during the dirtying and punched some already)
-    assert!(
-        before >= 200 * MIB,
-        "dirtying allocated the memfd: {before}"
-    );
     let pass = g.report_now();
     let stat = g.zone().stat();
     // Passes may have run during the dirtying (several vCPUs): count them all.
