@@ -221,9 +221,11 @@ pub struct QemuConfig {
 impl QemuConfig {
     /// Defaults from the host tools (which must include the peer: `qemu` and `cloud_kernel`).
     pub fn new(tools: &HostTools, initrd: &Path) -> Result<QemuConfig> {
-        let missing = || Error::Missing {
+        let missing = || {
+            Error::Missing {
             what: "QEMU >= 10.2 and Debian's cloud kernel".into(),
             fix: "run scripts/linux-setup.sh --peer and scripts/qemu-setup.sh (or set up with SetupOptions { peer: true, .. })".into(),
+        }
         };
         let qemu = tools.qemu.clone().ok_or_else(missing)?;
         let kernel = tools
@@ -364,7 +366,10 @@ impl MemoryProbe for MemfdProbe {
         }
     }
     fn describe(&self) -> String {
-        format!("allocated blocks of QEMU pid {}'s guest-RAM memfd", self.pid)
+        format!(
+            "allocated blocks of QEMU pid {}'s guest-RAM memfd",
+            self.pid
+        )
     }
 }
 
@@ -463,7 +468,9 @@ mod tests {
              -append console=ttyS0 panic=-1 quiet prezero.scenario=alloc-free prezero.mib=256";
         assert_eq!(
             cfg.args().unwrap().join(" "),
-            format!("{common} -device virtio-balloon-pci,free-page-reporting=on,deflate-on-oom=off")
+            format!(
+                "{common} -device virtio-balloon-pci,free-page-reporting=on,deflate-on-oom=off"
+            )
         );
         cfg.balloon = QemuBalloon::vhost_user("/run/b.sock");
         assert_eq!(
@@ -476,6 +483,10 @@ mod tests {
         if let QemuBalloon::VhostUser { reconnect_ms, .. } = &mut cfg.balloon {
             *reconnect_ms = Some(500);
         }
-        assert!(cfg.args().unwrap().join(" ").contains("path=/run/b.sock,reconnect-ms=500 "));
+        assert!(cfg
+            .args()
+            .unwrap()
+            .join(" ")
+            .contains("path=/run/b.sock,reconnect-ms=500 "));
     }
 }
