@@ -325,8 +325,8 @@ impl QemuConfig {
     }
 }
 
-/// Allocated blocks of QEMU's guest-RAM memfd (`memory-backend-memfd,id=mem`: the fd whose
-/// link reads `/memfd:mem (deleted)`): the host memory backing guest RAM, whoever faulted it
+/// Allocated blocks of QEMU's guest-RAM memfd (`memory-backend-memfd`: the fd whose link
+/// reads `/memfd:memory-backend-memfd (deleted)`): the host memory backing guest RAM, whoever faulted it
 /// in (QEMU's vCPU or the vhost-user daemon), lowered by either's hole punching. Reads 0
 /// until QEMU has created it.
 #[derive(Debug, Clone)]
@@ -346,8 +346,10 @@ impl MemfdProbe {
     pub fn file(&mut self) -> std::io::Result<Option<&Path>> {
         if self.file.is_none() {
             for e in fs::read_dir(format!("/proc/{}/fd", self.pid))?.flatten() {
-                let is_ram = fs::read_link(e.path())
-                    .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:mem "));
+                let is_ram = fs::read_link(e.path()).is_ok_and(|t| {
+                    t.to_string_lossy()
+                        .starts_with("/memfd:memory-backend-memfd")
+                });
                 if is_ram {
                     self.file = Some(e.path());
                     break;
