@@ -652,17 +652,7 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     );
     let gpa = 15 * MIB;
     let mut q = SplitQueue::<u64>::new(ram.clone(), 64, gpa, false).unwrap();
-    let l = q.layout();
-    let n = u64::from(l.size);
-    let config = VringConfigData {
-        queue_max_size: l.size,
-        queue_size: l.size,
-        flags: 0,
-        desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
-        used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
-        avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
-        log_addr: None,
-    };
+    let (l, config) = vring_config(&ram, &q);
     let (mut call_ours, call_theirs) = UnixStream::pair().unwrap();
     // SAFETY: the EventFd wrapper only carries the fd to SET_VRING_CALL (it is never read or
     // written as an eventfd); it owns the socketpair end from here.
@@ -686,6 +676,25 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     let used = q.pop_used().unwrap().expect("a used chain after the call");
     assert_eq!((used.token, used.len), (9, 4 * MIB as u32));
     assert!(ram.is_hole(4 * MIB, 4 * MIB).unwrap());
+}
+
+/// `SET_VRING_ADDR`'s data for a ring of `q` in `ram` (frontend addresses are host ones).
+fn vring_config(
+    ram: &prezero_guest::GuestRam,
+    q: &SplitQueue<u64>,
+) -> (prezero_guest::RingLayout, VringConfigData) {
+    let l = q.layout();
+    let n = u64::from(l.size);
+    let config = VringConfigData {
+        queue_max_size: l.size,
+        queue_size: l.size,
+        flags: 0,
+        desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
+        used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
+        avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
+        log_addr: None,
+    };
+    (l, config)
 }
 
 /// What QEMU's generic vhost-user device (`vhost-user-test-device-pci,num_vqs=5,vq_size=N`)
@@ -735,17 +744,7 @@ fn a_qemu_like_frontend_sets_up_five_queues_and_writes_the_whole_config() {
         for index in 0..5usize {
             let gpa = 8 * MIB + index as u64 * 64 * 1024;
             let q = SplitQueue::<u64>::new(ram.clone(), size, gpa, false).unwrap();
-            let l = q.layout();
-            let n = u64::from(l.size);
-            let config = VringConfigData {
-                queue_max_size: l.size,
-                queue_size: l.size,
-                flags: 0,
-                desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
-                used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
-                avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
-                log_addr: None,
-            };
+            let (l, config) = vring_config(&ram, &q);
             let (call, kick) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
             f.set_vring_num(index, l.size).unwrap();
             f.set_vring_base(index, 0).unwrap();
