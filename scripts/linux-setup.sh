@@ -5,7 +5,7 @@
 #
 # Always: the apt packages `user-mode-linux` (the UML kernel /usr/bin/linux.uml and its
 # modules under /usr/lib/uml/modules), `busybox-static` and `cpio`.
-# With --peer (the QEMU comparison, `prezero bench linux`): `qemu-system-x86`, and Debian's cloud
+# With --peer (the QEMU guests, `prezero bench linux`, `prezero linux --vmm qemu`): Debian's cloud
 # kernel (`linux-image-cloud-amd64`), which is *not* installed into the host's /boot: its versioned
 # package is fetched with `apt-get download` and unpacked with `dpkg-deb -x` into
 # DIR/cloud-kernel/<package>/ (DIR defaults to $PREZERO_LINUX_CACHE, else
@@ -14,6 +14,7 @@
 # Installing packages needs root; without root, missing packages are an error that names the
 # command to run. Fetching the cloud kernel needs no root. Nothing fetched here is committed.
 # The Rust harness (prezero_linux_harness::setup) runs this same script, embedded, when root.
+# QEMU itself (>= 10.2, for the generic vhost-user device) comes from scripts/qemu-setup.sh.
 set -euo pipefail
 
 peer=0
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
         --peer) peer=1 ;;
         --cache) cache="$2"; shift ;;
         --cache=*) cache="${1#--cache=}" ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "linux-setup: unknown argument '$1' (use --peer, --cache DIR)" >&2; exit 2 ;;
     esac
     shift
@@ -54,7 +55,6 @@ is_installed() {
 }
 
 pkgs=(user-mode-linux busybox-static cpio)
-if [ "$peer" = 1 ]; then pkgs+=(qemu-system-x86); fi
 missing=()
 for p in "${pkgs[@]}"; do
     is_installed "$p" || missing+=("$p")

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use prezero_balloon::config::config_size;
 use prezero_balloon::features::{Features, PAGE_POISON, STATS_VQ};
-use prezero_balloon::queues::{QueueRole, QueueRoles};
+use prezero_balloon::queues::{QueueRole, QueueRoles, MAX_QUEUES};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryBackend;
 
-use crate::config_space::{ConfigSpace, ConfigWriteOutcome, ConfigWriteRefusal};
+use crate::config_space::{ConfigSpace, ConfigWriteOutcome};
 use crate::context::{ChainCtx, RequestBuffers};
 use crate::discard::DiscardBackend;
 use crate::error::{DeviceError, ErrorKind};
@@ -65,9 +65,17 @@ impl<D> BalloonDevice<D> {
         self.options.offered_features().bits()
     }
 
-    /// Number of queues a transport must provide: the queues of every *offered* feature.
+    /// Number of queue slots a transport must provide: all five of the spec (inflate,
+    /// deflate, stats, free page hint, reporting), whatever is offered or negotiated.
+    ///
+    /// The Linux driver names five slots whatever it negotiates, and its transports check the
+    /// device against that: Linux 7.x `virtio_uml` asks the backend for its queue count
+    /// (vhost-user `GET_QUEUE_NUM`) and refuses to probe (-22) below five; QEMU's generic
+    /// vhost-user device with `num_vqs=5` sets up every slot and fails to start when one is
+    /// refused. A slot without a role under the negotiated features is set up but never
+    /// processed (a kick on it counts `unknown_queue`).
     pub fn max_queues(&self) -> usize {
-        QueueRoles::from_features(self.options.offered_features()).count()
+        MAX_QUEUES
     }
 
     /// Maximum size of each queue.
@@ -132,26 +140,20 @@ impl<D> BalloonDevice<D> {
         }
     }
 
-    /// A driver configuration write (vhost-user `SET_CONFIG`). Applied only if every byte is
-    /// in a driver-writable field: `actual`, and `poison_val` once `PAGE_POISON` is negotiated.
-    pub fn write_config(
-        &mut self,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<ConfigWriteOutcome, DeviceError> {
-        match self.config.write(offset, data, self.negotiated) {
-            Ok(outcome) => Ok(outcome),
-            Err(refusal) => {
-                self.metrics.error(match refusal {
-                    ConfigWriteRefusal::Range => ErrorKind::ConfigRange,
-                    ConfigWriteRefusal::ReadOnly => ErrorKind::ConfigWrite,
-                });
-                Err(DeviceError::ConfigWrite {
-                    offset,
-                    len: data.len(),
-                })
-            }
+    /// A driver configuration write (vhost-user `SET_CONFIG`, a PCI/MMIO write). The bytes of
+    /// driver-writable fields are applied (`actual`, and `poison_val` once `PAGE_POISON` is
+    /// negotiated); the rest are ignored. A byte that would change a read-only field counts
+    /// one `config_write` error per write, bytes past the space one `config_range`: a whole
+    /// config write that repeats `num_pages` (QEMU's generic vhost-user device) is no error.
+    pub fn write_config(&mut self, offset: u64, data: &[u8]) -> ConfigWriteOutcome {
+        let outcome = self.config.write(offset, data, self.negotiated);
+        if outcome.read_only_bytes != 0 {
+            self.metrics.error(ErrorKind::ConfigWrite);
         }
+        if outcome.out_of_range_bytes != 0 {
+            self.metrics.error(ErrorKind::ConfigRange);
+        }
+        outcome
     }
 
     // ---- host API ---------------------------------------------------------------------

@@ -169,14 +169,6 @@ pub enum DeviceError {
     /// A queue event for an index without a role under the negotiated features.
     #[error("queue {0} does not exist under the negotiated features")]
     NoSuchQueue(usize),
-    /// The driver wrote a configuration byte it may not write; nothing was changed.
-    #[error("configuration write refused at offset {offset} ({len} bytes)")]
-    ConfigWrite {
-        /// Offset of the write.
-        offset: u64,
-        /// Length of the write.
-        len: usize,
-    },
 }
 
 #[cfg(test)]

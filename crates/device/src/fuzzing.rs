@@ -165,7 +165,7 @@ pub fn run(data: &[u8]) -> MetricsSnapshot {
     dev.ack_features(features.bits());
     if poison & 1 != 0 {
         let value = if poison & 2 != 0 { 0 } else { 0xaaaa_aaaau32 };
-        let _ = dev.write_config(12, &value.to_le_bytes());
+        dev.write_config(12, &value.to_le_bytes());
     }
 
     let ops_bytes: Vec<u8> = input.take(ops * 3).to_vec();
@@ -194,7 +194,7 @@ pub fn run(data: &[u8]) -> MetricsSnapshot {
                 let _ = dev.request_stats(&mut queues[qi], &mem);
             }
             _ => {
-                let _ = dev.write_config(u64::from(target % 20), &[arg; 4][..usize::from(arg % 5)]);
+                dev.write_config(u64::from(target % 20), &[arg; 4][..usize::from(arg % 5)]);
                 let mut buf = [0u8; 20];
                 dev.read_config(u64::from(arg), &mut buf);
             }

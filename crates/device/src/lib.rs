@@ -40,7 +40,7 @@
 //! // GET_CONFIG / SET_CONFIG
 //! let mut config = [0u8; 8];
 //! dev.read_config(0, &mut config);
-//! dev.write_config(4, &16u32.to_le_bytes()).unwrap();
+//! dev.write_config(4, &16u32.to_le_bytes());
 //! // A kick on queue 2 (a queue the driver has not set up yet does nothing).
 //! let mut queue = Queue::new(256).unwrap();
 //! let notify = dev.process_queue(2, &mut queue, &mem).unwrap();

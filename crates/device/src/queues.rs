@@ -64,6 +64,17 @@ where
         },
         Some(QueueRole::Stats) => |ctx, stats, chain| stats_chain(ctx, stats, chain),
         Some(QueueRole::FreePageHint) | None => {
+            // Transports set up every slot (Linux names five whatever it negotiates) and
+            // vhost-user-backend processes a queue once when its kick fd arrives: only chains
+            // the driver really put on a slot without a role are its mistake.
+            let mem = ctx.mem;
+            let pending = queue.ready()
+                && queue
+                    .avail_idx(mem, Ordering::Acquire)
+                    .map_or(true, |avail| avail != Wrapping(queue.next_avail()));
+            if !pending {
+                return Ok(false);
+            }
             ctx.metrics.error(ErrorKind::UnknownQueue);
             return Err(DeviceError::NoSuchQueue(index));
         }

@@ -217,7 +217,7 @@ fn non_zeroing_backing_sets_no_bit_but_discards() {
 fn nonzero_poison_sets_no_bit() {
     let m = mem();
     let mut dev = device(with_bitmap());
-    dev.write_config(12, &0x5555_5555u32.to_le_bytes()).unwrap();
+    dev.write_config(12, &0x5555_5555u32.to_le_bytes());
     let mut drv = Driver::new(&m, 0, 16);
     let len = write_pfns(&m, PFNS, &[pfn(REGION_C)]);
     drv.add(&[r(PFNS, len), w(BITMAP, 1)]);

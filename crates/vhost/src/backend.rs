@@ -316,21 +316,25 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // A refused write (a read-only field, past the end) is ignored, as a virtio-pci
-        // device ignores writes to read-only config fields, and counted by the device. It is
-        // not reported as an error: vhost-user-backend 0.24 ends the whole connection when
-        // SET_CONFIG fails, which would take the balloon away from a guest over one stray
-        // write.
-        match self
+        // The driver-writable bytes are applied, the rest ignored (as a virtio-pci device
+        // ignores writes to read-only config fields) and counted by the device. QEMU's generic
+        // device sends the whole space on every write, `num_pages` included. Never an error:
+        // vhost-user-backend 0.24 ends the whole connection when SET_CONFIG fails, which would
+        // take the balloon away from a guest over one stray write.
+        let outcome = self
             .shared
-            .with_device(|d| d.write_config(u64::from(offset), buf))
-        {
-            Ok(outcome) if outcome.actual_changed => {
-                let actual = self.shared.with_device_queues(|d| d.actual_pages());
-                tracing::debug!(actual, "guest updated the balloon size");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "guest config write ignored"),
+            .with_device(|d| d.write_config(u64::from(offset), buf));
+        if outcome.actual_changed {
+            let actual = self.shared.with_device_queues(|d| d.actual_pages());
+            tracing::debug!(actual, "guest updated the balloon size");
+        }
+        if outcome.ignored_anything() {
+            tracing::debug!(
+                offset,
+                len = buf.len(),
+                ?outcome,
+                "part of a guest config write ignored"
+            );
         }
         Ok(())
     }

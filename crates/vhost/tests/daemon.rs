@@ -652,17 +652,7 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     );
     let gpa = 15 * MIB;
     let mut q = SplitQueue::<u64>::new(ram.clone(), 64, gpa, false).unwrap();
-    let l = q.layout();
-    let n = u64::from(l.size);
-    let config = VringConfigData {
-        queue_max_size: l.size,
-        queue_size: l.size,
-        flags: 0,
-        desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
-        used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
-        avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
-        log_addr: None,
-    };
+    let (l, config) = vring_config(&ram, &q);
     let (mut call_ours, call_theirs) = UnixStream::pair().unwrap();
     // SAFETY: the EventFd wrapper only carries the fd to SET_VRING_CALL (it is never read or
     // written as an eventfd); it owns the socketpair end from here.
@@ -686,4 +676,113 @@ fn a_uml_like_frontend_with_a_socketpair_call_fd_gets_its_calls() {
     let used = q.pop_used().unwrap().expect("a used chain after the call");
     assert_eq!((used.token, used.len), (9, 4 * MIB as u32));
     assert!(ram.is_hole(4 * MIB, 4 * MIB).unwrap());
+}
+
+/// `SET_VRING_ADDR`'s data for a ring of `q` in `ram` (frontend addresses are host ones).
+fn vring_config(
+    ram: &prezero_guest::GuestRam,
+    q: &SplitQueue<u64>,
+) -> (prezero_guest::RingLayout, VringConfigData) {
+    let l = q.layout();
+    let n = u64::from(l.size);
+    let config = VringConfigData {
+        queue_max_size: l.size,
+        queue_size: l.size,
+        flags: 0,
+        desc_table_addr: ram.host_addr(l.desc, 16 * n).unwrap(),
+        used_ring_addr: ram.host_addr(l.used, 6 + 8 * n).unwrap(),
+        avail_ring_addr: ram.host_addr(l.avail, 6 + 2 * n).unwrap(),
+        log_addr: None,
+    };
+    (l, config)
+}
+
+/// What QEMU's generic vhost-user device (`vhost-user-test-device-pci,num_vqs=5,vq_size=N`)
+/// and Linux 7.x `virtio_uml` do: ask `GET_QUEUE_NUM`, set up all five slots with one ring
+/// size (the free-page-hint slot and any unnegotiated one included), and write the whole
+/// config space when the guest writes `actual`.
+#[test]
+fn a_qemu_like_frontend_sets_up_five_queues_and_writes_the_whole_config() {
+    let d = Daemon::start("qemu", FeatureOffer::default());
+    let ram = ram(16 * MIB);
+    let stream = UnixStream::connect(d.socket()).unwrap();
+    let mut f = Frontend::from_stream(stream, 5);
+    f.set_owner().unwrap();
+    f.get_features().unwrap();
+    let protocol = f.get_protocol_features().unwrap();
+    assert!(protocol.contains(VhostUserProtocolFeatures::MQ));
+    f.set_protocol_features(
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK,
+    )
+    .unwrap();
+    assert_eq!(f.get_queue_num().unwrap(), 5, "Linux names five slots");
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    // The 6.1 driver's choice under QEMU: no PAGE_POISON, no free page hint.
+    let negotiated = bits(&[
+        VERSION_1,
+        MUST_TELL_HOST,
+        STATS_VQ,
+        DEFLATE_ON_OOM,
+        REPORTING,
+    ]);
+    f.set_features(negotiated | VHOST_USER_F_PROTOCOL_FEATURES)
+        .unwrap();
+    let region = vhost::VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: ram.size(),
+        userspace_addr: ram.host_base() as u64,
+        mmap_offset: 0,
+        mmap_handle: ram.fd(),
+    };
+    f.set_mem_table(&[region]).unwrap();
+    // QEMU's vq_size applies to every queue; the device's maximum (256) and any smaller power
+    // of two are accepted.
+    for size in [256u16, 64] {
+        let mut rings = Vec::new();
+        for index in 0..5usize {
+            let gpa = 8 * MIB + index as u64 * 64 * 1024;
+            let q = SplitQueue::<u64>::new(ram.clone(), size, gpa, false).unwrap();
+            let (l, config) = vring_config(&ram, &q);
+            let (call, kick) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+            f.set_vring_num(index, l.size).unwrap();
+            f.set_vring_base(index, 0).unwrap();
+            f.set_vring_addr(index, &config).unwrap();
+            f.set_vring_call(index, &call).unwrap();
+            f.set_vring_kick(index, &kick).unwrap();
+            f.set_vring_enable(index, true).unwrap();
+            rings.push((q, call, kick));
+        }
+        for index in 0..5usize {
+            f.get_vring_base(index).unwrap();
+        }
+    }
+
+    // The guest writes `actual`; QEMU sends all 8 bytes, num_pages as the guest read it.
+    d.handle.set_target_pages(300);
+    let mut image = [0u8; 8];
+    image[..4].copy_from_slice(&300u32.to_le_bytes());
+    image[4..].copy_from_slice(&256u32.to_le_bytes());
+    f.set_config(0, VhostUserConfigFlags::WRITABLE, &image)
+        .unwrap();
+    let status = control_request(d.control(), &ControlRequest::Status).unwrap();
+    assert_eq!(status["actual_pages"], 256);
+    assert_eq!(status["target_pages"], 300);
+    let metrics = control_request(d.control(), &ControlRequest::Metrics).unwrap();
+    assert_eq!(metrics["device"]["errors"]["config_write"], 0, "{metrics}");
+    // Setting up the unused slots is no error either.
+    assert_eq!(metrics["device"]["errors"]["unknown_queue"], 0, "{metrics}");
+    // A real attempt to change num_pages: ignored and counted, actual still applied.
+    image[..4].copy_from_slice(&1u32.to_le_bytes());
+    image[4..].copy_from_slice(&200u32.to_le_bytes());
+    f.set_config(0, VhostUserConfigFlags::WRITABLE, &image)
+        .unwrap();
+    let status = control_request(d.control(), &ControlRequest::Status).unwrap();
+    assert_eq!(status["actual_pages"], 200);
+    assert_eq!(status["target_pages"], 300);
+    let metrics = control_request(d.control(), &ControlRequest::Metrics).unwrap();
+    assert_eq!(metrics["device"]["errors"]["config_write"], 1, "{metrics}");
+    // A ring above the maximum is the VMM's misconfiguration (QEMU then fails to start).
+    assert!(f.set_vring_num(0, 512).is_err(), "above the maximum");
 }

@@ -5,11 +5,12 @@
 //! | `/usr/bin/linux.uml`, `/usr/lib/uml/modules/<ver>` | apt `user-mode-linux` | the UML guest and its `virtio_balloon.ko` |
 //! | a static `busybox` | apt `busybox-static` | the initramfs userland |
 //! | `cpio` | apt `cpio` | cross-checking archives (the harness writes cpio itself) |
-//! | `qemu-system-x86_64` (peer only) | apt `qemu-system-x86` | the QEMU peer |
+//! | `qemu-system-x86_64` >= 10.2 (peer only) | the system's, else Debian's newest build unpacked into `<cache>/qemu/` by `scripts/qemu-setup.sh` | QEMU with its own balloon and with `prezero serve` behind `vhost-user-test-device-pci` |
 //! | Debian's cloud kernel (peer only) | `apt-get download linux-image-<ver>-cloud-amd64`, unpacked with `dpkg-deb -x` into `<cache>/cloud-kernel/<package>/` | the QEMU guest kernel and its modules |
 //!
-//! The installing is done by `scripts/linux-setup.sh`, embedded here as [`SETUP_SCRIPT`] so
-//! that CI and the library do exactly the same thing. [`ensure`] checks first and runs the
+//! The installing is done by `scripts/linux-setup.sh` and (QEMU) `scripts/qemu-setup.sh`,
+//! embedded here as [`SETUP_SCRIPT`] and [`QEMU_SETUP_SCRIPT`] so that CI and the library do
+//! exactly the same thing. [`ensure`] checks first and runs the
 //! script only when something is missing and it can help: as root, or (not root) when only the
 //! cloud kernel is missing, since fetching it needs no root. Otherwise the error names the fix.
 
@@ -23,6 +24,9 @@ use crate::error::{io_err, Error, Result};
 
 /// `scripts/linux-setup.sh`, the one installer (CI calls the file, the library runs this copy).
 pub const SETUP_SCRIPT: &str = include_str!("../../../scripts/linux-setup.sh");
+
+/// `scripts/qemu-setup.sh`: a QEMU >= 10.2 (no root needed).
+pub const QEMU_SETUP_SCRIPT: &str = include_str!("../../../scripts/qemu-setup.sh");
 
 /// Where downloads and build products live: `$PREZERO_LINUX_CACHE`, else
 /// `$CARGO_TARGET_DIR/prezero-linux`, else `<workspace>/target/prezero-linux`. Never committed.
@@ -90,7 +94,7 @@ pub struct HostTools {
     pub cpio: PathBuf,
     /// `setarch` (util-linux), if present: runs UML with a fixed memory layout.
     pub setarch: Option<PathBuf>,
-    /// `qemu-system-x86_64` (peer only).
+    /// `qemu-system-x86_64` >= 10.2 (peer only): the system's or `<cache>/qemu/bin/`'s.
     pub qemu: Option<PathBuf>,
     /// The cloud kernel (peer only).
     pub cloud_kernel: Option<CloudKernel>,
@@ -201,6 +205,31 @@ fn version_key(release: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `(major, minor)` of `qemu --version`.
+fn qemu_version(qemu: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.strip_prefix("QEMU emulator version ")?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A QEMU that has the user-creatable generic vhost-user device: the system's when it is
+/// >= 10.2, else the one `scripts/qemu-setup.sh` unpacked into `<cache>/qemu/`.
+pub fn find_qemu(cache_dir: &Path) -> Option<PathBuf> {
+    let recent = |q: &Path| qemu_version(q).is_some_and(|v| v >= (10, 2));
+    if let Some(system) = which("qemu-system-x86_64").filter(|q| recent(q)) {
+        return Some(system);
+    }
+    let private = cache_dir.join("qemu/bin/qemu-system-x86_64");
+    (cache_dir.join("qemu/.complete").is_file() && recent(&private)).then_some(private)
+}
+
 /// Checks everything; returns the tools, or the list of what is missing.
 pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>> {
     let mut missing = Vec::new();
@@ -240,11 +269,11 @@ pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>
     }
     let (mut qemu, mut cloud_kernel) = (None, None);
     if opts.peer {
-        qemu = which("qemu-system-x86_64");
+        qemu = find_qemu(&opts.cache_dir);
         if qemu.is_none() {
             missing.push(Missing {
-                what: "qemu-system-x86_64".into(),
-                package: Some("qemu-system-x86"),
+                what: "qemu-system-x86_64 >= 10.2 (vhost-user-test-device-pci)".into(),
+                package: None,
             });
         }
         cloud_kernel = find_cloud_kernel(&opts.cache_dir);
@@ -299,9 +328,15 @@ fn missing_error(missing: &[Missing], opts: &SetupOptions) -> Error {
         .map(|m| m.what.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let script = format!("scripts/linux-setup.sh {}", script_args(opts).join(" "));
+    let mut script = format!("scripts/linux-setup.sh {}", script_args(opts).join(" "));
+    if opts.peer {
+        script.push_str(&format!(
+            " && scripts/qemu-setup.sh --cache {}",
+            opts.cache_dir.display()
+        ));
+    }
     let fix = if pkgs.is_empty() {
-        format!("run `{script}` (no root needed for the kernel download)")
+        format!("run `{script}` (no root needed for the downloads)")
     } else if is_root() {
         format!("run `{script}` (or `apt-get install {}`)", pkgs.join(" "))
     } else {
@@ -338,6 +373,29 @@ pub fn run_setup_script(opts: &SetupOptions) -> Result<()> {
     Ok(())
 }
 
+/// Runs the embedded `scripts/qemu-setup.sh` (its progress goes to our stderr).
+pub fn run_qemu_setup_script(cache_dir: &Path) -> Result<()> {
+    fs::create_dir_all(cache_dir).map_err(io_err(format!("creating {}", cache_dir.display())))?;
+    let cache = cache_dir.display().to_string();
+    tracing::info!(%cache, "running scripts/qemu-setup.sh");
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(QEMU_SETUP_SCRIPT)
+        .args(["qemu-setup.sh", "--cache", &cache])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(io_err("running bash for scripts/qemu-setup.sh"))?;
+    if !status.success() {
+        return Err(Error::Command {
+            command: format!("scripts/qemu-setup.sh --cache {cache}"),
+            status: status.to_string(),
+            stderr: "see its messages above".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks, installs what is missing when it can (see the module docs), checks again.
 pub fn ensure(opts: &SetupOptions) -> Result<HostTools> {
     match check(opts) {
@@ -347,7 +405,13 @@ pub fn ensure(opts: &SetupOptions) -> Result<HostTools> {
             if !opts.install || !(is_root() || only_download) {
                 return Err(missing_error(&missing, opts));
             }
-            run_setup_script(opts)?;
+            let qemu_only = missing.iter().all(|m| m.what.starts_with("qemu-system"));
+            if !qemu_only {
+                run_setup_script(opts)?;
+            }
+            if opts.peer && find_qemu(&opts.cache_dir).is_none() {
+                run_qemu_setup_script(&opts.cache_dir)?;
+            }
             check(opts).map_err(|still| missing_error(&still, opts))
         }
     }
@@ -372,15 +436,15 @@ mod tests {
         };
         let e = missing_error(
             &[Missing {
-                what: "qemu-system-x86_64".into(),
-                package: Some("qemu-system-x86"),
+                what: "busybox".into(),
+                package: Some("busybox-static"),
             }],
             &opts,
         )
         .to_string();
-        assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
+        assert!(e.contains("apt-get install busybox-static"), "{e}");
         assert!(
-            e.contains("scripts/linux-setup.sh --peer --cache /tmp/x"),
+            e.contains("scripts/linux-setup.sh --peer --cache /tmp/x && scripts/qemu-setup.sh --cache /tmp/x"),
             "{e}"
         );
     }
@@ -389,6 +453,7 @@ mod tests {
     fn script_is_embedded() {
         assert!(SETUP_SCRIPT.starts_with("#!/usr/bin/env bash"));
         assert!(SETUP_SCRIPT.contains("dpkg-deb -x"));
+        assert!(QEMU_SETUP_SCRIPT.contains("vhost-user-test-device-pci"));
     }
 
     #[test]

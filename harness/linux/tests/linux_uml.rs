@@ -17,16 +17,12 @@
 //! (`CARGO_BIN_EXE_prezero`) only for that package's tests, so it is always the binary of
 //! this tree. `cargo test --release --test linux_uml` runs it alone.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use prezero_balloon::features;
-use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::{Event, Meminfo};
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
-use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::setup::{is_root, which};
 use prezero_linux_harness::uml::Uml;
 use prezero_linux_harness::vm::RunOutcome;
@@ -35,8 +31,10 @@ use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-/// Hang guard for anything the guest or the daemon should do.
-const GUARD: Duration = Duration::from_secs(120);
+
+#[path = "support/daemon.rs"]
+mod daemon;
+use daemon::{guest_features, names, prezero, Daemon, GUARD};
 
 struct Env {
     h: Harness,
@@ -59,169 +57,6 @@ fn env() -> Option<&'static Env> {
         Some(Env { h, initrd })
     })
     .as_ref()
-}
-
-fn prezero() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_prezero"))
-}
-
-/// `prezero serve` as a separate process with a control socket, in its own scratch directory.
-struct Daemon {
-    proc: BackendProcess,
-    control: PathBuf,
-    /// Removed after the daemon is killed (fields drop after `Drop::drop`).
-    _dir: ScratchDir,
-}
-
-impl Daemon {
-    fn start(e: &Env, name: &str, flags: &[&str]) -> Daemon {
-        let dir = ScratchDir::for_sockets(&e.h.tools.cache_dir, "t").unwrap();
-        let control = dir.join("c.sock");
-        let args: Vec<&str> = ["--log", "info"].iter().chain(flags).copied().collect();
-        let proc = BackendProcess::serve(
-            Path::new(env!("CARGO_BIN_EXE_prezero")),
-            &dir.join("b.sock"),
-            &control,
-            &dir.join("serve.log"),
-            &args,
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|err| panic!("starting prezero serve ({name}): {err}"));
-        Daemon {
-            proc,
-            control,
-            _dir: dir,
-        }
-    }
-
-    fn socket(&self) -> &Path {
-        self.proc.socket()
-    }
-
-    /// `prezero balloon <args> --control C`, its JSON answer.
-    fn balloon(&self, args: &[&str]) -> Value {
-        let out = prezero()
-            .arg("balloon")
-            .args(args)
-            .arg("--control")
-            .arg(&self.control)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "prezero balloon {args:?}: {}\ndaemon log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.proc.log_tail(30)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn set(&self, size: &str) -> Value {
-        self.balloon(&["set", size])
-    }
-
-    fn status(&self) -> Value {
-        self.balloon(&["status"])
-    }
-
-    /// The device's counters.
-    fn device(&self) -> Value {
-        self.balloon(&["metrics"])["device"].clone()
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.device()[name].as_u64().unwrap()
-    }
-
-    /// Polls `pred` every 50 ms until it holds (or the hang guard fires).
-    fn wait_until(&self, what: &str, mut pred: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + GUARD;
-        while !pred(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; daemon log:\n{}",
-                self.proc.log_tail(30)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until the driver reports `bytes` in the balloon (`actual`).
-    fn wait_actual(&self, bytes: u64) {
-        self.wait_until(&format!("actual = {bytes} bytes"), |d| {
-            d.status()["actual_bytes"].as_u64() == Some(bytes)
-        });
-    }
-
-    /// Waits until the daemon is back to `fds` descriptors, `threads` threads and no mapping
-    /// of guest memory (a guest's connection released everything).
-    fn wait_until_released(&self, fds: usize, threads: usize) {
-        let p = &self.proc;
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let (f, t, m) = (
-                p.fd_count().unwrap(),
-                p.thread_count().unwrap(),
-                p.shared_memory_mappings().unwrap(),
-            );
-            if (f, t, m) == (fds, threads, 0) {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let fd_list: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
-                    .unwrap()
-                    .flatten()
-                    .map(|e| {
-                        let target = std::fs::read_link(e.path()).unwrap_or_default();
-                        format!(
-                            "{} -> {}",
-                            e.file_name().to_string_lossy(),
-                            target.display()
-                        )
-                    })
-                    .collect();
-                let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
-                    .unwrap()
-                    .flatten()
-                    .map(|e| {
-                        std::fs::read_to_string(e.path().join("comm"))
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned()
-                    })
-                    .collect();
-                panic!(
-                    "the daemon kept {f} fds (baseline {fds}), {t} threads (baseline \
-                     {threads}), {m} guest mappings:\nfds {fd_list:#?}\nthreads {names:?}\n\
-                     log:\n{}",
-                    p.log_tail(30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn errors(&self) -> u64 {
-        self.device()["errors"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "prezero serve log ({}):\n{}",
-                self.proc.log_path().display(),
-                self.proc.log_tail(60)
-            );
-        }
-        self.proc.kill();
-    }
 }
 
 fn boot(e: &Env, mem_mib: u64, scenario: Scenario, d: Option<&Daemon>) -> Uml {
@@ -248,23 +83,6 @@ fn assert_gone(vm: &mut Uml) {
     for id in pids {
         assert!(!is_alive(id), "UML process {} still alive", id.pid);
     }
-}
-
-/// The guest's negotiated feature bits, from the workload's `virtio` event (sysfs `features`:
-/// one character per bit).
-fn guest_features(out: &RunOutcome) -> u64 {
-    let dev = out
-        .events_named("virtio")
-        .find(|e| e.get("device") == Some("0x0005"))
-        .expect("a virtio balloon device in the guest");
-    assert_eq!(dev.get("driver"), Some("virtio_balloon"));
-    dev.get("features")
-        .unwrap()
-        .bytes()
-        .take(64)
-        .enumerate()
-        .filter(|(_, c)| *c == b'1')
-        .fold(0, |acc, (i, _)| acc | 1 << i)
 }
 
 /// The first guest `meminfo` event after host time `t_s` (console clock).
@@ -329,14 +147,6 @@ impl FileWatch {
     }
 }
 
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Feature bits, as masks.
 const MUST_TELL_HOST: u64 = 1 << features::MUST_TELL_HOST;
 const STATS_VQ: u64 = 1 << features::STATS_VQ;
@@ -375,7 +185,7 @@ fn stock_driver_negotiates_and_queue_roles_match_each_feature_offer() {
         ),
     ];
     for (name, flags, want, queues) in combos {
-        let d = Daemon::start(e, name, flags);
+        let d = Daemon::start(&e.h.tools.cache_dir, name, flags);
         let offered = d.status()["offered_features"].as_u64().unwrap();
         let scenario = Scenario::idle(90.0)
             .churn(32)
@@ -487,7 +297,7 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
     use prezero_linux_harness::measure::Sampler;
     use prezero_linux_harness::procs::NoCpu;
     let Some(e) = env() else { return };
-    let d = Daemon::start(e, "report", &[]);
+    let d = Daemon::start(&e.h.tools.cache_dir, "report", &[]);
     let mib = 64;
     let scenario = Scenario::alloc_free(mib)
         .param("idle", 1)
@@ -584,7 +394,7 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
 fn inflate_and_deflate_through_the_control_socket_move_the_guest_view() {
     let Some(e) = env() else { return };
     for (name, flags) in [("doo", &[][..]), ("no-doo", &["--no-deflate-on-oom"][..])] {
-        let d = Daemon::start(e, &format!("inflate-{name}"), flags);
+        let d = Daemon::start(&e.h.tools.cache_dir, &format!("inflate-{name}"), flags);
         let scenario = Scenario::idle(90.0).interval(0.25).until_deflated(12288);
         let mut vm = boot(e, 128, scenario, Some(&d));
         vm.console().wait_event("scenario", GUARD).unwrap();
@@ -657,7 +467,7 @@ fn inflate_and_deflate_through_the_control_socket_move_the_guest_view() {
 #[test]
 fn guest_statistics_match_its_own_meminfo() {
     let Some(e) = env() else { return };
-    let d = Daemon::start(e, "stats", &[]);
+    let d = Daemon::start(&e.h.tools.cache_dir, "stats", &[]);
     let scenario = Scenario::idle(90.0).interval(0.2).until_deflated(8192);
     let mut vm = boot(e, 128, scenario, Some(&d));
     vm.console().wait_event("scenario", GUARD).unwrap();
@@ -735,7 +545,7 @@ fn deflate_on_oom_lets_a_memory_hungry_guest_finish() {
     let Some(e) = env() else { return };
     let scenario = Scenario::oom(80).param("step", 8).until_inflated(16384);
 
-    let d = Daemon::start(e, "oom", &["--target", "64M"]);
+    let d = Daemon::start(&e.h.tools.cache_dir, "oom", &["--target", "64M"]);
     let mut vm = boot(e, 128, scenario.clone(), Some(&d));
     let out = finish(&mut vm);
     let tail = vm.console().tail(40);
@@ -763,7 +573,11 @@ fn deflate_on_oom_lets_a_memory_hungry_guest_finish() {
     eprintln!("deflate-on-OOM: 80 MiB allocated; the OOM notifier deflated {deflated} pages");
     drop(d);
 
-    let d = Daemon::start(e, "oom-no-doo", &["--target", "64M", "--no-deflate-on-oom"]);
+    let d = Daemon::start(
+        &e.h.tools.cache_dir,
+        "oom-no-doo",
+        &["--target", "64M", "--no-deflate-on-oom"],
+    );
     let mut vm = boot(e, 128, scenario, Some(&d));
     let out = finish(&mut vm);
     let tail = vm.console().tail(40);
@@ -782,7 +596,7 @@ fn deflate_on_oom_lets_a_memory_hungry_guest_finish() {
 #[test]
 fn checksum_survives_inflate_deflate_and_reporting_cycles() {
     let Some(e) = env() else { return };
-    let d = Daemon::start(e, "checksum", &[]);
+    let d = Daemon::start(&e.h.tools.cache_dir, "checksum", &[]);
     let cycles = 2u64;
     let balloon_pages = 96 * 256;
     let scenario = Scenario::checksum(48)
@@ -877,7 +691,7 @@ fn daemon_killed_while_the_guest_runs() {
     let Some(e) = env() else { return };
 
     // Empty balloon.
-    let mut d = Daemon::start(e, "killed-empty", &[]);
+    let mut d = Daemon::start(&e.h.tools.cache_dir, "killed-empty", &[]);
     let mut vm = boot(e, 128, Scenario::idle(6.0).interval(0.5), Some(&d));
     vm.console().wait_event("scenario", GUARD).unwrap();
     vm.console().wait_event("meminfo", GUARD).unwrap();
@@ -904,7 +718,7 @@ fn daemon_killed_while_the_guest_runs() {
     drop(d);
 
     // 32 MiB in the balloon.
-    let mut d = Daemon::start(e, "killed-inflated", &[]);
+    let mut d = Daemon::start(&e.h.tools.cache_dir, "killed-inflated", &[]);
     let mut vm = boot(e, 128, Scenario::idle(6.0).interval(0.5), Some(&d));
     vm.console().wait_event("scenario", GUARD).unwrap();
     let (_, before) = meminfo_after(&mut vm, 0.0);
@@ -947,7 +761,7 @@ fn daemon_killed_while_the_guest_runs() {
 #[test]
 fn guest_killed_mid_request_leaves_the_daemon_serving() {
     let Some(e) = env() else { return };
-    let mut d = Daemon::start(e, "guest-killed", &[]);
+    let mut d = Daemon::start(&e.h.tools.cache_dir, "guest-killed", &[]);
     // The baseline: once a control request was answered every thread runs (`prezero serve`
     // installs its signal pipe before binding its sockets); then wait for the count to hold
     // still (the answered control connection closes a moment after the answer).

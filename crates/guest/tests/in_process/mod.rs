@@ -216,10 +216,12 @@ impl VirtioTransport for InProcess {
     }
 
     fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), InProcessError> {
-        self.state()?
-            .device
-            .write_config(u64::from(offset), data)
-            .map(drop)
-            .map_err(|e| InProcessError::Device(e.to_string()))
+        let outcome = self.state()?.device.write_config(u64::from(offset), data);
+        if outcome.ignored_anything() {
+            return Err(InProcessError::Device(format!(
+                "configuration write at offset {offset} partly ignored: {outcome:?}"
+            )));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,211 @@
+//! `prezero serve` as a process of its own, steered with `prezero balloon`: shared by the
+//! Linux interop suites (`linux_uml.rs`, `linux_qemu.rs`, root-package tests that get the
+//! `prezero` binary as `CARGO_BIN_EXE_prezero`).
+#![allow(dead_code)] // each suite uses a part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use prezero_linux_harness::backend::BackendProcess;
+use prezero_linux_harness::scratch::ScratchDir;
+use prezero_linux_harness::vm::RunOutcome;
+use serde_json::Value;
+
+/// Hang guard for anything the guest or the daemon should do.
+pub const GUARD: Duration = Duration::from_secs(120);
+
+pub fn prezero() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prezero"))
+}
+
+/// `prezero serve` as a separate process with a control socket, in its own scratch directory.
+pub struct Daemon {
+    pub proc: BackendProcess,
+    pub control: PathBuf,
+    /// Removed after the daemon is killed (fields drop after `Drop::drop`).
+    _dir: ScratchDir,
+}
+
+impl Daemon {
+    pub fn start(cache_dir: &Path, name: &str, flags: &[&str]) -> Daemon {
+        Daemon::start_on(cache_dir, name, flags, None)
+    }
+
+    /// Starts it on `socket` (a restarted daemon where the last one listened), or in its
+    /// scratch directory.
+    pub fn start_on(cache_dir: &Path, name: &str, flags: &[&str], socket: Option<&Path>) -> Daemon {
+        let dir = ScratchDir::for_sockets(cache_dir, "t").unwrap();
+        let control = dir.join("c.sock");
+        let args: Vec<&str> = ["--log", "info"].iter().chain(flags).copied().collect();
+        let socket = socket.map_or_else(|| dir.join("b.sock"), Path::to_path_buf);
+        let proc = BackendProcess::serve(
+            Path::new(env!("CARGO_BIN_EXE_prezero")),
+            &socket,
+            &control,
+            &dir.join("serve.log"),
+            &args,
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|err| panic!("starting prezero serve ({name}): {err}"));
+        Daemon {
+            proc,
+            control,
+            _dir: dir,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.proc.socket()
+    }
+
+    /// `prezero balloon <args> --control C`, its JSON answer.
+    pub fn balloon(&self, args: &[&str]) -> Value {
+        let out = prezero()
+            .arg("balloon")
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "prezero balloon {args:?}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.proc.log_tail(30)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn set(&self, size: &str) -> Value {
+        self.balloon(&["set", size])
+    }
+
+    pub fn status(&self) -> Value {
+        self.balloon(&["status"])
+    }
+
+    /// The device's counters.
+    pub fn device(&self) -> Value {
+        self.balloon(&["metrics"])["device"].clone()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.device()[name].as_u64().unwrap()
+    }
+
+    /// Polls `pred` every 50 ms until it holds (or the hang guard fires).
+    pub fn wait_until(&self, what: &str, mut pred: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !pred(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; daemon log:\n{}",
+                self.proc.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the driver reports `bytes` in the balloon (`actual`).
+    pub fn wait_actual(&self, bytes: u64) {
+        self.wait_until(&format!("actual = {bytes} bytes"), |d| {
+            d.status()["actual_bytes"].as_u64() == Some(bytes)
+        });
+    }
+
+    /// Waits until the daemon is back to `fds` descriptors, `threads` threads and no mapping
+    /// of guest memory (a guest's connection released everything).
+    pub fn wait_until_released(&self, fds: usize, threads: usize) {
+        let p = &self.proc;
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let (f, t, m) = (
+                p.fd_count().unwrap(),
+                p.thread_count().unwrap(),
+                p.shared_memory_mappings().unwrap(),
+            );
+            if (f, t, m) == (fds, threads, 0) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let fd_list: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        let target = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!(
+                            "{} -> {}",
+                            e.file_name().to_string_lossy(),
+                            target.display()
+                        )
+                    })
+                    .collect();
+                let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| {
+                        std::fs::read_to_string(e.path().join("comm"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned()
+                    })
+                    .collect();
+                panic!(
+                    "the daemon kept {f} fds (baseline {fds}), {t} threads (baseline \
+                     {threads}), {m} guest mappings:\nfds {fd_list:#?}\nthreads {names:?}\n\
+                     log:\n{}",
+                    p.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.device()["errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "prezero serve log ({}):\n{}",
+                self.proc.log_path().display(),
+                self.proc.log_tail(60)
+            );
+        }
+        self.proc.kill();
+    }
+}
+
+/// The guest's negotiated feature bits, from the workload's `virtio` event (sysfs `features`:
+/// one character per bit).
+pub fn guest_features(out: &RunOutcome) -> u64 {
+    let dev = out
+        .events_named("virtio")
+        .find(|e| e.get("device") == Some("0x0005"))
+        .expect("a virtio balloon device in the guest");
+    assert_eq!(dev.get("driver"), Some("virtio_balloon"));
+    dev.get("features")
+        .unwrap()
+        .bytes()
+        .take(64)
+        .enumerate()
+        .filter(|(_, c)| *c == b'1')
+        .fold(0, |acc, (i, _)| acc | 1 << i)
+}
+
+pub fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
