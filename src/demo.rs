@@ -73,10 +73,11 @@ fn pages_mib(pages: u64) -> u64 {
 struct Say(bool);
 
 impl Say {
-    fn line(&self, s: impl AsRef<str>) {
+    fn line(&self, s: impl AsRef<str>) -> Result<()> {
         if !self.0 {
-            println!("{}", s.as_ref());
+            crate::output::print_line(s.as_ref())?;
         }
+        Ok(())
     }
 }
 
@@ -105,22 +106,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     say.line(format!(
         "prezero demo: a {} MiB Rust guest (memfd) attached to the virtio-balloon vhost-user daemon",
         args.mem_mib
-    ));
+    ))?;
     say.line(format!(
         "  negotiated: {}",
         prezero_vhost::status::feature_names(features).join(", ")
-    ));
+    ))?;
 
     // 1. Dirty, free, report.
-    say.line("\n[1/3] free page reporting");
+    say.line("\n[1/3] free page reporting")?;
     let dirty = g.zone().counts().free * FRAME_SIZE * 3 / 4;
     s.dirtied_mib = mib(dirty_and_free(g, dirty)?);
     s.memfd_mib_before_report = mib(g.ram().allocated_bytes()?);
     say.line(format!(
         "  the guest wrote {} MiB and freed it: the memfd holds {} MiB",
         s.dirtied_mib, s.memfd_mib_before_report
-    ));
-    say.line("  waiting for the reporting delay (2 s after frees, as in Linux)...");
+    ))?;
+    say.line("  waiting for the reporting delay (2 s after frees, as in Linux)...")?;
     let start = Instant::now();
     let first = g.poll_until(Duration::from_secs(10), |g| {
         g.zone().stat().report_requests > 0
@@ -136,14 +137,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     say.line(format!(
         "  first pass after {} ms; in all {} MiB reported, {} MiB confirmed zeroed by the device",
         s.first_report_after_ms, s.reported_mib, s.confirmed_zeroed_mib
-    ));
+    ))?;
     say.line(format!(
         "  memfd allocated: {} MiB -> {} MiB",
         s.memfd_mib_before_report, s.memfd_mib_after_report
-    ));
+    ))?;
 
     // 2. Balloon.
-    say.line("\n[2/3] balloon");
+    say.line("\n[2/3] balloon")?;
     let target_pages = (args.balloon_mib << 20) / FRAME_SIZE;
     let start = Instant::now();
     daemon.set_target_bytes(args.balloon_mib << 20)?;
@@ -163,7 +164,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     say.line(format!(
         "  host target {} MiB: inflated in {} ms; the device zeroed {} MiB of it (inflate bitmap); guest free memory now {} MiB",
         args.balloon_mib, s.balloon_inflate_ms, s.balloon_inflated_zeroed_mib, s.guest_free_mib_inflated
-    ));
+    ))?;
     let start = Instant::now();
     daemon.set_target_bytes(0)?;
     let met = g.poll_until(Duration::from_secs(30), |g| {
@@ -175,13 +176,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     say.line(format!(
         "  target released: deflated in {} ms; {} MiB came back to the allocator known-zero",
         s.balloon_deflate_ms, s.deflated_known_zero_mib
-    ));
+    ))?;
 
     // 3. The zeroed allocation.
     say.line(format!(
         "\n[3/3] allocate {} MiB with ZERO (2 MiB blocks) and touch every page",
         args.alloc_mib
-    ));
+    ))?;
     g.report_now();
     let skipped_before = g.zone().stat().pages_zero_skipped;
     let run = alloc_and_touch(g, args.alloc_mib << 20, Source::Buddy(9), AllocFlags::ZERO)?;
@@ -198,19 +199,19 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     say.line(format!(
         "  zeroing skipped for {} MiB (known-zero blocks): allocation {:.2} ms + first touch {:.1} ms = {:.1} ms",
         s.zeroing_skipped_mib, s.alloc_ms, s.touch_ms, s.alloc_ms + s.touch_ms
-    ));
+    ))?;
     say.line(format!(
         "  a guest without DEVICE_INIT_REPORTED zeroes it on allocation ({:.1} ms) then touches it: {:.1} ms",
         s.zeroing_it_ms, s.zeroing_then_touch_ms
-    ));
+    ))?;
     say.line(format!(
         "  saved: {:.1} ms in the allocation call, {:.1} ms end to end",
         s.zeroing_it_ms - s.alloc_ms,
         s.saved_ms
-    ));
-    say.line("  (the host must still fault in and zero each page, which here costs microseconds per 4 KiB");
-    say.line("   while zeroing resident memory is cheap: `prezero bench seed-table [--hugetlb]` measures");
-    say.line("   baseline, optimized and floor)");
+    ))?;
+    say.line("  (the host must still fault in and zero each page, which here costs microseconds per 4 KiB")?;
+    say.line("   while zeroing resident memory is cheap: `prezero bench seed-table [--hugetlb]` measures")?;
+    say.line("   baseline, optimized and floor)")?;
     let m = daemon.metrics();
     say.line(format!(
         "\ndevice: {} reported blocks, {} MiB discarded, {} MiB confirmed zeroed, {} errors",
@@ -218,12 +219,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         mib(m.device.discarded_bytes),
         mib(m.device.zeroed_bytes),
         m.device.total_errors()
-    ));
+    ))?;
     if s.zeroing_skipped_mib == 0 {
         bail!("nothing was skipped: the device did not confirm zeroed pages");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        crate::output::print_line(&serde_json::to_string_pretty(&s)?)?;
     }
     Ok(())
 }

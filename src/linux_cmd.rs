@@ -19,7 +19,7 @@ use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::Event;
 use prezero_linux_harness::scenario::SCENARIOS;
 use prezero_linux_harness::scratch::ScratchDir;
-use prezero_linux_harness::session::install_interrupt_cleanup;
+use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::uml::wait_for_socket_file;
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
@@ -124,7 +124,7 @@ fn mib(v: &Value) -> f64 {
 /// Runs `prezero linux`.
 pub fn run(args: &LinuxArgs) -> Result<()> {
     let scenario = scenario_of(args)?;
-    install_interrupt_cleanup();
+    let _cleanup = crate::interrupt::on_exit(clean_up_started_here);
     let t = Instant::now();
     let h = Harness::new(&SetupOptions {
         install: !args.no_install,
@@ -203,7 +203,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         for l in &lines {
             let event = Event::parse(&l.text);
             if !args.events_only || event.is_some() {
-                println!("[{:8.3}] {}", l.t_s, l.text);
+                crate::output::print_line(&format!("[{:8.3}] {}", l.t_s, l.text))?;
             }
             // The driver has probed by the time the workload starts: record the negotiation
             // now (the daemon forgets it when the guest leaves).
@@ -235,7 +235,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     };
     for l in vm.console().log()[printed..].iter() {
         if !args.events_only || Event::parse(&l.text).is_some() {
-            println!("[{:8.3}] {}", l.t_s, l.text);
+            crate::output::print_line(&format!("[{:8.3}] {}", l.t_s, l.text))?;
         }
     }
 

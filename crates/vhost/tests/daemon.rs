@@ -141,7 +141,7 @@ fn without_device_init_reported_the_used_length_is_zero_but_memory_is_discarded(
 fn config_space_and_config_change_notification_through_the_control_socket() {
     let d = Daemon::start("config", FeatureOffer::default());
     // Before any guest: nobody to notify, the next guest reads it at probe.
-    let early = d.handle.set_target_pages(100);
+    let early = d.handle.set_target_pages(100).unwrap();
     assert!(early.changed);
     assert_eq!(early.notification, Notification::NoGuest);
 
@@ -173,7 +173,13 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     let same = control_request(d.control(), &ControlRequest::SetTargetPages(16384)).unwrap();
     assert_eq!(same["changed"], false);
     assert_eq!(same["notification"]["result"], "unchanged");
-    let next = d.handle.set_target_pages(20000);
+    // More than the guest's 16 MiB of RAM: refused with the limit, nothing sent.
+    let e = d.handle.set_target_pages(20000).unwrap_err().to_string();
+    assert!(e.contains("16 MiB of RAM"), "{e}");
+    let e = control_request(d.control(), &ControlRequest::SetTargetBytes(17 * MIB)).unwrap_err();
+    assert!(e.to_string().contains("at most 16 MiB"), "{e}");
+    assert_eq!(d.handle.status().target_pages, 16384);
+    let next = d.handle.set_target_pages(2000).unwrap();
     assert_eq!(next.notification, Notification::Acked);
     assert_eq!(g.transport.config_changes(), 2);
 
@@ -185,7 +191,7 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     g.transport.write_config(0, &[0; 4]).unwrap();
     let status = control_request(d.control(), &ControlRequest::Status).unwrap();
     assert_eq!(status["actual_pages"], 20000);
-    assert_eq!(status["target_pages"], 20000);
+    assert_eq!(status["target_pages"], 2000);
     assert_eq!(status["actual_bytes"], 20000u64 * 4096);
     g.transport.read_config(0, &mut config).unwrap();
     assert_eq!(&config[4..], &20000u32.to_le_bytes());
@@ -305,7 +311,7 @@ fn report_once(g: &mut Guest, q: u16, gpa: u64) {
 #[test]
 fn a_new_guest_is_served_after_the_previous_one_left_or_dropped_mid_request() {
     let d = Daemon::start("reconnect", FeatureOffer::default());
-    d.handle.set_target_pages(4242);
+    d.handle.set_target_pages(4242).unwrap();
     let features = bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]);
 
     let mut a = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
