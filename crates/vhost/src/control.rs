@@ -255,7 +255,8 @@ struct StatsBody {
     stats_polling_interval_s: Option<u64>,
 }
 
-const BALLOON_BODY: &str = "{\"amount_mib\": N} (or {\"target_bytes\": N}, {\"target_pages\": N}), \
+const BALLOON_BODY: &str =
+    "{\"amount_mib\": N} (or {\"target_bytes\": N}, {\"target_pages\": N}), \
      optionally with \"deflate_on_oom\" and \"stats_polling_interval_s\"";
 
 /// Every route, for the 404 answer.
@@ -309,8 +310,7 @@ fn set_balloon(req: &http::Request, c: &Controller) -> Reply {
             )
         }
     };
-    if pages.is_none() && body.stats_polling_interval_s.is_none() && body.deflate_on_oom.is_none()
-    {
+    if pages.is_none() && body.stats_polling_interval_s.is_none() && body.deflate_on_oom.is_none() {
         return Reply::error(400, format!("nothing to change: expected {BALLOON_BODY}"));
     }
     if let Some(interval) = body.stats_polling_interval_s {
@@ -334,14 +334,12 @@ fn statistics_request(req: &http::Request, c: &Controller) -> Reply {
     } else {
         match serde_json::from_slice(&req.body) {
             Ok(b) => b,
-            Err(e) => {
-                return Reply::error(
-                    400,
-                    format!(
-                        "expected {{\"wait_ms\": N}} and/or {{\"stats_polling_interval_s\": N}}: {e}"
-                    ),
-                )
-            }
+            Err(e) => return Reply::error(
+                400,
+                format!(
+                    "expected {{\"wait_ms\": N}} and/or {{\"stats_polling_interval_s\": N}}: {e}"
+                ),
+            ),
         }
     };
     if let Some(interval) = body.stats_polling_interval_s {
@@ -396,10 +394,9 @@ fn route(req: &http::Request, c: &Controller) -> Reply {
             )
             .into_bytes(),
         },
-        (_, "/balloon" | "/balloon/statistics" | "/metrics" | "/metrics.json") => Reply::error(
-            405,
-            format!("{} is not allowed on {path}", req.method),
-        ),
+        (_, "/balloon" | "/balloon/statistics" | "/metrics" | "/metrics.json") => {
+            Reply::error(405, format!("{} is not allowed on {path}", req.method))
+        }
         _ => Reply::json(
             404,
             &json!({"error": format!("no route {path}"), "routes": ROUTES}),

@@ -66,9 +66,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// `Content-Length` and `Accept` from header lines; chunked bodies are refused.
-fn headers<'a>(
-    lines: impl Iterator<Item = &'a str>,
-) -> Result<(usize, Option<String>), ReadError> {
+fn headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(usize, Option<String>), ReadError> {
     let mut length = 0;
     let mut accept = None;
     for line in lines {

@@ -235,7 +235,11 @@ mod tests {
     #[test]
     fn sizes_parse_with_units_and_fractions() {
         assert_eq!(parse_size("0").unwrap(), 0);
-        assert_eq!(parse_size("256").unwrap(), 256 << 20, "a bare number is MiB");
+        assert_eq!(
+            parse_size("256").unwrap(),
+            256 << 20,
+            "a bare number is MiB"
+        );
         assert_eq!(parse_size("4096B").unwrap(), 4096);
         assert_eq!(parse_size("1.5").unwrap(), 3 << 19);
         assert_eq!(parse_size("4k").unwrap(), 4096);

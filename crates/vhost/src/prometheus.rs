@@ -173,7 +173,10 @@ mod tests {
             daemon: Default::default(),
         };
         metrics.device.discarded_bytes = 1 << 30;
-        metrics.device.errors.insert("descriptor_direction".into(), 3);
+        metrics
+            .device
+            .errors
+            .insert("descriptor_direction".into(), 3);
         let stats = StatsReport {
             sequence: 1,
             updated_unix_ms: 0,
