@@ -591,3 +591,26 @@ fn a_closed_stdout_ends_the_command_quietly() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// `prezero linux` checks scenario parameters before anything is set up or booted.
+#[test]
+fn linux_scenario_parameters_are_checked_before_the_boot() {
+    for (args, want) in [
+        (
+            &["--scenario", "alloc-free", "mb=64"][..],
+            "did you mean mib?",
+        ),
+        (&["--scenario", "idle", "wiat=1"][..], "did you mean wait?"),
+        (&["--scenario", "idle", "wait=5s"][..], "expected seconds"),
+        (&["--scenario", "idel"][..], "did you mean idle?"),
+    ] {
+        let e = failure(&[&["linux", "--no-install"][..], args].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(
+            !e.contains("User-Mode Linux"),
+            "{args:?} got to the setup: {e}"
+        );
+    }
+    let help = prezero().args(["linux", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("until_inflated=0"));
+}

@@ -334,12 +334,14 @@ fn statistics_request(req: &http::Request, c: &Controller) -> Reply {
     } else {
         match serde_json::from_slice(&req.body) {
             Ok(b) => b,
-            Err(e) => return Reply::error(
-                400,
-                format!(
+            Err(e) => {
+                return Reply::error(
+                    400,
+                    format!(
                     "expected {{\"wait_ms\": N}} and/or {{\"stats_polling_interval_s\": N}}: {e}"
                 ),
-            ),
+                )
+            }
         }
     };
     if let Some(interval) = body.stats_polling_interval_s {
