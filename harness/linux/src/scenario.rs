@@ -319,7 +319,7 @@ impl Scenario {
             return Err(Error::invalid(
                 "scenario",
                 format!(
-                    "{:?}: {hint}choose one of {}",
+                    "{:?} is an unknown scenario: {hint}choose one of {}",
                     self.name,
                     SCENARIOS.join(", ")
                 ),
