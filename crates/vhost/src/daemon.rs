@@ -108,50 +108,47 @@ pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
             .spawn(move || accept_loop(vhost_socket, &s))
             .map_err(Error::io("spawning the accept thread"))?,
     );
-    let c = controller.clone();
-    let spawned = std::thread::Builder::new()
-        .name("balloon-stats-poll".into())
-        .spawn(move || poll_stats(&c));
-    match spawned {
-        Ok(t) => threads.push(t),
-        Err(e) => {
-            let mut handle = DaemonHandle {
-                controller,
-                threads,
-            };
-            handle.controller.request_shutdown();
-            let _ = handle.join();
-            return Err(Error::Io {
-                what: "spawning the statistics polling thread",
-                source: e,
-            });
-        }
-    }
+    let mut handle = DaemonHandle {
+        controller,
+        threads,
+    };
+    let c = handle.controller.clone();
+    handle.spawn(
+        "balloon-stats-poll",
+        "spawning the statistics polling thread",
+        move || poll_stats(&c),
+    )?;
     if let Some(socket) = control_socket {
-        let c = controller.clone();
-        let spawned = std::thread::Builder::new()
-            .name("balloon-control".into())
-            .spawn(move || control::serve_control(socket, &c));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                let mut handle = DaemonHandle {
-                    controller,
-                    threads,
-                };
-                handle.controller.request_shutdown();
-                let _ = handle.join();
-                return Err(Error::Io {
-                    what: "spawning the control thread",
-                    source: e,
-                });
+        let c = handle.controller.clone();
+        handle.spawn(
+            "balloon-control",
+            "spawning the control thread",
+            move || control::serve_control(socket, &c),
+        )?;
+    }
+    Ok(handle)
+}
+
+impl DaemonHandle {
+    /// Starts one more daemon thread; if that fails, stops the ones already running.
+    fn spawn(
+        &mut self,
+        name: &str,
+        what: &'static str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        match std::thread::Builder::new().name(name.into()).spawn(f) {
+            Ok(t) => {
+                self.threads.push(t);
+                Ok(())
+            }
+            Err(source) => {
+                self.controller.request_shutdown();
+                let _ = self.join();
+                Err(Error::Io { what, source })
             }
         }
     }
-    Ok(DaemonHandle {
-        controller,
-        threads,
-    })
 }
 
 /// Runs the daemon until SIGINT or SIGTERM (or a fatal error), then stops it cleanly.
