@@ -157,8 +157,8 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert_eq!(config, [100, 0, 0, 0, 0, 0, 0, 0]);
 
     // The operator sets a target: the guest is told through the backend request channel.
-    let reply = control_request(d.control(), &ControlRequest::SetTargetBytes(64 * MIB)).unwrap();
-    assert_eq!(reply["target_pages"], 16384);
+    let reply = control_request(d.control(), &ControlRequest::SetTargetBytes(8 * MIB)).unwrap();
+    assert_eq!(reply["target_pages"], 2048);
     assert_eq!(reply["changed"], true);
     assert_eq!(reply["notification"]["result"], "acked");
     // Acked means the frontend handled it already.
@@ -167,10 +167,10 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert!(events.config_changed);
     let mut num_pages = [0u8; 4];
     g.transport.read_config(0, &mut num_pages).unwrap();
-    assert_eq!(u32::from_le_bytes(num_pages), 16384);
+    assert_eq!(u32::from_le_bytes(num_pages), 2048);
 
     // The same target again: nothing to tell. A new one: told again (and only that one).
-    let same = control_request(d.control(), &ControlRequest::SetTargetPages(16384)).unwrap();
+    let same = control_request(d.control(), &ControlRequest::SetTargetPages(2048)).unwrap();
     assert_eq!(same["changed"], false);
     assert_eq!(same["notification"]["result"], "unchanged");
     // More than the guest's 16 MiB of RAM: refused with the limit, nothing sent.
@@ -178,7 +178,7 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert!(e.contains("16 MiB of RAM"), "{e}");
     let e = control_request(d.control(), &ControlRequest::SetTargetBytes(17 * MIB)).unwrap_err();
     assert!(e.to_string().contains("at most 16 MiB"), "{e}");
-    assert_eq!(d.handle.status().target_pages, 16384);
+    assert_eq!(d.handle.status().target_pages, 2048);
     let next = d.handle.set_target_pages(2000).unwrap();
     assert_eq!(next.notification, Notification::Acked);
     assert_eq!(g.transport.config_changes(), 2);
