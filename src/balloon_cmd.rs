@@ -2,16 +2,20 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use prezero_vhost::{control_request, parse_size, ControlRequest};
+use prezero_vhost::{bytes_to_pages, control_request, parse_size, ControlRequest};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Control commands.
 #[derive(Subcommand, Debug)]
 pub enum BalloonCommand {
-    /// Set the balloon target (e.g. `256M`, `1G`, `0` to release it); the guest is notified.
+    /// Set the balloon's size: the memory the guest gives back to the host (not what it
+    /// keeps, unlike QEMU's monitor `balloon`; as Firecracker's `amount_mib`). The guest is
+    /// notified; the daemon refuses a size above the connected guest's RAM.
     Set {
-        /// Target size.
+        /// The balloon size: `256` or `256M` (a number without a unit is MiB), `1.5G`,
+        /// `4096B`; at least one 4 KiB page, or `0` to release the balloon.
+        #[arg(value_name = "SIZE", allow_hyphen_values = true)]
         size: String,
         /// The daemon's control socket.
         #[arg(long)]
@@ -26,13 +30,23 @@ pub enum BalloonCommand {
         #[arg(long, default_value_t = 1000)]
         wait_ms: u64,
     },
+    /// Let the daemon ask the guest for fresh statistics every SECONDS (0: stop), like QEMU's
+    /// `guest-stats-polling-interval` and Firecracker's `stats_polling_interval_s`.
+    StatsInterval {
+        /// Seconds between requests; 0 turns polling off.
+        seconds: u64,
+        /// The daemon's control socket.
+        #[arg(long)]
+        control: PathBuf,
+    },
     /// Target, actual size and negotiation.
     Status {
         /// The daemon's control socket.
         #[arg(long)]
         control: PathBuf,
     },
-    /// Device and daemon counters.
+    /// Device and daemon counters (JSON; Prometheus scrapes `GET /metrics` on the control
+    /// socket in its text format, see docs/api.md).
     Metrics {
         /// The daemon's control socket.
         #[arg(long)]
@@ -44,17 +58,25 @@ pub enum BalloonCommand {
 pub fn run(cmd: &BalloonCommand) -> Result<()> {
     let (control, request) = match cmd {
         BalloonCommand::Set { size, control } => {
-            let bytes = parse_size(size).with_context(|| format!("balloon size {size:?}"))?;
+            // Checked here too, so a size below one page is refused before anything is sent.
+            let bytes = parse_size(size)
+                .and_then(|b| bytes_to_pages(b).map(|_| b))
+                .context("prezero balloon set SIZE")?;
             (control, ControlRequest::SetTargetBytes(bytes))
         }
         BalloonCommand::Stats { control, wait_ms } => (
             control,
             ControlRequest::RequestStats(Some(Duration::from_millis(*wait_ms))),
         ),
+        BalloonCommand::StatsInterval { seconds, control } => {
+            (control, ControlRequest::SetStatsPollingInterval(*seconds))
+        }
         BalloonCommand::Status { control } => (control, ControlRequest::Status),
         BalloonCommand::Metrics { control } => (control, ControlRequest::Metrics),
     };
     let answer = control_request(control, &request)?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(())
+    if let Some(warning) = answer.get("warning").and_then(|w| w.as_str()) {
+        eprintln!("warning: {warning}");
+    }
+    crate::output::print_line(&serde_json::to_string_pretty(&answer)?)
 }

@@ -17,9 +17,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::Event;
-use prezero_linux_harness::scenario::SCENARIOS;
 use prezero_linux_harness::scratch::ScratchDir;
-use prezero_linux_harness::session::install_interrupt_cleanup;
+use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::uml::wait_for_socket_file;
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
@@ -29,6 +28,10 @@ use std::time::{Duration, Instant};
 
 /// Options of `prezero linux`.
 #[derive(Args, Debug)]
+#[command(after_help = format!(
+    "Scenario parameters (KEY=DEFAULT):\n{}",
+    prezero_linux_harness::scenario::params_help()
+))]
 pub struct LinuxArgs {
     /// What the guest runs: boot, meminfo, checksum, alloc-free, idle, oom (see
     /// harness/linux/src/lib.rs for what each prints).
@@ -59,7 +62,8 @@ pub struct LinuxArgs {
     /// Only check for UML, busybox and cpio; do not install them.
     #[arg(long)]
     no_install: bool,
-    /// Scenario parameters as KEY=VALUE (e.g. `mib=64 hold=5 until_deflated=16384`).
+    /// Scenario parameters as KEY=VALUE (e.g. `mib=64 hold=5 until_deflated=16384`), checked
+    /// before anything boots; each scenario's are listed below.
     #[arg(value_name = "KEY=VALUE")]
     params: Vec<String>,
 }
@@ -84,13 +88,6 @@ pub(crate) fn start_daemon(
 }
 
 fn scenario_of(args: &LinuxArgs) -> Result<Scenario> {
-    if !SCENARIOS.contains(&args.scenario.as_str()) {
-        bail!(
-            "unknown scenario {:?}; choose one of {}",
-            args.scenario,
-            SCENARIOS.join(", ")
-        );
-    }
     let mut s = Scenario::new(&args.scenario);
     for kv in &args.params {
         let Some((k, v)) = kv.split_once('=') else {
@@ -98,6 +95,7 @@ fn scenario_of(args: &LinuxArgs) -> Result<Scenario> {
         };
         s = s.param(k, v);
     }
+    s.check()?;
     s.kernel_args()?;
     Ok(s)
 }
@@ -124,7 +122,7 @@ fn mib(v: &Value) -> f64 {
 /// Runs `prezero linux`.
 pub fn run(args: &LinuxArgs) -> Result<()> {
     let scenario = scenario_of(args)?;
-    install_interrupt_cleanup();
+    let _cleanup = crate::interrupt::on_exit(clean_up_started_here);
     let t = Instant::now();
     let h = Harness::new(&SetupOptions {
         install: !args.no_install,
@@ -203,7 +201,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         for l in &lines {
             let event = Event::parse(&l.text);
             if !args.events_only || event.is_some() {
-                println!("[{:8.3}] {}", l.t_s, l.text);
+                crate::output::print_line(&format!("[{:8.3}] {}", l.t_s, l.text))?;
             }
             // The driver has probed by the time the workload starts: record the negotiation
             // now (the daemon forgets it when the guest leaves).
@@ -235,7 +233,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     };
     for l in vm.console().log()[printed..].iter() {
         if !args.events_only || Event::parse(&l.text).is_some() {
-            println!("[{:8.3}] {}", l.t_s, l.text);
+            crate::output::print_line(&format!("[{:8.3}] {}", l.t_s, l.text))?;
         }
     }
 

@@ -4,7 +4,9 @@ mod balloon_cmd;
 mod bench;
 mod demo;
 mod in_process;
+mod interrupt;
 mod linux_cmd;
+mod output;
 mod serve;
 
 use anyhow::Result;
@@ -46,8 +48,10 @@ fn init_logging(filter: Option<&str>, default: &str) {
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_owned());
+    // Colour only on a terminal: a log file or a pipe gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -60,6 +64,11 @@ fn main() -> Result<()> {
         "warn"
     };
     init_logging(cli.log.as_deref(), default_log);
+    // `serve` stops itself cleanly on SIGINT/SIGTERM (prezero_vhost::serve); every other
+    // command stops through the cleanups of `interrupt`.
+    if !matches!(cli.command, Command::Serve(_)) {
+        interrupt::install()?;
+    }
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Serve(args) => serve::run(&args),

@@ -14,9 +14,15 @@ pub struct ServeArgs {
     /// The operator's control socket (HTTP/JSON): `prezero balloon set/stats --control PATH`.
     #[arg(long)]
     control: Option<PathBuf>,
-    /// Initial balloon target (e.g. `256M`).
-    #[arg(long)]
+    /// Initial balloon size, what the guest gives back (`256` or `256M`: a number without a
+    /// unit is MiB; `1G`, `4096B`; at least one 4 KiB page). Checked against the guest's RAM
+    /// only once a guest connects (the daemon logs a warning if it is larger).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     target: Option<String>,
+    /// Ask the guest for fresh statistics every SECONDS (0: only when asked), like QEMU's
+    /// `guest-stats-polling-interval`; changeable at run time.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    stats_polling_interval_s: u64,
     /// Do not offer DEVICE_INIT_REPORTED: reported pages are discarded but never claimed zeroed.
     #[arg(long)]
     no_device_init_reported: bool,
@@ -59,10 +65,11 @@ impl ServeArgs {
             opts = opts.with_control(c);
         }
         if let Some(t) = &self.target {
-            let bytes = parse_size(t).with_context(|| format!("--target {t}"))?;
-            opts.device.initial_target_pages = prezero_vhost::bytes_to_pages(bytes)?;
+            let pages = parse_size(t).and_then(prezero_vhost::bytes_to_pages);
+            opts.device.initial_target_pages = pages.context("prezero serve --target SIZE")?;
         }
         opts.discard = !self.no_discard;
+        opts.stats_polling_interval_s = self.stats_polling_interval_s;
         Ok(opts)
     }
 }

@@ -244,3 +244,374 @@ fn serve_stops_cleanly_on_sigterm_as_soon_as_its_socket_exists() {
         assert!(!sock.exists() && !ctl.exists(), "run {i}: sockets left");
     }
 }
+
+fn failure(args: &[&str]) -> String {
+    let out = prezero().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Sizes without surprises: a bare number is MiB, a size below one page, negative or without
+/// a known unit is refused before anything is sent, and the help says what SIZE is.
+#[test]
+fn balloon_sizes_are_mib_by_default_and_checked() {
+    let d = Scratch::new("sizes");
+    let (sock, ctl) = (d.join("b.sock"), d.join("b.ctl"));
+    let _daemon = Daemon::start(&sock, &["--control", ctl.to_str().unwrap()]);
+    let ctl = ctl.to_str().unwrap();
+    // No guest: nothing to notify, and a warning that RAM could not be checked.
+    let out = prezero()
+        .args(["balloon", "set", "256", "--control", ctl])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["target_bytes"], 256 * MIB, "a bare number is MiB");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no guest memory"));
+    assert_eq!(
+        control(&["balloon", "set", "4096B", "--control", ctl])["target_pages"],
+        1
+    );
+    assert_eq!(
+        control(&["balloon", "set", "0", "--control", ctl])["target_pages"],
+        0
+    );
+    for (size, why) in [
+        ("3K", "below one 4 KiB"),
+        ("100B", "below one 4 KiB"),
+        ("-5", "negative"),
+        ("12Q", "unknown unit"),
+        ("20000000T", "too large"),
+    ] {
+        let e = failure(&["balloon", "set", size, "--control", ctl]);
+        assert!(
+            e.contains(why) && e.contains("without a unit is MiB"),
+            "{size}: {e}"
+        );
+    }
+    let e = failure(&[
+        "serve",
+        "--socket",
+        "/nonexistent.sock",
+        "--target",
+        "1000B",
+    ]);
+    assert!(e.contains("below one 4 KiB"), "{e}");
+    let help = prezero()
+        .args(["balloon", "set", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("the guest gives back"), "{help}");
+    assert!(help.contains("without a unit is MiB"), "{help}");
+}
+
+/// One HTTP exchange on the control socket, as `curl --unix-socket` does it.
+fn http(ctl: &Path, method: &str, path: &str, accept: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(ctl).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, body.to_string())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap()
+}
+
+/// Firecracker's balloon API shape on the control socket, Prometheus metrics and periodic
+/// statistics, against the real daemon and a connected guest.
+#[test]
+fn firecracker_shaped_api_prometheus_metrics_and_stats_polling() {
+    let d = Scratch::new("fcapi");
+    let (sock, ctl) = (d.join("b.sock"), d.join("b.ctl"));
+    let _daemon = Daemon::start(&sock, &["--control", ctl.to_str().unwrap()]);
+    // Before any guest: no statistics, and the reason says why.
+    let (status, _, body) = http(&ctl, "GET", "/balloon/statistics", "*/*", "");
+    assert_eq!(status, 400);
+    assert!(body.contains("no guest is connected"), "{body}");
+
+    let mut g = Guest::new(GuestOptions {
+        ram_size: 256 * MIB,
+        ..Default::default()
+    })
+    .unwrap();
+    g.attach_balloon(&sock).unwrap();
+    let poll = |g: &mut Guest, ms| g.poll(Duration::from_millis(ms)).unwrap();
+    poll(&mut g, 100);
+
+    let (status, _, body) = http(&ctl, "GET", "/balloon", "*/*", "");
+    assert_eq!(status, 200);
+    let v = json(&body);
+    assert_eq!(
+        (v["amount_mib"].clone(), v["deflate_on_oom"].clone()),
+        (json("0"), json("true"))
+    );
+    assert_eq!(v["stats_polling_interval_s"], 0);
+    assert_eq!(v["guest_ram_bytes"], 256 * MIB);
+
+    // Above the guest's RAM: refused with the limit. A deflate_on_oom the daemon cannot
+    // change: refused, not ignored. Unknown fields: refused.
+    let (status, _, body) = http(&ctl, "PATCH", "/balloon", "*/*", r#"{"amount_mib": 300}"#);
+    assert_eq!(status, 400);
+    assert!(body.contains("at most 256 MiB"), "{body}");
+    let (status, _, body) = http(
+        &ctl,
+        "PUT",
+        "/balloon",
+        "*/*",
+        r#"{"amount_mib": 32, "deflate_on_oom": false, "stats_polling_interval_s": 1}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("--no-deflate-on-oom"), "{body}");
+    let (status, _, _) = http(&ctl, "PATCH", "/balloon", "*/*", r#"{"amount": 32}"#);
+    assert_eq!(status, 400);
+
+    // Firecracker's PUT: amount, deflate_on_oom as offered, a polling interval. The config
+    // change waits for the guest's ack: send it from a thread while the guest runs.
+    let c = ctl.clone();
+    let put = std::thread::spawn(move || {
+        http(
+            &c,
+            "PUT",
+            "/balloon",
+            "*/*",
+            r#"{"amount_mib": 32, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#,
+        )
+    });
+    while !put.is_finished() {
+        poll(&mut g, 20);
+    }
+    let (status, _, body) = put.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["target_bytes"], 32 * MIB);
+    let v = json(&http(&ctl, "GET", "/balloon", "*/*", "").2);
+    assert_eq!(v["amount_mib"], 32);
+    assert_eq!(v["stats_polling_interval_s"], 1);
+
+    // Polling every second: the guest is asked again and again without anyone requesting.
+    let first = g.zone().stat().pages_reported; // any guest activity works; just run it
+    let _ = first;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        poll(&mut g, 50);
+    }
+    let (status, _, body) = http(&ctl, "GET", "/balloon/statistics", "*/*", "");
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["target_mib"], 32);
+    assert_eq!(v["target_pages"], 8192);
+    assert!(v["free_memory"].as_u64().unwrap() > 0, "{body}");
+    assert_eq!(v["free_memory"], v["stats"]["values"]["free_memory"]);
+    let seq = v["stats"]["sequence"].as_u64().unwrap();
+    assert!(seq >= 3, "polled statistics: sequence {seq}");
+
+    // Firecracker's PATCH /balloon/statistics turns polling off.
+    let (status, _, body) = http(
+        &ctl,
+        "PATCH",
+        "/balloon/statistics",
+        "*/*",
+        r#"{"stats_polling_interval_s": 0}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["stats_polling_interval_s"], 0);
+
+    // Prometheus text by default (what a scraper and curl get), JSON by Accept or path.
+    let (status, ctype, text) = http(
+        &ctl,
+        "GET",
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    for family in [
+        "# TYPE prezero_device_discarded_bytes_total counter",
+        "# TYPE prezero_device_zeroed_bytes_total counter",
+        "# TYPE prezero_device_errors_total counter",
+        "# TYPE prezero_daemon_connections_total counter",
+        "# TYPE prezero_balloon_target_bytes gauge",
+        "# TYPE prezero_guest_free_memory_bytes gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(
+        text.contains("prezero_balloon_target_bytes 33554432"),
+        "{text}"
+    );
+    let (_, ctype, body) = http(&ctl, "GET", "/metrics", "application/json", "");
+    assert_eq!(ctype, "application/json");
+    assert_eq!(json(&body)["daemon"]["connections"], 1);
+    let (_, ctype, _) = http(&ctl, "GET", "/metrics.json", "*/*", "");
+    assert_eq!(ctype, "application/json");
+    assert_eq!(
+        control(&["balloon", "metrics", "--control", ctl.to_str().unwrap()])["daemon"]
+            ["connections"],
+        1
+    );
+}
+
+/// With the stats queue not offered, a stats request says why there are none.
+#[test]
+fn stats_without_the_stats_queue_say_why() {
+    let d = Scratch::new("nostats");
+    let (sock, ctl) = (d.join("b.sock"), d.join("b.ctl"));
+    let _daemon = Daemon::start(&sock, &["--control", ctl.to_str().unwrap(), "--no-stats"]);
+    let v = control(&["balloon", "stats", "--control", ctl.to_str().unwrap()]);
+    assert_eq!(v["stats"], Value::Null);
+    assert!(v["reason"].as_str().unwrap().contains("--no-stats"), "{v}");
+    let e = failure(&[
+        "balloon",
+        "stats-interval",
+        "5",
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--no-stats"), "{e}");
+}
+
+/// The children and temp entries of this test's own runs: the temp dir is private to it.
+fn interrupted(
+    args: &[&str],
+    sig: i32,
+    after: impl Fn(&Path) -> bool,
+) -> (Option<i32>, Vec<String>) {
+    let d = Scratch::new("interrupt");
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = prezero()
+        .args(args)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !after(&tmp) {
+        assert!(Instant::now() < deadline, "{args:?} never got going");
+        assert!(child.try_wait().unwrap().is_none(), "{args:?} ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, sig) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{args:?} did not stop on signal {sig}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // No process of it is left (its threads die with it; it starts no children).
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    let left = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    (status.code(), left)
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_some()
+}
+
+/// Ctrl-C and SIGTERM stop the demo and the seed table promptly with 130 / 143, and their
+/// temporary socket directories go with them.
+#[test]
+fn ctrl_c_and_sigterm_stop_demo_and_seed_table_and_leave_nothing() {
+    let (code, left) = interrupted(
+        &[
+            "demo",
+            "--mem-mib",
+            "512",
+            "--alloc-mib",
+            "64",
+            "--balloon-mib",
+            "64",
+        ],
+        libc::SIGINT,
+        has_entries,
+    );
+    assert_eq!(code, Some(130));
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let (code, left) = interrupted(
+        &[
+            "bench",
+            "seed-table",
+            "--mem-mib",
+            "512",
+            "--alloc-mib",
+            "64",
+            "--repeats",
+            "50",
+            "--svg",
+            "/dev/null",
+        ],
+        libc::SIGTERM,
+        has_entries,
+    );
+    assert_eq!(code, Some(143));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `prezero ... | head` closes stdout early: the command ends quietly, no panic (101).
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let mut child = prezero()
+        .args(["bench", "alloc", "--quick"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+/// `prezero linux` checks scenario parameters before anything is set up or booted.
+#[test]
+fn linux_scenario_parameters_are_checked_before_the_boot() {
+    for (args, want) in [
+        (
+            &["--scenario", "alloc-free", "mb=64"][..],
+            "did you mean mib?",
+        ),
+        (&["--scenario", "idle", "wiat=1"][..], "did you mean wait?"),
+        (&["--scenario", "idle", "wait=5s"][..], "expected seconds"),
+        (&["--scenario", "idel"][..], "did you mean idle?"),
+    ] {
+        let e = failure(&[&["linux", "--no-install"][..], args].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(
+            !e.contains("User-Mode Linux"),
+            "{args:?} got to the setup: {e}"
+        );
+    }
+    let help = prezero().args(["linux", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("until_inflated=0"));
+}

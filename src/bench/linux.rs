@@ -28,7 +28,7 @@ use clap::Args;
 use prezero_linux_harness::bench::{bench_qemu, bench_uml_with, AllocFree, BenchOptions, PeerRun};
 use prezero_linux_harness::measure::cpu_at;
 use prezero_linux_harness::scratch::ScratchDir;
-use prezero_linux_harness::session::install_interrupt_cleanup;
+use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::{Harness, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde::Serialize;
@@ -219,7 +219,7 @@ fn comparison_chart(runs: &[&PeerRun]) -> Chart {
 
 /// Runs the comparison.
 pub fn run(args: &LinuxBenchArgs) -> Result<()> {
-    install_interrupt_cleanup();
+    let _cleanup = crate::interrupt::on_exit(clean_up_started_here);
     let h = Harness::new(&SetupOptions {
         peer: !args.skip_qemu,
         install: !args.no_install,

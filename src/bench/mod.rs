@@ -51,11 +51,10 @@ pub enum BenchCommand {
 
 fn print<T: Serialize>(json: bool, result: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(result)?);
+        crate::output::print_line(&serde_json::to_string_pretty(result)?)
     } else {
-        print!("{}", table(result));
+        crate::output::print(&table(result))
     }
-    Ok(())
 }
 
 /// Runs a benchmark command.

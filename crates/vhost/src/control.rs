@@ -31,7 +31,9 @@ use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::http::{self, ReadError};
 use crate::options::bytes_to_pages;
+use crate::prometheus;
 use crate::socket::BoundSocket;
+use crate::status::BalloonStatistics;
 use crate::wait::Waiter;
 
 /// How long the server waits for a slow client to send or take its bytes.
@@ -50,7 +52,10 @@ pub enum ControlRequest {
     Stats,
     /// `PUT /balloon/statistics`: ask the guest for fresh statistics, waiting up to this long.
     RequestStats(Option<Duration>),
-    /// `GET /metrics`: device and daemon counters.
+    /// `PATCH /balloon/statistics`: the daemon asks for fresh statistics every N seconds (0:
+    /// off).
+    SetStatsPollingInterval(u64),
+    /// `GET /metrics` (JSON, by `Accept`): device and daemon counters.
     Metrics,
 }
 
@@ -73,6 +78,11 @@ impl ControlRequest {
                     Some(w) => json!({"wait_ms": u64::try_from(w.as_millis()).unwrap_or(u64::MAX)}),
                     None => json!({}),
                 }),
+            ),
+            ControlRequest::SetStatsPollingInterval(s) => (
+                "PATCH",
+                "/balloon/statistics",
+                Some(json!({"stats_polling_interval_s": s})),
             ),
             ControlRequest::Metrics => ("GET", "/metrics", None),
         }
@@ -185,93 +195,213 @@ pub(crate) fn serve_control(socket: BoundSocket, controller: &Controller) {
 fn handle_connection(mut stream: UnixStream, controller: &Controller) -> io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_IO_TIMEOUT))?;
-    let (status, body) = match http::read_request(&mut stream) {
+    let reply = match http::read_request(&mut stream) {
         Ok(req) => {
             tracing::debug!(method = %req.method, path = %req.path, "control request");
             route(&req, controller)
         }
-        Err(ReadError::Malformed(m)) => (400, json!({"error": m})),
+        Err(ReadError::Malformed(m)) => Reply::error(400, m),
         Err(ReadError::Io(e)) => return Err(e),
     };
-    http::write_response(&mut stream, status, body.to_string().as_bytes())
+    http::write_response(&mut stream, reply.status, reply.content_type, &reply.body)
 }
 
+/// A response: status, content type, body.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            content_type: http::JSON,
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    fn ok<T: serde::Serialize>(value: &T) -> Reply {
+        match serde_json::to_value(value) {
+            Ok(v) => Reply::json(200, &v),
+            Err(e) => Reply::error(500, e.to_string()),
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Reply {
+        Reply::json(status, &json!({"error": message.into()}))
+    }
+}
+
+/// `PUT`/`PATCH /balloon`: one target field (ours or Firecracker's `amount_mib`) and/or
+/// Firecracker's `deflate_on_oom` and `stats_polling_interval_s`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TargetBody {
+struct BalloonBody {
     target_bytes: Option<u64>,
     target_pages: Option<u32>,
     amount_mib: Option<u64>,
+    deflate_on_oom: Option<bool>,
+    stats_polling_interval_s: Option<u64>,
 }
 
+/// `PUT`/`PATCH`/`POST /balloon/statistics`: a fresh-statistics request (`wait_ms`) and/or
+/// Firecracker's `stats_polling_interval_s`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StatsBody {
     wait_ms: Option<u64>,
+    stats_polling_interval_s: Option<u64>,
 }
 
-fn bad(message: impl Into<String>) -> (u16, Value) {
-    (400, json!({"error": message.into()}))
-}
+const BALLOON_BODY: &str =
+    "{\"amount_mib\": N} (or {\"target_bytes\": N}, {\"target_pages\": N}), \
+     optionally with \"deflate_on_oom\" and \"stats_polling_interval_s\"";
 
-fn to_json<T: serde::Serialize>(value: &T) -> (u16, Value) {
-    match serde_json::to_value(value) {
-        Ok(v) => (200, v),
-        Err(e) => (500, json!({"error": e.to_string()})),
+/// Every route, for the 404 answer.
+const ROUTES: [&str; 8] = [
+    "GET /balloon",
+    "PUT /balloon",
+    "PATCH /balloon",
+    "GET /balloon/statistics",
+    "PUT /balloon/statistics",
+    "PATCH /balloon/statistics",
+    "GET /metrics",
+    "GET /metrics.json",
+];
+
+fn set_balloon(req: &http::Request, c: &Controller) -> Reply {
+    let body: BalloonBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Reply::error(400, format!("expected {BALLOON_BODY}: {e}")),
+    };
+    if let Some(wanted) = body.deflate_on_oom {
+        let offered = c.deflate_on_oom();
+        if wanted != offered {
+            return Reply::error(
+                400,
+                format!(
+                    "deflate_on_oom is a feature bit negotiated when the guest connects, fixed \
+                     when the daemon starts: this daemon {} it ({}); restart it to change it",
+                    if offered { "offers" } else { "does not offer" },
+                    if offered {
+                        "--no-deflate-on-oom turns it off"
+                    } else {
+                        "it was started with --no-deflate-on-oom"
+                    }
+                ),
+            );
+        }
+    }
+    let pages = match (body.target_bytes, body.target_pages, body.amount_mib) {
+        (Some(b), None, None) => Some(bytes_to_pages(b)),
+        (None, Some(p), None) => Some(Ok(p)),
+        (None, None, Some(m)) => Some(
+            m.checked_mul(1 << 20)
+                .ok_or(Error::Options("amount_mib too large".into()))
+                .and_then(bytes_to_pages),
+        ),
+        (None, None, None) => None,
+        _ => {
+            return Reply::error(
+                400,
+                "give one of amount_mib, target_bytes, target_pages, not several",
+            )
+        }
+    };
+    if pages.is_none() && body.stats_polling_interval_s.is_none() && body.deflate_on_oom.is_none() {
+        return Reply::error(400, format!("nothing to change: expected {BALLOON_BODY}"));
+    }
+    if let Some(interval) = body.stats_polling_interval_s {
+        if let Err(e) = c.set_stats_polling_interval_s(interval) {
+            return Reply::error(400, e.to_string());
+        }
+    }
+    match pages {
+        None => Reply::ok(&c.status()),
+        Some(Err(e)) => Reply::error(400, e.to_string()),
+        Some(Ok(p)) => match c.set_target_pages(p) {
+            Ok(outcome) => Reply::ok(&outcome),
+            Err(e) => Reply::error(400, e.to_string()),
+        },
     }
 }
 
-fn route(req: &http::Request, c: &Controller) -> (u16, Value) {
-    let path = req.path.trim_end_matches('/');
-    match (req.method.as_str(), path) {
-        ("GET", "/balloon") => to_json(&c.status()),
-        ("PUT" | "PATCH", "/balloon") => {
-            let body: TargetBody = match serde_json::from_slice(&req.body) {
-                Ok(b) => b,
-                Err(e) => {
-                    return bad(format!(
-                        "expected one of {{\"target_bytes\": N}}, {{\"target_pages\": N}}, {{\"amount_mib\": N}}: {e}"
-                    ))
-                }
-            };
-            let pages = match (body.target_bytes, body.target_pages, body.amount_mib) {
-                (Some(b), None, None) => bytes_to_pages(b),
-                (None, Some(p), None) => Ok(p),
-                (None, None, Some(m)) => m
-                    .checked_mul(1 << 20)
-                    .ok_or(Error::Options("amount_mib too large".into()))
-                    .and_then(bytes_to_pages),
-                _ => return bad("give exactly one of target_bytes, target_pages, amount_mib"),
-            };
-            match pages {
-                Ok(p) => to_json(&c.set_target_pages(p)),
-                Err(e) => bad(e.to_string()),
+fn statistics_request(req: &http::Request, c: &Controller) -> Reply {
+    let body: StatsBody = if req.body.iter().all(u8::is_ascii_whitespace) {
+        StatsBody::default()
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Reply::error(
+                    400,
+                    format!(
+                    "expected {{\"wait_ms\": N}} and/or {{\"stats_polling_interval_s\": N}}: {e}"
+                ),
+                )
             }
         }
-        ("GET", "/balloon/statistics") => (200, json!({"stats": c.stats()})),
-        ("PUT" | "PATCH" | "POST", "/balloon/statistics") => {
-            let body: StatsBody = if req.body.iter().all(u8::is_ascii_whitespace) {
-                StatsBody::default()
-            } else {
-                match serde_json::from_slice(&req.body) {
-                    Ok(b) => b,
-                    Err(e) => return bad(format!("expected {{\"wait_ms\": N}}: {e}")),
-                }
-            };
-            to_json(&c.request_stats(body.wait_ms.map(Duration::from_millis)))
+    };
+    if let Some(interval) = body.stats_polling_interval_s {
+        if let Err(e) = c.set_stats_polling_interval_s(interval) {
+            return Reply::error(400, e.to_string());
         }
-        ("GET", "/metrics") => to_json(&c.metrics()),
-        (_, "/balloon" | "/balloon/statistics" | "/metrics") => (
-            405,
-            json!({"error": format!("{} is not allowed on {path}", req.method)}),
-        ),
-        _ => (
+        if body.wait_ms.is_none() {
+            // Firecracker's PATCH: only the interval.
+            return Reply::ok(&c.status());
+        }
+    }
+    Reply::ok(&c.request_stats(body.wait_ms.map(Duration::from_millis)))
+}
+
+/// JSON unless the client asks for something else first: Prometheus sends
+/// `Accept: application/openmetrics-text;...,text/plain;...`, curl `*/*`, our client
+/// `application/json`.
+fn wants_json(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .next()
+            .is_some_and(|first| first.trim().starts_with(http::JSON))
+    })
+}
+
+fn route(req: &http::Request, c: &Controller) -> Reply {
+    let path = req.path.trim_end_matches('/');
+    match (req.method.as_str(), path) {
+        ("GET", "/balloon") => Reply::ok(&c.status()),
+        ("PUT" | "PATCH", "/balloon") => set_balloon(req, c),
+        ("GET", "/balloon/statistics") => match c.stats() {
+            Some(stats) => Reply::ok(&BalloonStatistics::new(&c.status(), stats)),
+            None => Reply::error(
+                400,
+                format!(
+                    "no guest statistics: {}",
+                    c.stats_unavailable_reason().unwrap_or("none yet")
+                ),
+            ),
+        },
+        ("PUT" | "PATCH" | "POST", "/balloon/statistics") => statistics_request(req, c),
+        ("GET", "/metrics") if wants_json(req.accept.as_deref()) => Reply::ok(&c.metrics()),
+        ("GET", "/metrics.json") => Reply::ok(&c.metrics()),
+        ("GET", "/metrics") => Reply {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            body: prometheus::render(
+                &c.metrics(),
+                &c.status(),
+                c.stats().as_ref(),
+                c.stats_polling_interval_s(),
+            )
+            .into_bytes(),
+        },
+        (_, "/balloon" | "/balloon/statistics" | "/metrics" | "/metrics.json") => {
+            Reply::error(405, format!("{} is not allowed on {path}", req.method))
+        }
+        _ => Reply::json(
             404,
-            json!({
-                "error": format!("no route {path}"),
-                "routes": ["GET /balloon", "PUT /balloon", "GET /balloon/statistics",
-                           "PUT /balloon/statistics", "GET /metrics"],
-            }),
+            &json!({"error": format!("no route {path}"), "routes": ROUTES}),
         ),
     }
 }

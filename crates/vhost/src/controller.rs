@@ -14,14 +14,17 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prezero_balloon::features::{DEFLATE_ON_OOM, STATS_VQ};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::SharedDevice;
-use crate::error::Result;
+use crate::backend::{Memory, SharedDevice};
+use crate::error::{Error, Result};
 use crate::notifier::{ConfigNotifier, Notification};
 use crate::options::{bytes_to_pages, ServeOptions};
 use crate::status::{
@@ -37,12 +40,20 @@ pub(crate) struct SessionLink {
     pub(crate) stats_kick: EventFd,
     /// Ends the connection (both sides see a hang-up).
     pub(crate) hang_up: Box<dyn Fn() + Send + Sync>,
+    /// The guest's memory as the frontend shared it (empty before `SET_MEM_TABLE`).
+    pub(crate) mem: Memory,
 }
 
 impl SessionLink {
     /// Ends the connection (both sides see a hang-up).
     pub(crate) fn cut(&self) {
         (self.hang_up)();
+    }
+
+    /// Bytes of guest RAM the frontend shared (`None` before it sent its memory table).
+    pub(crate) fn guest_ram_bytes(&self) -> Option<u64> {
+        let total: u64 = self.mem.memory().iter().map(|r| r.len()).sum();
+        (total > 0).then_some(total)
     }
 }
 
@@ -69,12 +80,15 @@ pub(crate) struct DaemonShared {
     /// Serialises target changes with their notifications, so notifications go out in the
     /// order the targets were set.
     target_lock: Mutex<()>,
+    /// Seconds between the daemon's own requests for fresh guest statistics (0: off).
+    pub(crate) stats_polling_interval_s: AtomicU64,
 }
 
 impl DaemonShared {
     /// Fresh state for a daemon about to start.
     pub(crate) fn new(opts: ServeOptions, device: Arc<SharedDevice>) -> std::io::Result<Self> {
         Ok(DaemonShared {
+            stats_polling_interval_s: AtomicU64::new(opts.stats_polling_interval_s),
             opts,
             device,
             counters: DaemonCounters::default(),
@@ -172,12 +186,35 @@ impl Controller {
     /// Sets the balloon target in 4 KiB pages and, if it changed and a guest is connected,
     /// notifies it (a config-change message, waiting up to the configured timeout for its
     /// ack).
-    pub fn set_target_pages(&self, pages: u32) -> TargetOutcome {
+    ///
+    /// The target is the balloon's size: what the guest gives up, not what it keeps (QEMU's
+    /// monitor `balloon` takes the latter; Firecracker's `amount_mib` is the former, as here).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TargetAboveGuestRam`] when a connected guest has less RAM than the target (as
+    /// Firecracker refuses an `amount_mib` above the guest's memory). Without a guest the
+    /// target cannot be checked: it is set, and the outcome carries a warning.
+    pub fn set_target_pages(&self, pages: u32) -> Result<TargetOutcome> {
         let _order = self
             .shared
             .target_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let link = self.shared.link();
+        let ram = link.as_ref().and_then(|l| l.guest_ram_bytes());
+        if let Some(ram) = ram {
+            if pages_to_bytes(pages) > ram {
+                return Err(Error::TargetAboveGuestRam {
+                    target_mib: pages_to_bytes(pages) >> 20,
+                    ram_mib: ram >> 20,
+                });
+            }
+        }
+        let warning = (ram.is_none() && pages > 0).then(|| {
+            "no guest memory is known yet: the target is not checked against the guest's RAM"
+                .to_string()
+        });
         let changed = self
             .shared
             .device
@@ -186,7 +223,7 @@ impl Controller {
         let notification = if !changed {
             Notification::Unchanged
         } else {
-            match self.shared.link() {
+            match link {
                 None => Notification::NoGuest,
                 Some(link) => {
                     let n = link
@@ -216,17 +253,77 @@ impl Controller {
                 }
             }
         };
-        TargetOutcome {
+        Ok(TargetOutcome {
             target_pages: pages,
             target_bytes: pages_to_bytes(pages),
             changed,
             notification,
-        }
+            warning,
+        })
     }
 
-    /// Sets the balloon target in bytes (rounded down to 4 KiB pages).
+    /// Sets the balloon target in bytes (rounded down to 4 KiB pages; see
+    /// [`set_target_pages`](Self::set_target_pages) and [`bytes_to_pages`]).
     pub fn set_target_bytes(&self, bytes: u64) -> Result<TargetOutcome> {
-        Ok(self.set_target_pages(bytes_to_pages(bytes)?))
+        self.set_target_pages(bytes_to_pages(bytes)?)
+    }
+
+    /// Whether the device offers `DEFLATE_ON_OOM` (fixed when the daemon starts).
+    pub fn deflate_on_oom(&self) -> bool {
+        self.offers(DEFLATE_ON_OOM)
+    }
+
+    fn offers(&self, bit: u32) -> bool {
+        self.shared.device.offered & (1 << bit) != 0
+    }
+
+    /// Seconds between the daemon's own requests for fresh statistics (0: off).
+    pub fn stats_polling_interval_s(&self) -> u64 {
+        self.shared
+            .stats_polling_interval_s
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the statistics polling interval (0 turns polling off): the daemon asks the guest
+    /// for fresh statistics every `seconds`, like QEMU's `guest-stats-polling-interval` and
+    /// Firecracker's `stats_polling_interval_s`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Options`] when the device does not offer the stats queue (`--no-stats`).
+    pub fn set_stats_polling_interval_s(&self, seconds: u64) -> Result<()> {
+        if seconds > 0 && !self.offers(STATS_VQ) {
+            return Err(Error::Options(
+                "statistics polling needs the stats queue, which this daemon does not offer \
+                 (started with --no-stats)"
+                    .into(),
+            ));
+        }
+        self.shared
+            .stats_polling_interval_s
+            .store(seconds, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(seconds, "statistics polling interval set");
+        Ok(())
+    }
+
+    /// Why there are no guest statistics (`None` when there are some).
+    pub fn stats_unavailable_reason(&self) -> Option<&'static str> {
+        if self.stats().is_some() {
+            return None;
+        }
+        let negotiated = self
+            .shared
+            .device
+            .with_device_queues(|d| d.negotiated_features());
+        Some(if !self.offers(STATS_VQ) {
+            "the daemon does not offer the stats queue (started with --no-stats)"
+        } else if !self.connected() {
+            "no guest is connected"
+        } else if !negotiated.has(STATS_VQ) {
+            "the guest's driver did not negotiate the stats queue (VIRTIO_BALLOON_F_STATS_VQ)"
+        } else {
+            "the guest has not sent statistics yet (its driver sends them once it has probed)"
+        })
     }
 
     /// The balloon's state.
@@ -243,7 +340,11 @@ impl Controller {
                 )
             });
         BalloonStatus {
+            amount_mib: pages_to_bytes(target) >> 20,
+            deflate_on_oom: self.deflate_on_oom(),
+            stats_polling_interval_s: self.stats_polling_interval_s(),
             connected: link.is_some(),
+            guest_ram_bytes: link.as_ref().and_then(|l| l.guest_ram_bytes()),
             target_pages: target,
             target_bytes: pages_to_bytes(target),
             actual_pages: actual,
@@ -293,6 +394,13 @@ impl Controller {
             requested,
             fresh,
             stats: self.stats(),
+            reason: (!requested).then(|| {
+                self.stats_unavailable_reason()
+                    .unwrap_or(
+                        "the guest holds its stats buffer: it has not answered the last request",
+                    )
+                    .to_string()
+            }),
         }
     }
 

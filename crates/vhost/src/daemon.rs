@@ -108,31 +108,47 @@ pub fn spawn(opts: ServeOptions) -> Result<DaemonHandle> {
             .spawn(move || accept_loop(vhost_socket, &s))
             .map_err(Error::io("spawning the accept thread"))?,
     );
+    let mut handle = DaemonHandle {
+        controller,
+        threads,
+    };
+    let c = handle.controller.clone();
+    handle.spawn(
+        "balloon-stats-poll",
+        "spawning the statistics polling thread",
+        move || poll_stats(&c),
+    )?;
     if let Some(socket) = control_socket {
-        let c = controller.clone();
-        let spawned = std::thread::Builder::new()
-            .name("balloon-control".into())
-            .spawn(move || control::serve_control(socket, &c));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                let mut handle = DaemonHandle {
-                    controller,
-                    threads,
-                };
-                handle.controller.request_shutdown();
-                let _ = handle.join();
-                return Err(Error::Io {
-                    what: "spawning the control thread",
-                    source: e,
-                });
+        let c = handle.controller.clone();
+        handle.spawn(
+            "balloon-control",
+            "spawning the control thread",
+            move || control::serve_control(socket, &c),
+        )?;
+    }
+    Ok(handle)
+}
+
+impl DaemonHandle {
+    /// Starts one more daemon thread; if that fails, stops the ones already running.
+    fn spawn(
+        &mut self,
+        name: &str,
+        what: &'static str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<()> {
+        match std::thread::Builder::new().name(name.into()).spawn(f) {
+            Ok(t) => {
+                self.threads.push(t);
+                Ok(())
+            }
+            Err(source) => {
+                self.controller.request_shutdown();
+                let _ = self.join();
+                Err(Error::Io { what, source })
             }
         }
     }
-    Ok(DaemonHandle {
-        controller,
-        threads,
-    })
 }
 
 /// Runs the daemon until SIGINT or SIGTERM (or a fatal error), then stops it cleanly.
@@ -150,6 +166,39 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     }
     drop(signals);
     handle.shutdown()
+}
+
+/// Asks the guest for fresh statistics every
+/// [`stats_polling_interval_s`](Controller::stats_polling_interval_s) seconds while one is
+/// connected (the interval is read again every second, so a change applies within one).
+fn poll_stats(controller: &Controller) {
+    let stop = match Waiter::readable([controller.shared().stop_event()]) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "statistics polling: poll failed; polling stops");
+            return;
+        }
+    };
+    let mut last = std::time::Instant::now();
+    loop {
+        match stop.wait(Some(Duration::from_secs(1))) {
+            Ok([true]) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "statistics polling: poll failed; polling stops");
+                return;
+            }
+        }
+        let interval = controller.stats_polling_interval_s();
+        if interval == 0 || last.elapsed() < Duration::from_secs(interval) {
+            continue;
+        }
+        last = std::time::Instant::now();
+        if controller.connected() {
+            let outcome = controller.request_stats(None);
+            tracing::trace!(requested = outcome.requested, "statistics polled");
+        }
+    }
 }
 
 /// Accepts one guest at a time. A guest that connects while another is served waits in the

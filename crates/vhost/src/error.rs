@@ -74,7 +74,10 @@ pub enum Error {
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
     /// A size given by the operator could not be parsed or is out of range.
-    #[error("invalid size {input:?}: {why} (examples: 0, 4096, 512M, 1.5G, 64MiB)")]
+    #[error(
+        "invalid size {input:?}: {why} (examples: 0, 512 = 512M, 1.5G, 64MiB, 4096B; a number \
+         without a unit is MiB)"
+    )]
     InvalidSize {
         /// What was given.
         input: String,
@@ -103,6 +106,17 @@ pub enum Error {
     /// The control peer sent something that is not a valid reply or request.
     #[error("control protocol error: {0}")]
     ControlProtocol(String),
+    /// A balloon target larger than the connected guest's RAM: the guest could never give it.
+    #[error(
+        "a balloon of {target_mib} MiB is larger than the guest's {ram_mib} MiB of RAM (the \
+         balloon is what the guest gives up: ask for at most {ram_mib} MiB)"
+    )]
+    TargetAboveGuestRam {
+        /// The requested target in MiB.
+        target_mib: u64,
+        /// The connected guest's RAM in MiB.
+        ram_mib: u64,
+    },
     /// The daemon has stopped.
     #[error("the daemon has stopped")]
     Stopped,

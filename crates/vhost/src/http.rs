@@ -14,6 +14,8 @@ pub(crate) struct Request {
     pub(crate) method: String,
     /// The path without the query string.
     pub(crate) path: String,
+    /// The `Accept` header, if any (for content negotiation on `/metrics`).
+    pub(crate) accept: Option<String>,
     pub(crate) body: Vec<u8>,
 }
 
@@ -63,9 +65,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `Content-Length` from header lines; chunked bodies are refused.
-fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, ReadError> {
+/// `Content-Length` and `Accept` from header lines; chunked bodies are refused.
+fn headers<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(usize, Option<String>), ReadError> {
     let mut length = 0;
+    let mut accept = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Malformed(format!("bad header line {line:?}")));
@@ -75,6 +78,8 @@ fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, Rea
             length = value
                 .parse()
                 .map_err(|_| ReadError::Malformed(format!("bad Content-Length {value:?}")))?;
+        } else if name.eq_ignore_ascii_case("accept") {
+            accept = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ReadError::Malformed(
                 "Transfer-Encoding is not supported: send a Content-Length".into(),
@@ -86,7 +91,7 @@ fn content_length<'a>(lines: impl Iterator<Item = &'a str>) -> Result<usize, Rea
             "body of {length} bytes exceeds {MAX_BODY}"
         )));
     }
-    Ok(length)
+    Ok((length, accept))
 }
 
 fn read_body(
@@ -125,12 +130,13 @@ pub(crate) fn read_request(stream: &mut impl Read) -> Result<Request, ReadError>
             "unsupported version {version:?}"
         )));
     }
-    let length = content_length(lines)?;
+    let (length, accept) = headers(lines)?;
     let body = read_body(stream, rest, length)?;
     let path = target.split('?').next().unwrap_or_default().to_string();
     Ok(Request {
         method: method.to_string(),
         path,
+        accept,
         body,
     })
 }
@@ -150,7 +156,7 @@ pub(crate) fn read_response(stream: &mut impl Read) -> Result<(u16, Vec<u8>), Re
     let status: u16 = status
         .parse()
         .map_err(|_| ReadError::Malformed(format!("bad status line {line:?}")))?;
-    let length = content_length(lines)?;
+    let (length, _) = headers(lines)?;
     let body = read_body(stream, rest, length)?;
     Ok((status, body))
 }
@@ -161,15 +167,24 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         500 => "Internal Server Error",
         _ => "Unknown",
     }
 }
 
-/// Writes a JSON response and closes the exchange.
-pub(crate) fn write_response(stream: &mut impl Write, status: u16, body: &[u8]) -> io::Result<()> {
+/// The JSON content type.
+pub(crate) const JSON: &str = "application/json";
+
+/// Writes a response of `content_type` and closes the exchange.
+pub(crate) fn write_response(
+    stream: &mut impl Write,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         reason(status),
         body.len()
     );
@@ -224,13 +239,14 @@ mod tests {
         let req = read_request(&mut Trickle(&wire, 3)).unwrap();
         assert_eq!(req.method, "PUT");
         assert_eq!(req.path, "/balloon");
+        assert_eq!(req.accept.as_deref(), Some("application/json"));
         assert_eq!(req.body, br#"{"target_bytes":4096}"#);
     }
 
     #[test]
     fn response_round_trip() {
         let mut wire = Vec::new();
-        write_response(&mut wire, 404, br#"{"error":"x"}"#).unwrap();
+        write_response(&mut wire, 404, JSON, br#"{"error":"x"}"#).unwrap();
         let (status, body) = read_response(&mut Trickle(&wire, 7)).unwrap();
         assert_eq!(status, 404);
         assert_eq!(body, br#"{"error":"x"}"#);

@@ -95,6 +95,7 @@ mod exit_pipe;
 mod http;
 pub mod notifier;
 pub mod options;
+mod prometheus;
 pub mod relay;
 mod session;
 mod signals;
@@ -109,7 +110,8 @@ pub use error::{Error, Result};
 pub use notifier::{ConfigNotifier, Notification};
 pub use options::{bytes_to_pages, parse_size, FeatureOffer, ServeOptions};
 pub use status::{
-    BalloonStatus, DaemonMetrics, MetricsReport, StatsReport, StatsRequestOutcome, TargetOutcome,
+    BalloonStatistics, BalloonStatus, DaemonMetrics, MetricsReport, StatsReport,
+    StatsRequestOutcome, TargetOutcome,
 };
 
 pub use prezero_device as device;

@@ -31,6 +31,10 @@ pub struct ServeOptions {
     pub teardown_timeout: Duration,
     /// Upper bound for a control request that waits for fresh guest statistics.
     pub max_stats_wait: Duration,
+    /// Seconds between the daemon's own requests for fresh guest statistics (0: only on
+    /// request), like QEMU's `guest-stats-polling-interval` and Firecracker's
+    /// `stats_polling_interval_s`; changeable at run time (`PATCH /balloon/statistics`).
+    pub stats_polling_interval_s: u64,
 }
 
 impl ServeOptions {
@@ -44,6 +48,7 @@ impl ServeOptions {
             notify_timeout: Duration::from_secs(2),
             teardown_timeout: Duration::from_secs(10),
             max_stats_wait: Duration::from_secs(10),
+            stats_polling_interval_s: 0,
         }
     }
 
@@ -65,6 +70,12 @@ impl ServeOptions {
         if self.control.as_ref() == Some(&self.socket) {
             return Err(Error::Options(
                 "the control socket and the vhost-user socket must be different paths".into(),
+            ));
+        }
+        if self.stats_polling_interval_s > 0 && !self.device.balloon_features.has(STATS_VQ) {
+            return Err(Error::Options(
+                "statistics polling needs the stats queue: drop --no-stats or the polling interval"
+                    .into(),
             ));
         }
         if self.notify_timeout.is_zero() || self.teardown_timeout.is_zero() {
@@ -143,23 +154,29 @@ impl FeatureOffer {
     }
 }
 
-/// Parses an operator's size: a number of bytes with an optional binary suffix (`K`, `M`, `G`,
-/// `T`, optionally followed by `iB` or `B`, case-insensitive) and an optional fraction
-/// (`1.5G`). A plain number is bytes.
+/// Parses an operator's size: a number with an optional binary suffix (`B`, `K`, `M`, `G`, `T`,
+/// optionally followed by `iB` or `B`, case-insensitive) and an optional fraction (`1.5G`).
+///
+/// **A number without a unit is MiB**, as QEMU's monitor command `balloon` and Firecracker's
+/// `amount_mib` read it (`256` is 256 MiB); bytes need the `B` suffix (`4096B`). Negative
+/// numbers are refused.
 pub fn parse_size(input: &str) -> Result<u64> {
     let bad = |why| Error::InvalidSize {
         input: input.to_string(),
         why,
     };
     let s = input.trim();
+    if s.starts_with('-') {
+        return Err(bad("a size cannot be negative"));
+    }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
+        "b" => 0,
         "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
+        "" | "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
         _ => return Err(bad("unknown unit")),
@@ -194,11 +211,19 @@ pub fn parse_size(input: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// A balloon target in bytes as 4 KiB balloon pages (rounded down: the balloon never takes
-/// more than asked).
+/// A balloon target in bytes as 4 KiB balloon pages: 0 releases the balloon; anything else must
+/// be at least one page (a smaller target would silently become 0) and is rounded down to whole
+/// pages (the balloon never takes more than asked). At most 2^32 - 1 pages (the `num_pages`
+/// config field is 32 bits, virtio 1.2 section 5.5.4).
 pub fn bytes_to_pages(bytes: u64) -> Result<u32> {
+    if bytes > 0 && bytes < BALLOON_PAGE_SIZE {
+        return Err(Error::InvalidSize {
+            input: format!("{bytes}B"),
+            why: "below one 4 KiB balloon page (0 releases the balloon)",
+        });
+    }
     u32::try_from(bytes / BALLOON_PAGE_SIZE).map_err(|_| Error::InvalidSize {
-        input: bytes.to_string(),
+        input: format!("{bytes}B"),
         why: "a balloon holds at most 2^32 - 1 pages of 4 KiB (16 TiB)",
     })
 }
@@ -210,7 +235,13 @@ mod tests {
     #[test]
     fn sizes_parse_with_units_and_fractions() {
         assert_eq!(parse_size("0").unwrap(), 0);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(
+            parse_size("256").unwrap(),
+            256 << 20,
+            "a bare number is MiB"
+        );
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        assert_eq!(parse_size("1.5").unwrap(), 3 << 19);
         assert_eq!(parse_size("4k").unwrap(), 4096);
         assert_eq!(parse_size("512M").unwrap(), 512 << 20);
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
@@ -232,12 +263,17 @@ mod tests {
         }
         let msg = parse_size("12Q").unwrap_err().to_string();
         assert!(msg.contains("512M"), "{msg}");
+        let msg = parse_size("-5").unwrap_err().to_string();
+        assert!(msg.contains("negative"), "{msg}");
     }
 
     #[test]
     fn pages_round_down_and_are_capped() {
         assert_eq!(bytes_to_pages(0).unwrap(), 0);
-        assert_eq!(bytes_to_pages(4095).unwrap(), 0);
+        assert_eq!(bytes_to_pages(4096).unwrap(), 1);
+        assert_eq!(bytes_to_pages(8191).unwrap(), 1);
+        let msg = bytes_to_pages(4095).unwrap_err().to_string();
+        assert!(msg.contains("below one 4 KiB"), "{msg}");
         assert_eq!(bytes_to_pages(256 << 20).unwrap(), 65536);
         assert!(bytes_to_pages(16 << 40).is_err());
     }

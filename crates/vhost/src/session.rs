@@ -63,7 +63,7 @@ fn serve_connection(
     backend: &Arc<BalloonBackend>,
     mem: Memory,
 ) -> Result<()> {
-    let mut daemon = VhostUserDaemon::new("prezero-balloon".into(), backend.clone(), mem)
+    let mut daemon = VhostUserDaemon::new("prezero-balloon".into(), backend.clone(), mem.clone())
         .map_err(|e| Error::Daemon(e.to_string()))?;
     let result = (|| {
         let handlers = daemon.get_epoll_handlers();
@@ -97,6 +97,7 @@ fn serve_connection(
             notifier: relay.notifier(),
             stats_kick,
             hang_up: Box::new(move || cutter.cut()),
+            mem,
         });
         shared.publish(Some(link.clone()));
         if shared.stopping() {

@@ -12,11 +12,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::notifier::Notification;
 
-/// The balloon as the host sees it.
+/// The balloon as the host sees it (`GET /balloon`): Firecracker's balloon configuration
+/// (`amount_mib`, `deflate_on_oom`, `stats_polling_interval_s`) and prezero's details.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonStatus {
+    /// The target in MiB, rounded down (Firecracker's field).
+    pub amount_mib: u64,
+    /// The device offers `DEFLATE_ON_OOM` (fixed when the daemon starts; Firecracker's field).
+    pub deflate_on_oom: bool,
+    /// Seconds between the daemon's requests for fresh statistics, 0 when off (Firecracker's
+    /// field).
+    pub stats_polling_interval_s: u64,
     /// A guest is connected.
     pub connected: bool,
+    /// Bytes of RAM the connected guest shared (`null`: no guest, or no memory table yet).
+    pub guest_ram_bytes: Option<u64>,
     /// The host's target (`num_pages`), in 4 KiB pages.
     pub target_pages: u32,
     /// The target in bytes.
@@ -72,6 +82,9 @@ pub struct TargetOutcome {
     pub changed: bool,
     /// What became of the config-change notification.
     pub notification: Notification,
+    /// Something the operator should know (the target could not be checked, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The latest guest statistics.
@@ -102,6 +115,59 @@ impl StatsReport {
     }
 }
 
+/// `GET /balloon/statistics` in Firecracker's shape: the balloon's target and actual size and
+/// each guest statistic as a top-level field under Firecracker's name (memory in bytes), plus
+/// prezero's [`StatsReport`] (sequence and age) as `stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStatistics {
+    /// Target, 4 KiB pages.
+    pub target_pages: u32,
+    /// Actual, 4 KiB pages.
+    pub actual_pages: u32,
+    /// Target, MiB (rounded down).
+    pub target_mib: u64,
+    /// Actual, MiB (rounded down).
+    pub actual_mib: u64,
+    /// Guest statistics by Firecracker's names (`swap_in`, `free_memory`, `oom_kill`, ...):
+    /// only those the guest sent.
+    #[serde(flatten)]
+    pub values: BTreeMap<String, u64>,
+    /// The same statistics under the virtio names, with their sequence number and age.
+    pub stats: StatsReport,
+}
+
+/// Firecracker's name for a statistic (its API says `oom_kill` where the virtio tag names
+/// say `oom_kills`, and so on for the counters Linux 6.x added).
+pub fn firecracker_stat_name(tag: &str) -> &str {
+    match tag {
+        "oom_kills" => "oom_kill",
+        "alloc_stalls" => "alloc_stall",
+        "async_scans" => "async_scan",
+        "direct_scans" => "direct_scan",
+        "async_reclaims" => "async_reclaim",
+        "direct_reclaims" => "direct_reclaim",
+        other => other,
+    }
+}
+
+impl BalloonStatistics {
+    /// Firecracker's view of `status` and `stats`.
+    pub fn new(status: &BalloonStatus, stats: StatsReport) -> Self {
+        BalloonStatistics {
+            target_pages: status.target_pages,
+            actual_pages: status.actual_pages,
+            target_mib: status.target_bytes >> 20,
+            actual_mib: status.actual_bytes >> 20,
+            values: stats
+                .values
+                .iter()
+                .map(|(k, v)| (firecracker_stat_name(k).to_string(), *v))
+                .collect(),
+            stats,
+        }
+    }
+}
+
 /// The result of asking the guest for fresh statistics.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsRequestOutcome {
@@ -111,6 +177,9 @@ pub struct StatsRequestOutcome {
     pub fresh: bool,
     /// The latest statistics (fresh or not), if any ever arrived.
     pub stats: Option<StatsReport>,
+    /// Why nothing was requested (no stats queue, no guest, ...), when nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 prezero_device::counters! {

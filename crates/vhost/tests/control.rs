@@ -36,9 +36,16 @@ fn raw_http_requests_like_curl_sends_them() {
     assert_eq!(json["notification"]["result"], "no_guest");
     assert_eq!(d.handle.status().target_bytes, 256 * MIB);
 
+    // No statistics: refused with the reason, as Firecracker refuses them when disabled.
     let (status, json) = raw(&d.control(), "GET /balloon/statistics HTTP/1.1\r\n\r\n");
-    assert_eq!(status, 200);
-    assert!(json["stats"].is_null());
+    assert_eq!(status, 400);
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no guest is connected"),
+        "{json}"
+    );
 
     let (status, json) = raw(&d.control(), "GET /nope HTTP/1.1\r\n\r\n");
     assert_eq!(status, 404);
@@ -103,14 +110,20 @@ fn every_client_request_gets_a_json_answer() {
         ControlRequest::Status,
         ControlRequest::SetTargetPages(10),
         ControlRequest::SetTargetBytes(8192),
-        ControlRequest::Stats,
         ControlRequest::RequestStats(None),
+        ControlRequest::SetStatsPollingInterval(3),
         ControlRequest::Metrics,
     ] {
         let v = control_request(d.control(), &r).unwrap();
         assert!(v.is_object(), "{r:?}: {v}");
     }
     assert_eq!(d.handle.status().target_pages, 2);
+    assert_eq!(d.handle.status().stats_polling_interval_s, 3);
+    let refused = control_request(d.control(), &ControlRequest::Stats).unwrap_err();
+    assert!(
+        matches!(refused, Error::ControlRefused { status: 400, .. }),
+        "{refused}"
+    );
     let m = control_request(d.control(), &ControlRequest::Metrics).unwrap();
     assert_eq!(m["daemon"]["stats_requests"], 1);
     assert!(m["device"]["errors"].is_object());

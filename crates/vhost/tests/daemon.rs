@@ -141,7 +141,7 @@ fn without_device_init_reported_the_used_length_is_zero_but_memory_is_discarded(
 fn config_space_and_config_change_notification_through_the_control_socket() {
     let d = Daemon::start("config", FeatureOffer::default());
     // Before any guest: nobody to notify, the next guest reads it at probe.
-    let early = d.handle.set_target_pages(100);
+    let early = d.handle.set_target_pages(100).unwrap();
     assert!(early.changed);
     assert_eq!(early.notification, Notification::NoGuest);
 
@@ -157,8 +157,8 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert_eq!(config, [100, 0, 0, 0, 0, 0, 0, 0]);
 
     // The operator sets a target: the guest is told through the backend request channel.
-    let reply = control_request(d.control(), &ControlRequest::SetTargetBytes(64 * MIB)).unwrap();
-    assert_eq!(reply["target_pages"], 16384);
+    let reply = control_request(d.control(), &ControlRequest::SetTargetBytes(8 * MIB)).unwrap();
+    assert_eq!(reply["target_pages"], 2048);
     assert_eq!(reply["changed"], true);
     assert_eq!(reply["notification"]["result"], "acked");
     // Acked means the frontend handled it already.
@@ -167,13 +167,19 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     assert!(events.config_changed);
     let mut num_pages = [0u8; 4];
     g.transport.read_config(0, &mut num_pages).unwrap();
-    assert_eq!(u32::from_le_bytes(num_pages), 16384);
+    assert_eq!(u32::from_le_bytes(num_pages), 2048);
 
     // The same target again: nothing to tell. A new one: told again (and only that one).
-    let same = control_request(d.control(), &ControlRequest::SetTargetPages(16384)).unwrap();
+    let same = control_request(d.control(), &ControlRequest::SetTargetPages(2048)).unwrap();
     assert_eq!(same["changed"], false);
     assert_eq!(same["notification"]["result"], "unchanged");
-    let next = d.handle.set_target_pages(20000);
+    // More than the guest's 16 MiB of RAM: refused with the limit, nothing sent.
+    let e = d.handle.set_target_pages(20000).unwrap_err().to_string();
+    assert!(e.contains("16 MiB of RAM"), "{e}");
+    let e = control_request(d.control(), &ControlRequest::SetTargetBytes(17 * MIB)).unwrap_err();
+    assert!(e.to_string().contains("at most 16 MiB"), "{e}");
+    assert_eq!(d.handle.status().target_pages, 2048);
+    let next = d.handle.set_target_pages(2000).unwrap();
     assert_eq!(next.notification, Notification::Acked);
     assert_eq!(g.transport.config_changes(), 2);
 
@@ -185,7 +191,7 @@ fn config_space_and_config_change_notification_through_the_control_socket() {
     g.transport.write_config(0, &[0; 4]).unwrap();
     let status = control_request(d.control(), &ControlRequest::Status).unwrap();
     assert_eq!(status["actual_pages"], 20000);
-    assert_eq!(status["target_pages"], 20000);
+    assert_eq!(status["target_pages"], 2000);
     assert_eq!(status["actual_bytes"], 20000u64 * 4096);
     g.transport.read_config(0, &mut config).unwrap();
     assert_eq!(&config[4..], &20000u32.to_le_bytes());
@@ -305,7 +311,7 @@ fn report_once(g: &mut Guest, q: u16, gpa: u64) {
 #[test]
 fn a_new_guest_is_served_after_the_previous_one_left_or_dropped_mid_request() {
     let d = Daemon::start("reconnect", FeatureOffer::default());
-    d.handle.set_target_pages(4242);
+    d.handle.set_target_pages(4242).unwrap();
     let features = bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]);
 
     let mut a = Guest::connect(&d.socket(), ram(16 * MIB), features, 3);
@@ -760,7 +766,7 @@ fn a_qemu_like_frontend_sets_up_five_queues_and_writes_the_whole_config() {
     }
 
     // The guest writes `actual`; QEMU sends all 8 bytes, num_pages as the guest read it.
-    d.handle.set_target_pages(300);
+    d.handle.set_target_pages(300).unwrap();
     let mut image = [0u8; 8];
     image[..4].copy_from_slice(&300u32.to_le_bytes());
     image[4..].copy_from_slice(&256u32.to_le_bytes());

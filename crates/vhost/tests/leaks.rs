@@ -39,7 +39,7 @@ fn cycle(d: &Daemon, i: u64, drop_mid_request: bool) {
     dirty(&g.ram, 4 * MIB, 2 * MIB);
     g.submit(3, &[Buffer::writable(4 * MIB, 2 * MIB as u32)], i);
     // A config change too, so the backend request channel is exercised.
-    d.handle.set_target_pages(i as u32 + 1);
+    d.handle.set_target_pages(i as u32 + 1).unwrap();
     if !drop_mid_request {
         let used = g.collect(3, 1);
         assert_eq!(used[0].len, 2 * MIB as u32);
