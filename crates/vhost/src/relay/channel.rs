@@ -80,7 +80,10 @@ impl BackendChannel {
     /// Sends a notification that was held back; a new change arriving meanwhile is sent once.
     pub(crate) fn send_pending(&self, timeout: Duration) -> Notification {
         let n = self.notify_config_change(timeout);
-        tracing::info!(?n, "held-back config change sent: the frontend runs the device again");
+        tracing::info!(
+            ?n,
+            "held-back config change sent: the frontend runs the device again"
+        );
         n
     }
 
@@ -304,7 +307,10 @@ mod tests {
             slot.notify_config_change(Duration::from_secs(7)),
             Notification::Pending
         );
-        assert_eq!(slot.notify_config_change(Duration::from_secs(9)), Notification::Pending);
+        assert_eq!(
+            slot.notify_config_change(Duration::from_secs(9)),
+            Notification::Pending
+        );
         let mut byte = [0u8; 1];
         assert_eq!(
             frontend.read(&mut byte).unwrap_err().kind(),
@@ -314,7 +320,10 @@ mod tests {
         // Running again: one notification, with the latest timeout, then nothing held.
         assert_eq!(slot.set_running(true), Some(Duration::from_secs(9)));
         assert_eq!(slot.set_running(true), None);
-        assert_eq!(slot.send_pending(Duration::from_secs(1)), Notification::Sent);
+        assert_eq!(
+            slot.send_pending(Duration::from_secs(1)),
+            Notification::Sent
+        );
         frontend.set_nonblocking(false).unwrap();
         assert_eq!(read_header(&mut frontend), (2, 0x1, 0));
     }

@@ -22,8 +22,7 @@
 use std::mem::size_of;
 
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfig, VhostUserConfigFlags, VhostUserHeaderFlag,
-    VHOST_USER_CONFIG_SIZE,
+    FrontendReq, VhostUserConfig, VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_CONFIG_SIZE,
 };
 
 use super::message::{header, Message};
@@ -136,11 +135,11 @@ mod tests {
     #[test]
     fn reads_vhost_refuses_get_a_size_0_reply() {
         for (offset, size, data) in [
-            (0xffe, 4, 4),           // past the end
-            (u32::MAX, 4, 4),        // overflowing
-            (0, 0, 0),               // zero
-            (0, 0x1000, 0x1000),     // a message over 4 KiB
-            (0, 8, 4),               // a size that lies
+            (0xffe, 4, 4),       // past the end
+            (u32::MAX, 4, 4),    // overflowing
+            (0, 0, 0),           // zero
+            (0, 0x1000, 0x1000), // a message over 4 KiB
+            (0, 8, 4),           // a size that lies
         ] {
             let m = config(FrontendReq::GET_CONFIG, offset, size, data, 0x1);
             let Screened::Answer(a) = screen(&m, false) else {
@@ -150,7 +149,11 @@ mod tests {
             assert!(a.is_reply());
             assert_eq!(a.payload.len(), 12);
             assert_eq!(&a.payload[0..4], &offset.to_le_bytes());
-            assert_eq!(&a.payload[4..8], &0u32.to_le_bytes(), "size 0 means failure");
+            assert_eq!(
+                &a.payload[4..8],
+                &0u32.to_le_bytes(),
+                "size 0 means failure"
+            );
         }
     }
 
@@ -160,8 +163,14 @@ mod tests {
         let Screened::Answer(a) = screen(&m, true) else {
             panic!("not answered")
         };
-        assert_eq!((a.is_reply(), a.payload.as_slice()), (true, &1u64.to_le_bytes()[..]));
-        assert!(matches!(screen(&m, false), Screened::Drop), "nothing to send");
+        assert_eq!(
+            (a.is_reply(), a.payload.as_slice()),
+            (true, &1u64.to_le_bytes()[..])
+        );
+        assert!(
+            matches!(screen(&m, false), Screened::Drop),
+            "nothing to send"
+        );
         let m = config(FrontendReq::SET_CONFIG, 0, 4, 4, 0x1);
         let short = Message {
             header: m.header,

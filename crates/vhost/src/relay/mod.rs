@@ -324,7 +324,12 @@ impl Inbound {
     /// One frontend request: answered here (a config access vhost would refuse), or told to
     /// the hooks, forwarded (trimmed if padded) and followed by what the daemon needs to
     /// watch a replaced kick fd. Returns the messages sent to the daemon.
-    fn relay(&mut self, mut msg: Message, front: &UnixStream, back: &UnixStream) -> io::Result<u64> {
+    fn relay(
+        &mut self,
+        mut msg: Message,
+        front: &UnixStream,
+        back: &UnixStream,
+    ) -> io::Result<u64> {
         match screen(&msg, self.channel.reply_ack()) {
             Screened::Forward => {}
             Screened::Answer(reply) => {
@@ -589,8 +594,18 @@ mod tests {
             Notification::Pending
         );
         let (kick, _kick_peer) = socket_pair();
-        send(&r.frontend, header(SET_FEATURES, 0x1, 8), &(1u64 << 32).to_le_bytes(), &[]);
-        send(&r.frontend, header(SET_VRING_KICK, 0x1, 8), &0u64.to_le_bytes(), &[&kick]);
+        send(
+            &r.frontend,
+            header(SET_FEATURES, 0x1, 8),
+            &(1u64 << 32).to_le_bytes(),
+            &[],
+        );
+        send(
+            &r.frontend,
+            header(SET_VRING_KICK, 0x1, 8),
+            &0u64.to_le_bytes(),
+            &[&kick],
+        );
         assert_eq!(recv(&r.daemon).request(), SET_FEATURES);
         assert_eq!(recv(&r.daemon).request(), SET_VRING_KICK);
         // The held-back change goes out first, unasked for by anyone waiting.

@@ -129,7 +129,12 @@ impl Rings {
 
     /// Whether the frontend runs the device: a ring started and enabled.
     pub(crate) fn running(&self) -> bool {
-        self.features.is_some() && self.started.iter().zip(&self.enabled).any(|(&s, &e)| s && e)
+        self.features.is_some()
+            && self
+                .started
+                .iter()
+                .zip(&self.enabled)
+                .any(|(&s, &e)| s && e)
     }
 
     fn reset(&mut self) {
@@ -144,7 +149,10 @@ impl Rings {
             return Vec::new();
         };
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-            tracing::debug!(queue, "kick fd of a started ring replaced: SET_FEATURES again");
+            tracing::debug!(
+                queue,
+                "kick fd of a started ring replaced: SET_FEATURES again"
+            );
             vec![Message {
                 header: header(u32::from(FrontendReq::SET_FEATURES), VERSION_1, 8),
                 payload: features.to_le_bytes().to_vec(),
@@ -210,8 +218,15 @@ mod tests {
     fn a_second_kick_fd_without_bit_30_resends_the_features() {
         let mut r = Rings::default();
         let features = 1u64 << 32;
-        r.after(&msg(FrontendReq::SET_FEATURES, features.to_le_bytes().to_vec(), 0));
-        assert!(kick(&mut r, 2).is_empty(), "the first kick fd is the library's job");
+        r.after(&msg(
+            FrontendReq::SET_FEATURES,
+            features.to_le_bytes().to_vec(),
+            0,
+        ));
+        assert!(
+            kick(&mut r, 2).is_empty(),
+            "the first kick fd is the library's job"
+        );
         assert!(r.running());
         let injected = kick(&mut r, 2);
         assert_eq!(injected.len(), 1);
@@ -227,10 +242,17 @@ mod tests {
     fn with_bit_30_an_enabled_ring_is_re_enabled_and_a_disabled_one_left() {
         let mut r = Rings::default();
         let features = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        r.after(&msg(FrontendReq::SET_FEATURES, features.to_le_bytes().to_vec(), 0));
+        r.after(&msg(
+            FrontendReq::SET_FEATURES,
+            features.to_le_bytes().to_vec(),
+            0,
+        ));
         kick(&mut r, 0);
         assert!(!r.running(), "started but not enabled");
-        assert!(kick(&mut r, 0).is_empty(), "a disabled ring waits for its ENABLE");
+        assert!(
+            kick(&mut r, 0).is_empty(),
+            "a disabled ring waits for its ENABLE"
+        );
         r.after(&msg(FrontendReq::SET_VRING_ENABLE, pair(0, 1), 0));
         assert!(r.running());
         let injected = kick(&mut r, 0);
@@ -254,7 +276,10 @@ mod tests {
             Some(RingEvent::ResetOwner)
         );
         // Malformed: no event, no panic.
-        assert_eq!(r.before(&msg(FrontendReq::SET_VRING_BASE, vec![1], 0)), None);
+        assert_eq!(
+            r.before(&msg(FrontendReq::SET_VRING_BASE, vec![1], 0)),
+            None
+        );
         assert!(kick(&mut r, 0x1ff).is_empty(), "NOFD");
     }
 }
