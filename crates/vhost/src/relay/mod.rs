@@ -89,7 +89,8 @@ pub use message::MAX_PAYLOAD;
 
 use config_access::{screen, Screened};
 use mem_table::trim_padded_mem_table;
-use message::{read_message, write_message, Message};
+pub(crate) use message::read_message;
+use message::{write_message, Message};
 use rings::{RingEvent, Rings};
 
 /// Which way a relay thread copies.
@@ -108,6 +109,8 @@ pub struct RelayCounts {
     pub to_backend: u64,
     /// Daemon -> frontend.
     pub to_frontend: u64,
+    /// A relay thread panicked (a bug: the fuzz harness checks it).
+    pub panicked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -229,11 +232,15 @@ impl Relay {
     /// Waits for both threads to stop (they do once either side closed, or after
     /// [`cut`](Relay::cut)); returns how many messages went each way.
     pub fn join(mut self) -> RelayCounts {
+        let mut panicked = false;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            panicked |= t.join().is_err();
         }
         self.join_senders();
-        self.counts()
+        RelayCounts {
+            panicked,
+            ..self.counts()
+        }
     }
 
     /// Held-back config changes end within their timeout (or at once: the sockets are shut).
@@ -248,6 +255,7 @@ impl Relay {
         RelayCounts {
             to_backend: self.counters.to_backend.load(Ordering::Relaxed),
             to_frontend: self.counters.to_frontend.load(Ordering::Relaxed),
+            panicked: false,
         }
     }
 }
@@ -526,7 +534,8 @@ mod tests {
             r.relay.join(),
             RelayCounts {
                 to_backend: 1,
-                to_frontend: 1
+                to_frontend: 1,
+                panicked: false,
             }
         );
     }
