@@ -13,7 +13,7 @@
 //! Lock order where both are taken: device, then vring.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,25 +24,30 @@ use prezero_device::{BalloonDevice, DeviceOptions, HostDiscard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit_pipe::{self, LeakedConsumer};
+use crate::relay::RingHooks;
 
 /// The device type the daemon serves.
 pub(crate) type Device = BalloonDevice<HostDiscard<()>>;
 /// Guest memory as `vhost-user-backend` maps it.
 pub(crate) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
-/// Protocol features offered: what `virtio_uml` and QEMU use for a balloon. Not
-/// `INBAND_NOTIFICATIONS` (UML's time-travel mode only).
+/// Protocol features offered: what `virtio_uml` and QEMU use for a balloon, and
+/// `RESET_DEVICE` (QEMU resets a vhost-user device with it instead of the older `RESET_OWNER`).
+/// Not `INBAND_NOTIFICATIONS` (UML's time-travel mode only), not `STATUS`
+/// (`vhost-user-backend` 0.24 does not handle `SET_STATUS`).
 pub(crate) fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::BACKEND_REQ
         | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
 /// The device and what is shared about it across connections and with the host API.
@@ -122,6 +127,17 @@ impl SharedDevice {
         }
     }
 
+    /// A driver re-initialised the device without a reset message (see [`Incarnations`]):
+    /// its guest-visible state (config fields the driver writes, the held stats buffer) is a
+    /// fresh device's, the features it acked for this incarnation stay, counters stay.
+    fn reinitialise(&self) {
+        self.with_device(|d| {
+            let features = d.negotiated_features();
+            d.reset();
+            d.ack_features(features.bits());
+        });
+    }
+
     /// Records that the stats queue was processed; wakes waiters if new stats arrived.
     fn stats_processed(&self, dev: &Device) {
         let seq = dev.latest_stats().map_or(0, |s| s.sequence);
@@ -156,10 +172,72 @@ impl SharedDevice {
     }
 }
 
+/// Where each ring of one connection left off, to tell a ring set up again for a new driver
+/// from one resumed: the relay's [`RingHooks`].
+///
+/// A ring set up from available index 0 after the device took buffers from it (its next
+/// available index was not 0) is a new incarnation: the driver was reloaded or the guest
+/// rebooted without the connection ending, and nothing it made available before will be
+/// looked at again. QEMU sends `SET_FEATURES` and the rings' saved bases on every `cont`
+/// after a `stop`, so neither a repeated `SET_FEATURES` nor a ring restart alone can be taken
+/// for a re-initialisation; a base going back to 0 can. (A ring paused exactly when its index
+/// wrapped to 0 after 65,536 buffers resumes at 0 too, and is taken for resumed: nothing is
+/// reset then; a reboot at that instant keeps the previous boot's state, which the next
+/// `RESET_DEVICE` or reconnect clears.)
+#[derive(Debug)]
+pub(crate) struct Incarnations {
+    shared: Arc<SharedDevice>,
+    next_avail: [AtomicU16; MAX_QUEUES],
+}
+
+impl Incarnations {
+    pub(crate) fn new(shared: Arc<SharedDevice>) -> Self {
+        Incarnations {
+            shared,
+            next_avail: Default::default(),
+        }
+    }
+
+    fn processed(&self, index: usize, next_avail: u16) {
+        if let Some(a) = self.next_avail.get(index) {
+            a.store(next_avail, Ordering::Relaxed);
+        }
+    }
+
+    fn forget(&self) {
+        for a in &self.next_avail {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl RingHooks for Incarnations {
+    fn ring_base(&self, queue: u32, base: u32) {
+        let Some(left) = self.next_avail.get(queue as usize) else {
+            return;
+        };
+        if base == 0 && left.load(Ordering::Relaxed) != 0 {
+            tracing::info!(
+                queue,
+                "a ring set up again from index 0: a new driver, the device is re-initialised"
+            );
+            self.shared.reinitialise();
+            self.forget();
+        }
+    }
+
+    fn reset_owner(&self) {
+        tracing::info!("RESET_OWNER: the device is reset");
+        self.shared.with_device(|d| d.reset());
+        self.forget();
+    }
+}
+
 /// The `vhost-user-backend` backend of one frontend connection.
 #[derive(Debug)]
 pub(crate) struct BalloonBackend {
     shared: Arc<SharedDevice>,
+    incarnations: Arc<Incarnations>,
     mem: Memory,
     /// Written by the host API to make the worker hand the stats buffer back.
     stats_event: EventFd,
@@ -183,6 +261,7 @@ impl BalloonBackend {
         gone: Sender<()>,
     ) -> io::Result<Self> {
         Ok(BalloonBackend {
+            incarnations: Arc::new(Incarnations::new(shared.clone())),
             shared,
             mem,
             stats_event: EventFd::new(EFD_NONBLOCK)?,
@@ -190,6 +269,11 @@ impl BalloonBackend {
             warned: Default::default(),
             _gone: gone,
         })
+    }
+
+    /// What the relay tells about ring restarts ([`Incarnations`]).
+    pub(crate) fn incarnations(&self) -> Arc<Incarnations> {
+        self.incarnations.clone()
     }
 
     /// The event the host API writes to request fresh stats.
@@ -202,7 +286,10 @@ impl BalloonBackend {
         let result = self.shared.with_device_queues(|dev| {
             let result = {
                 let mut state = vring.get_mut();
-                dev.process_queue(index, state.get_queue_mut(), &*mem)
+                let result = dev.process_queue(index, state.get_queue_mut(), &*mem);
+                self.incarnations
+                    .processed(index, state.get_queue().next_avail());
+                result
             };
             if dev.queue_role(index) == Some(QueueRole::Stats) {
                 self.shared.stats_processed(dev);
@@ -304,7 +391,9 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn reset_device(&self) {
+        // RESET_DEVICE (the library has disabled every ring).
         self.shared.with_device(|d| d.reset());
+        self.incarnations.forget();
     }
 
     fn set_event_idx(&self, _enabled: bool) {

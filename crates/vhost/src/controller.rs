@@ -244,7 +244,10 @@ impl Controller {
                         _ => {}
                     }
                     match &n {
-                        Notification::Acked | Notification::Sent | Notification::NoChannel => {
+                        Notification::Acked
+                        | Notification::Sent
+                        | Notification::NoChannel
+                        | Notification::Pending => {
                             tracing::debug!(?n, "config change notification")
                         }
                         _ => tracing::warn!(?n, "config change notification not acknowledged"),

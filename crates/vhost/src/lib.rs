@@ -92,6 +92,8 @@ mod controller;
 mod daemon;
 pub mod error;
 mod exit_pipe;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 pub mod notifier;
 pub mod options;

@@ -38,6 +38,11 @@ pub enum Notification {
     Acked,
     /// Sent; the frontend did not negotiate `REPLY_ACK`, so there is no ack to wait for.
     Sent,
+    /// The frontend is not running the device (no ring started and enabled: a VMM before its
+    /// first `cont`, a paused VM, a device the guest removed). The change is recorded and sent
+    /// when the frontend starts a ring again: QEMU 11 crashes on a config change that arrives
+    /// while it is not running the device (`docs/upstream/qemu-config-change-while-stopped.md`).
+    Pending,
     /// The target did not change: nothing to tell.
     Unchanged,
     /// No guest is connected; the next one reads the target at probe.

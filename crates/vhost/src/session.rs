@@ -89,7 +89,9 @@ fn serve_connection(
             .start(&mut Listener::from(listener))
             .map_err(|e| Error::Daemon(e.to_string()))?;
 
-        let relay = Relay::start(front, back).map_err(Error::io("starting the relay threads"))?;
+        let hooks: Arc<dyn relay::RingHooks> = backend.incarnations();
+        let relay = Relay::start_with(front, back, Some(hooks))
+            .map_err(Error::io("starting the relay threads"))?;
         let cutter = relay
             .cutter()
             .map_err(Error::io("duplicating the relay sockets"))?;

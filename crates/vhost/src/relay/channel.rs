@@ -11,6 +11,12 @@
 //! `REPLY_ACK` was negotiated, `size = 0`. The ack is a reply header (`flags & 0x4`) with an
 //! 8-byte payload, 0 meaning success. An ack that comes after the timeout is discarded before
 //! the next message, so acks never get out of step with messages.
+//!
+//! While the frontend is not running the device (no ring started and enabled, followed by the
+//! relay), nothing is sent: the notification is [`Notification::Pending`] and goes out, on a
+//! thread of its own, when a ring starts again ([`BackendChannel::set_running`]). QEMU 11
+//! closes the channel and crashes when a config change arrives while the VM is in prelaunch,
+//! paused, or the device was unplugged (`docs/upstream/qemu-config-change-while-stopped.md`).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,6 +40,15 @@ pub struct BackendChannel {
     /// Non-blocking: every wait is bounded by a deadline.
     socket: Mutex<Option<UnixStream>>,
     reply_ack: AtomicBool,
+    run: Mutex<RunState>,
+}
+
+/// Whether the frontend runs the device, and a notification held back until it does.
+#[derive(Debug, Default)]
+struct RunState {
+    running: bool,
+    /// The timeout of the held-back notification.
+    pending: Option<Duration>,
 }
 
 impl BackendChannel {
@@ -47,6 +62,29 @@ impl BackendChannel {
     /// The frontend set its protocol features: whether it acks backend requests.
     pub(crate) fn set_reply_ack(&self, on: bool) {
         self.reply_ack.store(on, Ordering::SeqCst);
+    }
+
+    /// The relay saw the frontend start (`true`) or stop running the device. Returns the
+    /// timeout of a notification held back while it was not, which the caller must now send
+    /// ([`send_pending`](Self::send_pending), off the relay's threads).
+    pub(crate) fn set_running(&self, running: bool) -> Option<Duration> {
+        let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+        let was = std::mem::replace(&mut run.running, running);
+        if running && !was {
+            run.pending.take()
+        } else {
+            None
+        }
+    }
+
+    /// Sends a notification that was held back; a new change arriving meanwhile is sent once.
+    pub(crate) fn send_pending(&self, timeout: Duration) -> Notification {
+        let n = self.notify_config_change(timeout);
+        tracing::info!(
+            ?n,
+            "held-back config change sent: the frontend runs the device again"
+        );
+        n
     }
 
     /// Writes `bytes` as they are on the channel, for tests of a frontend's handling of a
@@ -71,6 +109,13 @@ impl ConfigNotifier for BackendChannel {
         let Some(socket) = guard.as_ref() else {
             return Notification::NoChannel;
         };
+        {
+            let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
+            if !run.running {
+                run.pending = Some(timeout);
+                return Notification::Pending;
+            }
+        }
         match send_config_change(socket, self.reply_ack(), timeout) {
             Ok(n) => n,
             Err(e) => Notification::Failed(e.to_string()),
@@ -190,6 +235,7 @@ mod tests {
         let (ours, frontend) = UnixStream::pair().unwrap();
         let slot = BackendChannel::default();
         slot.install(ours).unwrap();
+        assert_eq!(slot.set_running(true), None);
         (slot, frontend)
     }
 
@@ -250,6 +296,36 @@ mod tests {
             slot.notify_config_change(Duration::from_secs(30)),
             Notification::Failed(_)
         ));
+    }
+
+    #[test]
+    fn while_the_device_is_not_running_the_change_is_held_back() {
+        let (slot, mut frontend) = slot();
+        slot.set_running(false);
+        frontend.set_nonblocking(true).unwrap();
+        assert_eq!(
+            slot.notify_config_change(Duration::from_secs(7)),
+            Notification::Pending
+        );
+        assert_eq!(
+            slot.notify_config_change(Duration::from_secs(9)),
+            Notification::Pending
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            frontend.read(&mut byte).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing sent while stopped"
+        );
+        // Running again: one notification, with the latest timeout, then nothing held.
+        assert_eq!(slot.set_running(true), Some(Duration::from_secs(9)));
+        assert_eq!(slot.set_running(true), None);
+        assert_eq!(
+            slot.send_pending(Duration::from_secs(1)),
+            Notification::Sent
+        );
+        frontend.set_nonblocking(false).unwrap();
+        assert_eq!(read_header(&mut frontend), (2, 0x1, 0));
     }
 
     #[test]

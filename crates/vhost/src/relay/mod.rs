@@ -64,25 +64,34 @@
 //! - The relay does not check the protocol itself; `vhost-user-backend` does.
 
 pub mod channel;
+mod config_access;
+pub mod hooks;
 mod mem_table;
 mod message;
+mod rings;
 
 use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
+
+use crate::notifier::ConfigNotifier;
 use vmm_sys_util::tempdir::TempDir;
 
 pub use channel::BackendChannel;
+pub use hooks::RingHooks;
 pub use message::MAX_PAYLOAD;
 
+use config_access::{screen, Screened};
 use mem_table::trim_padded_mem_table;
-use message::{read_message, write_message, Message};
+pub(crate) use message::read_message;
+use message::{write_message, Message};
+use rings::{RingEvent, Rings};
 
 /// Which way a relay thread copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +109,8 @@ pub struct RelayCounts {
     pub to_backend: u64,
     /// Daemon -> frontend.
     pub to_frontend: u64,
+    /// A relay thread panicked (a bug: the fuzz harness checks it).
+    pub panicked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +129,19 @@ pub struct Relay {
     threads: Vec<JoinHandle<()>>,
     channel: Arc<BackendChannel>,
     counters: Arc<Counters>,
+    /// Threads sending a held-back config change (`channel.rs`).
+    senders: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// What the inbound thread needs besides its two sockets.
+struct Inbound {
+    channel: Arc<BackendChannel>,
+    hooks: Option<Arc<dyn RingHooks>>,
+    rings: Rings,
+    /// Serialises writes to the frontend with the outbound thread (the relay answers some
+    /// config requests itself).
+    front_lock: Arc<Mutex<()>>,
+    senders: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Relay {
@@ -126,18 +150,46 @@ impl Relay {
     ///
     /// Errors: duplicating the sockets or spawning a thread failed (nothing keeps running).
     pub fn start(front: UnixStream, back: UnixStream) -> io::Result<Relay> {
+        Self::start_with(front, back, None)
+    }
+
+    /// [`start`](Self::start), telling `hooks` about the ring messages the device behind the
+    /// daemon must see ([`RingHooks`]).
+    pub fn start_with(
+        front: UnixStream,
+        back: UnixStream,
+        hooks: Option<Arc<dyn RingHooks>>,
+    ) -> io::Result<Relay> {
         let channel = Arc::new(BackendChannel::default());
         let counters = Arc::new(Counters::default());
+        let senders = Arc::new(Mutex::new(Vec::new()));
+        let front_lock = Arc::new(Mutex::new(()));
         let keep = (front.try_clone()?, back.try_clone()?);
         let (front2, back2) = (front.try_clone()?, back.try_clone()?);
-        let (ch, c1) = (channel.clone(), counters.clone());
+        let mut inbound_state = Inbound {
+            channel: channel.clone(),
+            hooks,
+            rings: Rings::default(),
+            front_lock: front_lock.clone(),
+            senders: senders.clone(),
+        };
+        let c1 = counters.clone();
         let inbound = std::thread::Builder::new()
             .name("vhost-relay-in".into())
-            .spawn(move || pump(&front, &back, Direction::ToBackend, Some(&ch), &c1))?;
+            .spawn(move || {
+                pump(&front, &back, Direction::ToBackend, &c1, |msg, from, to| {
+                    inbound_state.relay(msg, from, to)
+                })
+            })?;
         let c2 = counters.clone();
         let outbound = std::thread::Builder::new()
             .name("vhost-relay-out".into())
-            .spawn(move || pump(&back2, &front2, Direction::ToFrontend, None, &c2));
+            .spawn(move || {
+                pump(&back2, &front2, Direction::ToFrontend, &c2, |msg, _, to| {
+                    let _serial = front_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    write_message(to, &msg).map(|()| 1)
+                })
+            });
         let outbound = match outbound {
             Ok(t) => t,
             Err(e) => {
@@ -153,6 +205,7 @@ impl Relay {
             threads: vec![inbound, outbound],
             channel,
             counters,
+            senders,
         })
     }
 
@@ -179,16 +232,30 @@ impl Relay {
     /// Waits for both threads to stop (they do once either side closed, or after
     /// [`cut`](Relay::cut)); returns how many messages went each way.
     pub fn join(mut self) -> RelayCounts {
+        let mut panicked = false;
         for t in self.threads.drain(..) {
+            panicked |= t.join().is_err();
+        }
+        self.join_senders();
+        RelayCounts {
+            panicked,
+            ..self.counts()
+        }
+    }
+
+    /// Held-back config changes end within their timeout (or at once: the sockets are shut).
+    fn join_senders(&self) {
+        let senders = std::mem::take(&mut *self.senders.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in senders {
             let _ = t.join();
         }
-        self.counts()
     }
 
     fn counts(&self) -> RelayCounts {
         RelayCounts {
             to_backend: self.counters.to_backend.load(Ordering::Relaxed),
             to_frontend: self.counters.to_frontend.load(Ordering::Relaxed),
+            panicked: false,
         }
     }
 }
@@ -201,6 +268,7 @@ impl Drop for Relay {
                 let _ = t.join();
             }
         }
+        self.join_senders();
     }
 }
 
@@ -224,16 +292,17 @@ fn shut(socket: &UnixStream) {
     let _ = socket.shutdown(Shutdown::Both);
 }
 
-/// Copies messages `from` -> `to` until either breaks; then shuts both down.
+/// Copies messages `from` -> `to` until either breaks; then shuts both down. `relay`
+/// handles one message and says how many it sent on.
 fn pump(
     from: &UnixStream,
     to: &UnixStream,
     direction: Direction,
-    channel: Option<&BackendChannel>,
     counters: &Counters,
+    mut relay: impl FnMut(Message, &UnixStream, &UnixStream) -> io::Result<u64>,
 ) {
     let result = (|| -> io::Result<()> {
-        while let Some(mut msg) = read_message(from)? {
+        while let Some(msg) = read_message(from)? {
             tracing::trace!(
                 ?direction,
                 request = msg.request(),
@@ -242,16 +311,12 @@ fn pump(
                 fds = msg.fds.len(),
                 "vhost-user message"
             );
-            if let Some(channel) = channel {
-                observe(&msg, channel);
-                trim_padded_mem_table(&mut msg);
-            }
-            write_message(to, &msg)?;
+            let sent = relay(msg, from, to)?;
             let counter = match direction {
                 Direction::ToBackend => &counters.to_backend,
                 Direction::ToFrontend => &counters.to_frontend,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.fetch_add(sent, Ordering::Relaxed);
         }
         Ok(())
     })();
@@ -261,6 +326,72 @@ fn pump(
     }
     shut(from);
     shut(to);
+}
+
+impl Inbound {
+    /// One frontend request: answered here (a config access vhost would refuse), or told to
+    /// the hooks, forwarded (trimmed if padded) and followed by what the daemon needs to
+    /// watch a replaced kick fd. Returns the messages sent to the daemon.
+    fn relay(
+        &mut self,
+        mut msg: Message,
+        front: &UnixStream,
+        back: &UnixStream,
+    ) -> io::Result<u64> {
+        match screen(&msg, self.channel.reply_ack()) {
+            Screened::Forward => {}
+            Screened::Answer(reply) => {
+                let _serial = self.front_lock.lock().unwrap_or_else(|p| p.into_inner());
+                write_message(front, &reply)?;
+                return Ok(0);
+            }
+            Screened::Drop => return Ok(0),
+        }
+        observe(&msg, &self.channel);
+        if !msg.is_reply() {
+            match (self.rings.before(&msg), &self.hooks) {
+                (Some(RingEvent::Base { queue, base }), Some(h)) => h.ring_base(queue, base),
+                (Some(RingEvent::ResetOwner), Some(h)) => h.reset_owner(),
+                _ => {}
+            }
+        }
+        // Stopped before the daemon sees the stop: a change set meanwhile is held back.
+        self.running_changed();
+        trim_padded_mem_table(&mut msg);
+        write_message(back, &msg)?;
+        let mut sent = 1;
+        if !msg.is_reply() {
+            for extra in self.rings.after(&msg) {
+                write_message(back, &extra)?;
+                sent += 1;
+            }
+        }
+        self.running_changed();
+        Ok(sent)
+    }
+
+    /// Tells the channel whether the frontend runs the device; sends a held-back config
+    /// change on a thread of its own when it starts to (its ack may take the frontend a
+    /// while, and the relay must keep forwarding meanwhile).
+    fn running_changed(&self) {
+        let Some(timeout) = self.channel.set_running(self.rings.running()) else {
+            return;
+        };
+        let channel = self.channel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vhost-relay-notify".into())
+            .spawn(move || {
+                channel.send_pending(timeout);
+            });
+        match spawned {
+            Ok(t) => {
+                let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+                senders.retain(|t| !t.is_finished());
+                senders.push(t);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot send the held-back config change"),
+        }
+    }
 }
 
 /// Looks at a frontend request on its way to the daemon.
@@ -328,6 +459,8 @@ mod tests {
     const SET_MEM_TABLE: u32 = 5;
     const SET_PROTOCOL_FEATURES: u32 = 16;
     const SET_BACKEND_REQ_FD: u32 = 21;
+    const SET_FEATURES: u32 = 2;
+    const SET_VRING_KICK: u32 = 12;
 
     struct Rig {
         frontend: UnixStream,
@@ -401,7 +534,8 @@ mod tests {
             r.relay.join(),
             RelayCounts {
                 to_backend: 1,
-                to_frontend: 1
+                to_frontend: 1,
+                panicked: false,
             }
         );
     }
@@ -413,7 +547,8 @@ mod tests {
         // the relay must assemble it from many reads.
         let size = 600 * 1024;
         let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let h = header(24, 0x1, size as u32);
+        // (Not a config request: those the relay screens, see config_access.rs.)
+        let h = header(99, 0x1, size as u32);
         let mut writer = r.frontend.try_clone().unwrap();
         let sent = payload.clone();
         let t = std::thread::spawn(move || {
@@ -426,7 +561,7 @@ mod tests {
             writer.write_all(&header(1, 0x1, 0)).unwrap();
         });
         let m = recv(&r.daemon);
-        assert_eq!(m.request(), 24);
+        assert_eq!(m.request(), 99);
         assert!(m.payload == payload, "payload corrupted");
         assert_eq!(recv(&r.daemon).request(), 1);
         t.join().unwrap();
@@ -462,6 +597,32 @@ mod tests {
         );
         drop(m); // the daemon's copy goes away: the relay's own must keep the channel open
         assert!(notifier.has_channel() && notifier.reply_ack());
+        // Nothing is sent before the frontend runs the device (channel.rs).
+        assert_eq!(
+            notifier.notify_config_change(Duration::from_secs(30)),
+            Notification::Pending
+        );
+        let (kick, _kick_peer) = socket_pair();
+        send(
+            &r.frontend,
+            header(SET_FEATURES, 0x1, 8),
+            &(1u64 << 32).to_le_bytes(),
+            &[],
+        );
+        send(
+            &r.frontend,
+            header(SET_VRING_KICK, 0x1, 8),
+            &0u64.to_le_bytes(),
+            &[&kick],
+        );
+        assert_eq!(recv(&r.daemon).request(), SET_FEATURES);
+        assert_eq!(recv(&r.daemon).request(), SET_VRING_KICK);
+        // The held-back change goes out first, unasked for by anyone waiting.
+        let m = recv(&channel_frontend);
+        assert_eq!((m.request(), m.flags(), m.payload.len()), (2, 0x9, 0));
+        let mut ack = header(2, 0x5, 8).to_vec();
+        ack.extend_from_slice(&0u64.to_le_bytes());
+        (&channel_frontend).write_all(&ack).unwrap();
 
         let front = std::thread::spawn(move || {
             let m = recv(&channel_frontend);

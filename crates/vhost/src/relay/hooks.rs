@@ -1,0 +1,20 @@
+//! What the device behind the relay must see of the frontend's ring messages, in order.
+//!
+//! `vhost-user-backend` 0.24 passes its backend neither `SET_VRING_BASE` nor `RESET_OWNER`,
+//! yet both decide the device's guest-visible state: a ring set up again from available index
+//! 0 after the device had taken buffers from it is a new driver's ring (a reboot or driver
+//! reload without a disconnect), and `RESET_OWNER` is the older form of a device reset. The
+//! relay sees every message, so it calls these hooks before forwarding each one; the daemon
+//! has processed everything before it by the time it processes that message, and the device's
+//! state changes before any later message is handled.
+
+use std::fmt::Debug;
+
+/// Called by the relay's inbound thread before the message is forwarded.
+pub trait RingHooks: Debug + Send + Sync {
+    /// `SET_VRING_BASE`: ring `queue` (re)starts at available index `base`.
+    fn ring_base(&self, queue: u32, base: u32);
+
+    /// `RESET_OWNER`: the frontend gave up the device (a reset).
+    fn reset_owner(&self);
+}
