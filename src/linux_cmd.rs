@@ -3,8 +3,9 @@
 //!
 //! It sets up what is missing (as root: `apt-get install user-mode-linux busybox-static cpio`,
 //! the same `scripts/linux-setup.sh` CI runs), builds a small initramfs at run time (busybox,
-//! UML's `virtio_balloon.ko`, the static workload program, an `/init` script; cached under
-//! `target/prezero-linux`, never committed), starts `prezero serve` (or uses the running daemon
+//! UML's `virtio_balloon.ko`, the static workload program compiled by `rustc` from source
+//! embedded in this binary, an `/init` script; kept in the cache directory of
+//! [`default_cache_dir`](prezero_linux_harness::setup::default_cache_dir), never committed), starts `prezero serve` (or uses the running daemon
 //! given by `--socket`), boots UML with `virtio_uml.device=SOCKET:5` and prints the guest's
 //! console as it comes. While it runs, steer the balloon from another terminal with the printed
 //! `prezero balloon ... --control PATH` commands. At the end it prints what was negotiated
@@ -29,7 +30,10 @@ use std::time::{Duration, Instant};
 /// Options of `prezero linux`.
 #[derive(Args, Debug)]
 #[command(after_help = format!(
-    "Scenario parameters (KEY=DEFAULT):\n{}",
+    "Scenario parameters (KEY=DEFAULT):\n{}\n\
+     Needs `rustc` at run time (the guest workload is compiled from source embedded in prezero). \
+     Cache: $PREZERO_LINUX_CACHE, else target/prezero-linux when run from the clone, \
+     else $XDG_CACHE_HOME/prezero/linux (~/.cache/prezero/linux).",
     prezero_linux_harness::scenario::params_help()
 ))]
 pub struct LinuxArgs {

@@ -24,8 +24,9 @@
 //! | [`scratch`], [`session`] | short-named scratch directories for sockets and logs; the cleanup of an interrupted command (VMs, backends, scratch) |
 //! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs (the CLI draws the table and chart) |
 //!
-//! Everything it builds or downloads lives in `target/prezero-linux` ([`setup::default_cache_dir`]),
-//! never committed.
+//! Everything it builds or downloads lives in its cache directory ([`setup::default_cache_dir`]:
+//! `$PREZERO_LINUX_CACHE`, else `target/prezero-linux` for the clone's own binaries and tests,
+//! else the XDG cache directory `~/.cache/prezero/linux`), never committed.
 //!
 //! ## Use
 //!
@@ -33,7 +34,7 @@
 //! use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 //! use std::time::Duration;
 //!
-//! // Check/install the tools, build the workload (cached in target/prezero-linux).
+//! // Check/install the tools, build the workload (cached in the cache directory).
 //! let h = Harness::new(&SetupOptions::default())?;
 //! let initrd = h.uml_initramfs()?;
 //! // Boot UML; add `.balloon_socket(path)` to attach `prezero serve --socket path`.

@@ -28,21 +28,62 @@ pub const SETUP_SCRIPT: &str = include_str!("../../../scripts/linux-setup.sh");
 /// `scripts/qemu-setup.sh`: a QEMU >= 10.2 (no root needed).
 pub const QEMU_SETUP_SCRIPT: &str = include_str!("../../../scripts/qemu-setup.sh");
 
-/// Where downloads and build products live: `$PREZERO_LINUX_CACHE`, else
-/// `$CARGO_TARGET_DIR/prezero-linux`, else `<workspace>/target/prezero-linux`. Never committed.
+/// Where downloads and build products live (never committed):
+///
+/// 1. `$PREZERO_LINUX_CACHE`, if set;
+/// 2. `$CARGO_TARGET_DIR/prezero-linux`, if set;
+/// 3. `<workspace>/target/prezero-linux` when the running executable lies in that workspace's
+///    `target/` (a `cargo run`, `cargo test` or `target/release/prezero` in the clone: CI and
+///    the tests keep their cache there);
+/// 4. otherwise (an installed or copied binary) the XDG cache directory:
+///    `$XDG_CACHE_HOME/prezero/linux`, else `$HOME/.cache/prezero/linux`;
+/// 5. with neither variable set, `<temp dir>/prezero-linux-<uid>`.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PREZERO_LINUX_CACHE").filter(|d| !d.is_empty()) {
+    let env = |k: &str| std::env::var_os(k).filter(|d| !d.is_empty());
+    if let Some(d) = env("PREZERO_LINUX_CACHE") {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+    if let Some(d) = env("CARGO_TARGET_DIR") {
         return PathBuf::from(d).join("prezero-linux");
     }
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir
+    let workspace_target = crate_dir
         .parent()
         .and_then(Path::parent)
         .unwrap_or(crate_dir)
-        .join("target/prezero-linux")
+        .join("target");
+    let exe = std::env::current_exe().and_then(fs::canonicalize).ok();
+    let target = fs::canonicalize(&workspace_target).ok();
+    cache_dir_for(
+        exe.as_deref(),
+        target.as_deref(),
+        env("XDG_CACHE_HOME").map(PathBuf::from),
+        env("HOME").map(PathBuf::from),
+    )
+}
+
+/// [`default_cache_dir`] after the two variables: `exe` and `workspace_target` canonical (or
+/// `None` when they do not exist).
+fn cache_dir_for(
+    exe: Option<&Path>,
+    workspace_target: Option<&Path>,
+    xdg_cache_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    if let (Some(exe), Some(target)) = (exe, workspace_target) {
+        if exe.starts_with(target) {
+            return target.join("prezero-linux");
+        }
+    }
+    if let Some(d) = xdg_cache_home {
+        return d.join("prezero/linux");
+    }
+    if let Some(h) = home {
+        return h.join(".cache/prezero/linux");
+    }
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("prezero-linux-{uid}"))
 }
 
 /// What to check and install.
@@ -420,6 +461,29 @@ pub fn ensure(opts: &SetupOptions) -> Result<HostTools> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_dir_is_in_the_clone_only_for_its_own_binaries() {
+        let target = Path::new("/src/prezero/target");
+        let xdg = Some(PathBuf::from("/home/u/.xdg-cache"));
+        let home = Some(PathBuf::from("/home/u"));
+        let in_clone = Path::new("/src/prezero/target/release/prezero");
+        let installed = Path::new("/home/u/.cargo/bin/prezero");
+        assert_eq!(
+            cache_dir_for(Some(in_clone), Some(target), xdg.clone(), home.clone()),
+            target.join("prezero-linux")
+        );
+        assert_eq!(
+            cache_dir_for(Some(installed), Some(target), xdg.clone(), home.clone()),
+            Path::new("/home/u/.xdg-cache/prezero/linux")
+        );
+        // The clone is gone (or never was on this machine).
+        assert_eq!(
+            cache_dir_for(Some(installed), None, None, home),
+            Path::new("/home/u/.cache/prezero/linux")
+        );
+        assert!(cache_dir_for(None, None, None, None).starts_with(std::env::temp_dir()));
+    }
 
     #[test]
     fn version_order() {
