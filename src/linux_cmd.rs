@@ -108,6 +108,32 @@ fn control_json(control: &Path, req: &ControlRequest) -> Option<Value> {
     control_request(control, req).ok()
 }
 
+/// How often the run asks the daemon whether it has this guest's negotiation yet.
+const NEGOTIATION_POLL: Duration = Duration::from_millis(250);
+
+/// When a guest the daemon has not taken yet is reported as waiting.
+const WAITING_NOTICE_AFTER: Duration = Duration::from_secs(5);
+
+/// The daemon's count of guests it accepted so far (`daemon.connections` of `GET /metrics`).
+fn connections(control: &Path) -> Option<u64> {
+    control_json(control, &ControlRequest::Metrics)?["daemon"]["connections"].as_u64()
+}
+
+/// The `last_negotiation` of the daemon's `GET /balloon` (which the daemon records when the
+/// guest acks its features and keeps after it leaves) once it is that of a guest accepted after
+/// `before` connections: this run's guest, as the daemon serves one at a time.
+/// `seen` is what an earlier call returned: a later guest's negotiation does not replace it.
+fn our_negotiation(control: &Path, before: u64, seen: Option<&Value>) -> Option<Value> {
+    let st = control_json(control, &ControlRequest::Status)?;
+    let n = &st["last_negotiation"];
+    let guest = n["guest"].as_u64()?;
+    let ours = match seen.and_then(|s| s["guest"].as_u64()) {
+        Some(g) => guest == g,
+        None => guest > before,
+    };
+    ours.then(|| n.clone())
+}
+
 fn names(v: &Value) -> String {
     v.as_array()
         .map(|a| {
@@ -187,6 +213,27 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         );
     }
 
+    let connections_before = control.as_deref().and_then(|c| {
+        let st = control_json(c, &ControlRequest::Status)?;
+        if st["connected"].as_bool() == Some(true) {
+            eprintln!(
+                "note: the daemon on {} already serves a guest. A vhost-user daemon serves one \
+                 frontend at a time: this guest waits in its queue (its boot stops at the \
+                 balloon's probe) until that guest disconnects. Stop the other guest, or start \
+                 another daemon (`prezero serve --socket OTHER`) for this one.",
+                socket.display()
+            );
+        }
+        connections(c)
+    });
+    if control.is_none() {
+        eprintln!(
+            "note: without --control this run cannot ask the daemon what it negotiated with \
+             this guest, and only the boot and idle scenarios show whether the balloon appeared; \
+             give the daemon's control socket for both"
+        );
+    }
+
     let cfg = h
         .uml(&initrd)
         .mem_mib(args.mem)
@@ -197,6 +244,9 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut printed = 0;
     let mut status_seen: Option<Value> = None;
+    let mut next_poll = Instant::now();
+    let mut told_waiting = false;
+    let mut timed_out = false;
     loop {
         let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
         while vm.console().next_line(step).is_some() {}
@@ -207,26 +257,49 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
             if !args.events_only || event.is_some() {
                 crate::output::print_line(&format!("[{:8.3}] {}", l.t_s, l.text))?;
             }
-            // The driver has probed by the time the workload starts: record the negotiation
-            // now (the daemon forgets it when the guest leaves).
-            if event.is_some_and(|e| e.name == "scenario") && status_seen.is_none() {
-                status_seen = control
-                    .as_deref()
-                    .and_then(|c| control_json(c, &ControlRequest::Status));
+        }
+        // Follow this guest's negotiation while it is the daemon's latest (the daemon keeps it
+        // after the guest leaves; this copy is for a next guest that takes its place at once).
+        if let (Some(c), Some(before)) = (control.as_deref(), connections_before) {
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + NEGOTIATION_POLL;
+                if let Some(n) = our_negotiation(c, before, status_seen.as_ref()) {
+                    status_seen = Some(n);
+                }
+                if status_seen.is_none()
+                    && !told_waiting
+                    && vm.t0().elapsed() > WAITING_NOTICE_AFTER
+                    && connections(c) == Some(before)
+                {
+                    told_waiting = true;
+                    eprintln!(
+                        "waiting: the daemon has not taken this guest yet after {} s (it serves \
+                         one frontend at a time; is another guest attached?)",
+                        WAITING_NOTICE_AFTER.as_secs()
+                    );
+                }
             }
         }
         if vm.console().is_closed() || vm.try_wait().is_some() {
             break;
         }
         if Instant::now() >= deadline {
-            eprintln!(
-                "the guest did not finish within {} s: killing it",
-                args.timeout
-            );
+            timed_out = true;
             break;
         }
     }
-    let out = vm.run_to_exit(Duration::from_secs(5));
+    // Stop the guest before the daemon (so it never sees its device vanish), and on a timeout
+    // at once: the guest had its time.
+    let out = if timed_out {
+        Err(anyhow::anyhow!(
+            "--timeout {}: the guest had not finished after {} s, so it was killed (give a \
+             larger --timeout for a longer scenario)",
+            args.timeout,
+            args.timeout
+        ))
+    } else {
+        vm.run_to_exit(Duration::from_secs(5)).map_err(Into::into)
+    };
     let left = vm.shutdown();
     if !left.is_empty() {
         eprintln!("UML processes that survived SIGKILL: {left:?}");
@@ -248,13 +321,22 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         guest_rc.map_or("none".into(), |c| c.to_string()),
         vm.t0().elapsed().as_secs_f64()
     );
-    if let Some(st) = &status_seen {
-        eprintln!(
+    if let (Some(c), Some(before)) = (control.as_deref(), connections_before) {
+        if let Some(n) = our_negotiation(c, before, status_seen.as_ref()) {
+            status_seen = Some(n);
+        }
+    }
+    match &status_seen {
+        Some(st) => eprintln!(
             "negotiated: {} (features {:#x}); queues: {}",
             names(&st["negotiated"]),
-            st["negotiated_features"].as_u64().unwrap_or(0),
+            st["features"].as_u64().unwrap_or(0),
             names(&st["queues"]),
-        );
+        ),
+        None if control.is_some() => {
+            eprintln!("negotiated: nothing (the daemon never served this guest)")
+        }
+        None => {}
     }
     if let Some(m) = control
         .as_deref()
@@ -292,7 +374,31 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         }
     }
     drop(scratch);
-    out?;
+    let out = out?;
+    // The guest's own view, where its scenario lists the virtio devices (boot, idle).
+    let events: Vec<Event> = out
+        .lines
+        .iter()
+        .filter_map(|l| Event::parse(&l.text))
+        .collect();
+    let guest_saw_balloon = events.iter().any(|e| e.name == "virtio-count").then(|| {
+        events
+            .iter()
+            .any(|e| e.name == "virtio" && e.get("driver") == Some("virtio_balloon"))
+    });
+    let balloon_appeared = match (guest_saw_balloon, &control) {
+        (Some(seen), _) => seen || status_seen.is_some(),
+        (None, Some(_)) => status_seen.is_some(),
+        (None, None) => true, // cannot tell; said so before the boot
+    };
+    if !balloon_appeared {
+        bail!(
+            "the guest's balloon device never appeared: nothing on {} served this guest (a \
+             daemon serves one frontend at a time: was another guest attached? Or no daemon \
+             listens there any more: start one with `prezero serve --socket PATH`)",
+            socket.display()
+        );
+    }
     match guest_rc {
         Some(0) => Ok(()),
         Some(rc) => bail!("the guest workload failed (exit status {rc})"),

@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prezero_balloon::config::CONFIG_SIZE;
+use prezero_balloon::features::Features;
 use prezero_balloon::queues::{QueueRole, MAX_QUEUES};
 use prezero_device::{BalloonDevice, DeviceOptions, HostDiscard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -60,6 +61,10 @@ pub(crate) struct SharedDevice {
     /// Sequence number of the latest stats buffer, signalled when it changes.
     stats_seq: Mutex<u64>,
     stats_changed: Condvar,
+    /// The features the current (or, once it left, the last) guest acked, kept after it
+    /// disconnects so a short-lived guest's negotiation can still be read; cleared when the
+    /// next guest is accepted.
+    last_negotiated: Mutex<Option<Features>>,
     pub(crate) offered: u64,
     pub(crate) num_queues: usize,
     pub(crate) queue_size: usize,
@@ -87,7 +92,24 @@ impl SharedDevice {
             device: Mutex::new(device),
             stats_seq: Mutex::new(0),
             stats_changed: Condvar::new(),
+            last_negotiated: Mutex::new(None),
         })
+    }
+
+    /// See the `last_negotiated` field.
+    pub(crate) fn last_negotiated(&self) -> Option<Features> {
+        *self
+            .last_negotiated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new guest was accepted: what the previous one negotiated is no longer "the last".
+    pub(crate) fn forget_last_negotiated(&self) {
+        *self
+            .last_negotiated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn lock(&self) -> MutexGuard<'_, Device> {
@@ -380,6 +402,11 @@ impl VhostUserBackend for BalloonBackend {
         // Bit 30 is vhost-user's, not the device's.
         let features = features & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         let negotiated = self.shared.with_device(|d| d.ack_features(features));
+        *self
+            .shared
+            .last_negotiated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(negotiated);
         tracing::info!(
             features = format_args!("{:#x}", negotiated.bits()),
             "guest negotiated features"

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prezero_balloon::features::{DEFLATE_ON_OOM, STATS_VQ};
+use prezero_balloon::queues::QueueRoles;
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -29,7 +30,7 @@ use crate::notifier::{ConfigNotifier, Notification};
 use crate::options::{bytes_to_pages, ServeOptions};
 use crate::status::{
     feature_names, pages_to_bytes, queue_names, BalloonStatus, DaemonCounters, MetricsReport,
-    StatsReport, StatsRequestOutcome, TargetOutcome,
+    Negotiation, StatsReport, StatsRequestOutcome, TargetOutcome,
 };
 
 /// What the host API reaches of the live connection.
@@ -359,6 +360,13 @@ impl Controller {
             holds_stats_buffer: holds,
             config_change_channel: link.as_ref().is_some_and(|l| l.notifier.has_channel()),
             reply_ack: link.as_ref().is_some_and(|l| l.notifier.reply_ack()),
+            last_negotiation: self.shared.device.last_negotiated().map(|f| Negotiation {
+                guest: self.shared.counters.connections.load(Ordering::Relaxed),
+                connected: link.is_some(),
+                features: f.bits(),
+                negotiated: feature_names(f),
+                queues: queue_names(QueueRoles::from_features(f)),
+            }),
         }
     }
 

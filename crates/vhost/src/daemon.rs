@@ -234,6 +234,7 @@ fn accept_loop(socket: BoundSocket, shared: &Arc<DaemonShared>) {
             }
             Err(e) => return shared.fail(format!("accept on {}: {e}", socket.path.display())),
         };
+        shared.device.forget_last_negotiated();
         DaemonCounters::bump(&shared.counters.connections);
         tracing::info!("guest connected");
         match session::run(front, shared) {

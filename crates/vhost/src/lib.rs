@@ -112,7 +112,7 @@ pub use error::{Error, Result};
 pub use notifier::{ConfigNotifier, Notification};
 pub use options::{bytes_to_pages, parse_size, FeatureOffer, ServeOptions};
 pub use status::{
-    BalloonStatistics, BalloonStatus, DaemonMetrics, MetricsReport, StatsReport,
+    BalloonStatistics, BalloonStatus, DaemonMetrics, MetricsReport, Negotiation, StatsReport,
     StatsRequestOutcome, TargetOutcome,
 };
 

@@ -161,6 +161,7 @@ mod tests {
             holds_stats_buffer: false,
             config_change_channel: true,
             reply_ack: true,
+            last_negotiation: None,
         }
     }
 

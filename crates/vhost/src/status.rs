@@ -49,6 +49,25 @@ pub struct BalloonStatus {
     pub config_change_channel: bool,
     /// The guest acks backend requests (`REPLY_ACK`).
     pub reply_ack: bool,
+    /// What the latest guest negotiated, kept after it disconnects (`null` until a guest acks
+    /// its features): a guest that negotiates and leaves between two polls is still seen.
+    pub last_negotiation: Option<Negotiation>,
+}
+
+/// A guest's feature negotiation (`last_negotiation` of [`BalloonStatus`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Negotiation {
+    /// Which guest: the daemon's `connections` counter when it was accepted (1 for the first;
+    /// the daemon serves one at a time).
+    pub guest: u64,
+    /// Whether that guest is still connected.
+    pub connected: bool,
+    /// The feature bits it acked (its last `SET_FEATURES`; Linux sends two at probe).
+    pub features: u64,
+    /// Names of the negotiated balloon features.
+    pub negotiated: Vec<String>,
+    /// Queue roles by index under those features.
+    pub queues: Vec<String>,
 }
 
 /// Names of the balloon feature bits set in `features`.

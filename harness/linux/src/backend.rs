@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -74,7 +75,14 @@ impl BackendProcess {
         let err = out
             .try_clone()
             .map_err(io_err(format!("duplicating {}", log.display())))?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // A process group of its own: a terminal's Ctrl-C goes to the foreground group, and the
+        // backend must outlive the guest it serves (a guest whose device vanishes prints
+        // hundreds of warnings, and hangs with pages in the balloon); the command that started
+        // it stops the guest first, then the backend.
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         let child = cmd.spawn().map_err(|e| Error::Io {
             context: format!("starting {name} ({:?})", cmd.get_program()),
             source: e,
