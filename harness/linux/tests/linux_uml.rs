@@ -933,6 +933,143 @@ fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
     );
 }
 
+/// `prezero linux` on a daemon that already serves a guest is told so, waits, and on its
+/// `--timeout` says once what it did and fails; a guest whose balloon never appeared (nothing
+/// listens on the socket) fails too, although its workload exits 0.
+#[test]
+fn prezero_linux_on_a_busy_or_dead_daemon_says_so_and_fails() {
+    let Some(e) = env() else { return };
+    let d = Daemon::start(&e.h.tools.cache_dir, "busy", &[]);
+    let mut first = boot(e, 256, Scenario::idle(60.0), Some(&d));
+    d.wait_until("the first guest to negotiate", |d| {
+        d.status()["negotiated_features"].as_u64().unwrap_or(0) != 0
+    });
+    let out = prezero()
+        .args(["linux", "--scenario", "boot", "--timeout", "12", "--socket"])
+        .arg(d.socket())
+        .arg("--control")
+        .arg(&d.control)
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("already serves a guest") && stderr.contains("one frontend at a time"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("waiting: the daemon has not taken this guest"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("was killed").count(), 1, "{stderr}");
+    assert!(stderr.contains("--timeout 12"), "{stderr}");
+    assert!(!stderr.contains("UML exit 0"), "{stderr}");
+    // The first guest was served all along, undisturbed.
+    assert_eq!(d.balloon(&["metrics"])["daemon"]["connections"], 1);
+    first.shutdown();
+    assert_gone(&mut first);
+
+    // A socket file nobody listens on: UML boots without the balloon, the workload exits 0.
+    let dir =
+        prezero_linux_harness::scratch::ScratchDir::for_sockets(&e.h.tools.cache_dir, "s").unwrap();
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = prezero()
+        .args(["linux", "--scenario", "boot", "--events-only", "--socket"])
+        .arg(&stale)
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("event=virtio-count") && stdout.contains("count=0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("event=exit scenario=boot rc=0"), "{stdout}");
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("balloon device never appeared"), "{stderr}");
+}
+
+/// Ctrl-C on `prezero linux` (SIGINT to its whole process group, as a terminal sends it):
+/// the guest is stopped before the daemon it started, so the guest prints nothing about a
+/// vanished device; exit 130, the daemon and the scratch directory gone.
+#[test]
+fn prezero_linux_interrupted_stops_the_guest_before_its_daemon() {
+    use std::os::unix::process::CommandExt;
+    let Some(e) = env() else { return };
+    let dir =
+        prezero_linux_harness::scratch::ScratchDir::for_sockets(&e.h.tools.cache_dir, "i").unwrap();
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = prezero()
+        .args(["linux", "--scenario", "idle", "wait=60"])
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let t0 = Instant::now();
+    while !read(&out_path).contains("event=meminfo") {
+        assert!(
+            t0.elapsed() < GUARD,
+            "the guest never started:\n{}",
+            read(&err_path)
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{}", read(&err_path));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = read(&err_path);
+    let daemon_line = stderr.lines().find(|l| l.starts_with("daemon: ")).unwrap();
+    let pid: i32 = daemon_line
+        .split("(pid ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log = daemon_line
+        .split(", log ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    let run_dir = std::path::Path::new(log).parent().unwrap().to_path_buf();
+    let printed = read(&out_path).len();
+    // SAFETY: kill(2) on the process group of our child (created with process_group(0)).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < GUARD, "prezero linux did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{}", read(&err_path));
+    let after = read(&out_path)[printed..].to_string();
+    assert!(
+        !after.contains("virtio_uml") && !after.contains("vhost"),
+        "the guest saw its device vanish:\n{after}"
+    );
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        && !read(std::path::Path::new(&format!("/proc/{pid}/status"))).contains("zombie")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the daemon (pid {pid}) outlived the run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+}
+
 /// `prezero bench linux` at a small size: both peers in one invocation (QEMU where the peer is
 /// set up, as in CI), the figures the JSON promises, and the chart.
 #[test]
