@@ -615,3 +615,26 @@ fn linux_scenario_parameters_are_checked_before_the_boot() {
     let help = prezero().args(["linux", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("until_inflated=0"));
 }
+
+/// `bench report --json`: progress lines on stderr, one per pass of each pattern and backing,
+/// and nothing but the JSON on stdout.
+#[test]
+fn bench_report_shows_progress_on_stderr_only() {
+    let out = prezero()
+        .args(["bench", "report", "--mib", "512", "--passes", "1", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON");
+    assert!(json["patterns"].as_array().is_some_and(|p| !p.is_empty()));
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bench report: ["))
+        .collect();
+    assert_eq!(steps.len(), 4, "{stderr}");
+    assert!(
+        steps[0].contains("[1/4] stock on memfd: pass 1/1"),
+        "{stderr}"
+    );
+}

@@ -35,6 +35,8 @@ use prezero_device::host_discard::system_page_size;
 use prezero_device::{BalloonDevice, DeviceError, DeviceOptions, HostDiscard};
 use prezero_virtq::{Buffer, QueueError, SplitQueue};
 
+use crate::output::Progress;
+
 const GIB: f64 = (1u64 << 30) as f64;
 /// Guest-physical base of the reported region; the ring lives below it.
 const DATA_BASE: u64 = 1 << 30;
@@ -267,13 +269,17 @@ pub enum BenchError {
     Ring(#[from] QueueError),
 }
 
-/// Run the benchmark.
+/// Run the benchmark (progress on stderr: one step per pass of each pattern and backing).
 pub fn run(opts: &ReportBenchOptions) -> Result<ReportBenchResult, BenchError> {
     validate(opts)?;
+    let mut progress = Progress::new(
+        "bench report",
+        (opts.shapes.len() * opts.backings.len()) as u64 * u64::from(opts.passes),
+    );
     let mut patterns = Vec::new();
     for shape in &opts.shapes {
         for backing in &opts.backings {
-            patterns.push(run_pattern(opts, *shape, *backing)?);
+            patterns.push(run_pattern(opts, *shape, *backing, &mut progress)?);
         }
     }
     Ok(ReportBenchResult {
@@ -362,6 +368,7 @@ fn run_pattern(
     opts: &ReportBenchOptions,
     shape: Shape,
     backing: Backing,
+    progress: &mut Progress,
 ) -> Result<PatternResult, BenchError> {
     let mem = memory(opts, backing)?;
     let drain_bytes = shape.drain_bytes();
@@ -392,6 +399,13 @@ fn run_pattern(
     let mut floor_calls = 0u64;
     let chain_bytes = u64::from(shape.blocks_per_chain) * shape.block_bytes;
     for pass in 0..opts.passes {
+        progress.step(&format!(
+            "{} on {}: pass {}/{}",
+            shape.pattern.name(),
+            backing.name(),
+            pass + 1,
+            opts.passes
+        ));
         let device_first = pass % 2 == 0;
         for step in 0..2 {
             dirty(&mem, opts.region_bytes);
@@ -425,6 +439,7 @@ fn run_pattern(
                 }
             }
         }
+        progress.done();
     }
     let bytes = opts.region_bytes as f64 * f64::from(opts.passes);
     let gib = bytes / GIB;
