@@ -111,7 +111,13 @@ impl Say {
 pub fn run(args: &DemoArgs) -> Result<()> {
     ensure!(
         args.alloc_mib + args.balloon_mib < args.mem_mib,
-        "--alloc-mib plus --balloon-mib must be smaller than --mem-mib"
+        "--alloc-mib {} plus --balloon-mib {} must be smaller than --mem-mib {}: the guest \
+         needs memory of its own besides what it allocates and what the balloon takes; give a \
+         larger --mem-mib (more than {}) or smaller sizes",
+        args.alloc_mib,
+        args.balloon_mib,
+        args.mem_mib,
+        args.alloc_mib + args.balloon_mib
     );
     let say = Say(args.json);
     let mut s = Summary {

@@ -391,7 +391,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         (None, Some(_)) => status_seen.is_some(),
         (None, None) => true, // cannot tell; said so before the boot
     };
-    if !balloon_appeared {
+    if guest_rc == Some(0) && !balloon_appeared {
         bail!(
             "the guest's balloon device never appeared: nothing on {} served this guest (a \
              daemon serves one frontend at a time: was another guest attached? Or no daemon \
@@ -401,7 +401,12 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     }
     match guest_rc {
         Some(0) => Ok(()),
-        Some(rc) => bail!("the guest workload failed (exit status {rc})"),
+        Some(2) => bail!("the guest workload refused its parameters (exit status 2): see its messages above"),
+        Some(rc) => bail!("the guest workload failed a check (exit status {rc}): see its messages above"),
+        None if exit_code.is_some() => bail!(
+            "User-Mode Linux exited (status {}) before the workload finished: see its messages above",
+            exit_code.unwrap_or_default()
+        ),
         None => bail!("the guest did not finish its workload"),
     }
 }

@@ -638,3 +638,36 @@ fn bench_report_shows_progress_on_stderr_only() {
         "{stderr}"
     );
 }
+
+/// Each error names its cause (the values given, the limit) and the fix.
+#[test]
+fn error_messages_name_the_cause_and_the_fix() {
+    let dir = std::env::temp_dir();
+    let e = failure(&["balloon", "status", "--control", dir.to_str().unwrap()]);
+    assert!(
+        e.contains("not a socket") && e.contains("prezero serve --control"),
+        "{e}"
+    );
+    let e = failure(&["bench", "seed-table", "--repeats", "0"]);
+    assert!(
+        e.contains("--repeats 0") && !e.contains("--alloc-mib"),
+        "{e}"
+    );
+    let e = failure(&[
+        "bench",
+        "seed-table",
+        "--alloc-mib",
+        "400",
+        "--mem-mib",
+        "512",
+    ]);
+    assert!(
+        e.contains("--alloc-mib 400") && e.contains("--mem-mib 800 or more"),
+        "{e}"
+    );
+    let e = failure(&["demo", "--alloc-mib", "4096"]);
+    assert!(
+        e.contains("--alloc-mib 4096") && e.contains("more than 4608"),
+        "{e}"
+    );
+}

@@ -308,8 +308,19 @@ impl Drop for HugePages {
 
 /// Runs the benchmark.
 pub fn run(a: &SeedTableArgs) -> Result<()> {
-    if a.alloc_mib * 2 > a.mem_mib || a.repeats == 0 {
-        bail!("--alloc-mib must be at most half of --mem-mib, and --repeats at least 1");
+    if a.repeats == 0 {
+        bail!(
+            "--repeats 0: give at least 1 (3 or more for a median and spread that mean something)"
+        );
+    }
+    if a.alloc_mib * 2 > a.mem_mib {
+        bail!(
+            "--alloc-mib {} is more than half of --mem-mib {} (the benchmark's limit): give \
+             --mem-mib {} or more, or a smaller --alloc-mib",
+            a.alloc_mib,
+            a.mem_mib,
+            a.alloc_mib * 2
+        );
     }
     let _huge = a
         .hugetlb

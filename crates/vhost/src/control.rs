@@ -1,18 +1,26 @@
 //! The operator's control socket: HTTP/1.1 with JSON bodies over a Unix socket, in the style
 //! of Firecracker's and Cloud Hypervisor's API sockets, so `curl --unix-socket` works too.
 //!
+//! The API is written down, with every body, unit and error and `curl` examples, in
+//! `docs/api.md`; in short:
+//!
 //! | request | body | answer |
 //! |---|---|---|
 //! | `GET /balloon` | | [`BalloonStatus`](crate::BalloonStatus) |
-//! | `PUT /balloon` (or `PATCH`) | one of `{"target_bytes": N}`, `{"target_pages": N}`, `{"amount_mib": N}` | [`TargetOutcome`](crate::TargetOutcome) |
-//! | `GET /balloon/statistics` | | `{"stats": StatsReport or null}` |
-//! | `PUT /balloon/statistics` | optional `{"wait_ms": N}` | [`StatsRequestOutcome`](crate::StatsRequestOutcome) |
-//! | `GET /metrics` | | [`MetricsReport`](crate::MetricsReport) |
+//! | `PUT /balloon`, `PATCH /balloon` | one of `{"amount_mib": N}` (Firecracker), `{"target_bytes": N}`, `{"target_pages": N}`, and/or `deflate_on_oom`, `stats_polling_interval_s` | [`TargetOutcome`](crate::TargetOutcome); without a target field, the state |
+//! | `GET /balloon/statistics` | | [`BalloonStatistics`](crate::BalloonStatistics): Firecracker's flat statistics plus `stats`; 400 with the reason when there are none |
+//! | `PATCH /balloon/statistics` | `{"stats_polling_interval_s": N}` | the state |
+//! | `PUT`/`PATCH`/`POST /balloon/statistics` | empty or `{"wait_ms": N}` | [`StatsRequestOutcome`](crate::StatsRequestOutcome) |
+//! | `GET /metrics` | | Prometheus text format; [`MetricsReport`](crate::MetricsReport) as JSON when `Accept` starts with `application/json` |
+//! | `GET /metrics.json` | | [`MetricsReport`](crate::MetricsReport) |
 //!
-//! Errors are `{"error": "..."}` with status 400 (bad request), 404 (no such route), 405
-//! (wrong method). One request per connection (`Connection: close`). Requests are served one
-//! at a time; a config-change notification waits at most the daemon's `notify_timeout`, a
-//! stats request at most `max_stats_wait`.
+//! Errors are `{"error": "..."}` naming the problem and the fix, with status 400 (a malformed
+//! request, a body that is not the expected JSON, a target out of range, a `deflate_on_oom`
+//! the daemon does not offer, polling without the stats queue, no statistics), 404 (no such
+//! path), 405 (a method the path does not take) or 500 (an answer that could not be
+//! serialized). One request per connection (`Connection: close`). Requests are served one at a
+//! time; a config-change notification waits at most the daemon's `notify_timeout`, a stats
+//! request at most `max_stats_wait`.
 //!
 //! ```text
 //! $ curl -s --unix-socket /run/balloon.ctl -X PUT -d '{"amount_mib": 256}' http://localhost/balloon
@@ -89,6 +97,11 @@ impl ControlRequest {
     }
 }
 
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// Sends `request` to the daemon's control socket at `path` and returns its JSON answer.
 ///
 /// ```no_run
@@ -105,6 +118,11 @@ pub fn control_request(path: impl AsRef<Path>, request: &ControlRequest) -> Resu
     let mut stream = UnixStream::connect(path).map_err(|source| {
         let hint = match source.raw_os_error() {
             Some(libc::ENOENT) => "no such socket: is the daemon running with this --control path?",
+            // connect(2) to a directory or a regular file also answers ECONNREFUSED.
+            Some(libc::ECONNREFUSED) if !is_socket(path) => {
+                "that path is not a socket: give the one the daemon was started with \
+                 (`prezero serve --control PATH`)"
+            }
             Some(libc::ECONNREFUSED) => "nobody listens on it: the daemon that made it is gone",
             Some(libc::EACCES) => "permission denied: run as the daemon's user",
             Some(libc::ENOTSOCK) => "that path is not a socket",
