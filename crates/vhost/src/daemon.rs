@@ -17,6 +17,7 @@ use crate::signals;
 use crate::socket::BoundSocket;
 use crate::status::DaemonCounters;
 use crate::wait::{readable, Waiter};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A daemon running in this process's threads (see [`spawn`]).
 ///
@@ -203,13 +204,19 @@ fn poll_stats(controller: &Controller) {
 
 /// Accepts one guest at a time. A guest that connects while another is served waits in the
 /// listen backlog until the first one leaves (a second frontend on one device makes no sense;
-/// waiting rather than refusing keeps a quick reconnect from racing the previous teardown).
+/// waiting rather than refusing keeps a quick reconnect from racing the previous teardown); the
+/// log says so once per served guest ([`tell_of_waiting_frontends`]).
 fn accept_loop(socket: BoundSocket, shared: &Arc<DaemonShared>) {
     let waiters = Waiter::readable([&socket.listener, shared.stop_event()])
         .and_then(|both| Ok((both, Waiter::readable([shared.stop_event()])?)));
     let (guest_or_stop, stop) = match waiters {
         Ok(w) => w,
         Err(e) => return shared.fail(format!("poll on the vhost-user socket: {e}")),
+    };
+    // Written when a session ends (and read back before the next one).
+    let session_done = match EventFd::new(EFD_NONBLOCK) {
+        Ok(e) => e,
+        Err(e) => return shared.fail(format!("creating the session-end event: {e}")),
     };
     loop {
         match guest_or_stop.wait(None) {
@@ -237,7 +244,21 @@ fn accept_loop(socket: BoundSocket, shared: &Arc<DaemonShared>) {
         shared.device.forget_last_negotiated();
         DaemonCounters::bump(&shared.counters.connections);
         tracing::info!("guest connected");
-        match session::run(front, shared) {
+        let outcome = std::thread::scope(|s| {
+            let watcher = std::thread::Builder::new()
+                .name("balloon-waiting".into())
+                .spawn_scoped(s, || {
+                    tell_of_waiting_frontends(&socket, shared, &session_done)
+                });
+            if let Err(e) = &watcher {
+                tracing::debug!(error = %e, "no watcher for waiting frontends");
+            }
+            let outcome = session::run(front, shared);
+            let _ = session_done.write(1);
+            outcome
+        });
+        let _ = session_done.read();
+        match outcome {
             Ok(()) => tracing::info!("guest disconnected"),
             Err(e) => {
                 DaemonCounters::bump(&shared.counters.connection_errors);
@@ -245,5 +266,23 @@ fn accept_loop(socket: BoundSocket, shared: &Arc<DaemonShared>) {
             }
         }
         DaemonCounters::bump(&shared.counters.disconnections);
+    }
+}
+
+/// While a guest is served: logs once that another frontend connected and waits (it sits in
+/// the listen backlog, unanswered, until the served guest disconnects), so the operator of the
+/// second VM, whose boot stalls at the device's probe, finds the reason in the daemon's log.
+fn tell_of_waiting_frontends(socket: &BoundSocket, shared: &DaemonShared, session_done: &EventFd) {
+    let Ok(waiter) = Waiter::readable([&socket.listener, session_done, shared.stop_event()]) else {
+        return;
+    };
+    if let Ok([true, false, false]) = waiter.wait(None) {
+        DaemonCounters::bump(&shared.counters.frontends_waiting);
+        tracing::warn!(
+            socket = %socket.path.display(),
+            "another frontend connected while a guest is served: it waits until that guest \
+             disconnects (this daemon serves one frontend at a time; start another daemon on \
+             another socket for a second VM)"
+        );
     }
 }

@@ -208,6 +208,9 @@ prezero_device::counters! {
         pub(crate) connections: AtomicU64,
         /// Guest connections that ended.
         pub(crate) disconnections: AtomicU64,
+        /// Guests during whose service another frontend connected and had to wait (the
+        /// daemon serves one frontend at a time).
+        pub(crate) frontends_waiting: AtomicU64,
         /// Connections that ended on an error (a vhost-user protocol error, a setup failure)
         /// rather than a plain disconnect.
         pub(crate) connection_errors: AtomicU64,

@@ -966,7 +966,17 @@ fn prezero_linux_on_a_busy_or_dead_daemon_says_so_and_fails() {
     assert!(stderr.contains("--timeout 12"), "{stderr}");
     assert!(!stderr.contains("UML exit 0"), "{stderr}");
     // The first guest was served all along, undisturbed.
-    assert_eq!(d.balloon(&["metrics"])["daemon"]["connections"], 1);
+    let daemon = d.balloon(&["metrics"])["daemon"].clone();
+    assert_eq!(daemon["connections"], 1);
+    // The daemon's log says it too, once.
+    assert_eq!(daemon["frontends_waiting"], 1);
+    let log = d.proc.log_tail(200);
+    assert_eq!(
+        log.matches("another frontend connected while a guest is served")
+            .count(),
+        1,
+        "{log}"
+    );
     first.shutdown();
     assert_gone(&mut first);
 
