@@ -11,8 +11,15 @@
 //! `prezero balloon ... --control PATH` commands. At the end it prints what was negotiated
 //! and what the device did.
 //!
+//! The daemon serves one frontend at a time: given `--socket` (and `--control`) of a daemon
+//! that already serves a guest, it says so before the boot and while the guest waits. A run
+//! whose guest never got its balloon device (the daemon's `last_negotiation` never names this
+//! guest, or the guest lists no `virtio_balloon` device) fails, even if the workload exited 0.
+//!
 //! Interrupting it (Ctrl-C, SIGTERM) kills every process of the guest (UML forks helpers that
-//! can outlive its main process) and the daemon it started.
+//! can outlive its main process), then the daemon it started: the daemon runs in a process
+//! group of its own, so a terminal's Ctrl-C does not stop it under the guest (which would print
+//! pages of `virtio_uml` warnings). `--timeout` kills the guest at once and says so once.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
