@@ -857,14 +857,32 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
     );
 }
 
+/// Runs `prezero linux ARGS` with the tests' cache; returns its status, stdout and stderr.
+fn prezero_linux(
+    e: &Env,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> (std::process::ExitStatus, String, String) {
+    let out = prezero()
+        .arg("linux")
+        .args(args)
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `prezero linux`: starts its own daemon, boots UML, prints the console and a summary of the
 /// negotiation and the device's work; bad input is a clear error.
 #[test]
 fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
     let Some(e) = env() else { return };
-    let out = prezero()
-        .args([
-            "linux",
+    let (status, stdout, stderr) = prezero_linux(
+        e,
+        [
             "--scenario",
             "idle",
             "--mem",
@@ -873,15 +891,9 @@ fn prezero_linux_command_runs_a_scenario_against_its_own_daemon() {
             "--serve-arg=--no-stats",
             "churn=32",
             "wait=4",
-        ])
-        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        ],
     );
-    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(status.success(), "{stderr}\n{stdout}");
     assert!(
         stdout.lines().all(|l| l.contains("PREZERO event=")),
         "{stdout}"
@@ -944,16 +956,20 @@ fn prezero_linux_on_a_busy_or_dead_daemon_says_so_and_fails() {
     d.wait_until("the first guest to negotiate", |d| {
         d.status()["negotiated_features"].as_u64().unwrap_or(0) != 0
     });
-    let out = prezero()
-        .args(["linux", "--scenario", "boot", "--timeout", "12", "--socket"])
-        .arg(d.socket())
-        .arg("--control")
-        .arg(&d.control)
-        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (status, _, stderr) = prezero_linux(
+        e,
+        [
+            "--scenario".as_ref(),
+            "boot".as_ref(),
+            "--timeout".as_ref(),
+            "12".as_ref(),
+            "--socket".as_ref(),
+            d.socket().as_os_str(),
+            "--control".as_ref(),
+            d.control.as_os_str(),
+        ],
+    );
+    assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("already serves a guest") && stderr.contains("one frontend at a time"),
         "{stderr}"
@@ -985,22 +1001,22 @@ fn prezero_linux_on_a_busy_or_dead_daemon_says_so_and_fails() {
         prezero_linux_harness::scratch::ScratchDir::for_sockets(&e.h.tools.cache_dir, "s").unwrap();
     let stale = dir.join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-    let out = prezero()
-        .args(["linux", "--scenario", "boot", "--events-only", "--socket"])
-        .arg(&stale)
-        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    let (status, stdout, stderr) = prezero_linux(
+        e,
+        [
+            "--scenario".as_ref(),
+            "boot".as_ref(),
+            "--events-only".as_ref(),
+            "--socket".as_ref(),
+            stale.as_os_str(),
+        ],
     );
     assert!(
         stdout.contains("event=virtio-count") && stdout.contains("count=0"),
         "{stdout}"
     );
     assert!(stdout.contains("event=exit scenario=boot rc=0"), "{stdout}");
-    assert!(!out.status.success(), "{stderr}");
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("balloon device never appeared"), "{stderr}");
 }
 
