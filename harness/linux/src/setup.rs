@@ -376,13 +376,19 @@ fn missing_error(missing: &[Missing], opts: &SetupOptions) -> Error {
             opts.cache_dir.display()
         ));
     }
+    // The scripts are in the clone; an installed `prezero` carries copies and runs them itself
+    // when allowed to install (as root, without --no-install).
     let fix = if pkgs.is_empty() {
-        format!("run `{script}` (no root needed for the downloads)")
+        format!("run `{script}` from the clone (no root needed for the downloads)")
     } else if is_root() {
-        format!("run `{script}` (or `apt-get install {}`)", pkgs.join(" "))
+        format!(
+            "run `{script}` from the clone (or `apt-get install {}`)",
+            pkgs.join(" ")
+        )
     } else {
         format!(
-            "run `sudo {script}` (or `sudo apt-get install {}`)",
+            "run `sudo {script}` from the clone (or `sudo apt-get install {}`), or this command \
+             as root: it installs them itself",
             pkgs.join(" ")
         )
     };
