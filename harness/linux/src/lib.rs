@@ -22,7 +22,7 @@
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
 //! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
 //! | [`scratch`], [`session`] | short-named scratch directories for sockets and logs; the cleanup of an interrupted command (VMs, backends, scratch) |
-//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs (the CLI draws the table and chart) |
+//! | [`procs`], [`measure`], [`mod@bench`], [`balloon_cycle`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs and its timed balloon inflate / deflate (the CLI draws the table and chart) |
 //!
 //! Everything it builds or downloads lives in `target/prezero-linux` ([`setup::default_cache_dir`]),
 //! never committed.
@@ -135,6 +135,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod balloon_cycle;
 pub mod bench;
 pub mod console;
 pub mod cpio;
