@@ -966,6 +966,8 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         "2",
         "--wait",
         "8",
+        "--balloon-mib",
+        "128",
         "--no-install",
         "--svg",
     ])
@@ -978,11 +980,11 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut peers = vec!["prezero"];
+    let mut peers = vec!["uml_prezero"];
     if peer {
-        peers.push("qemu");
+        peers.extend(["qemu_own", "qemu_prezero"]);
     } else {
-        assert!(v["qemu"].is_null());
+        assert!(v["qemu_own"].is_null() && v["qemu_prezero"].is_null());
     }
     for p in peers {
         let f = &v[p];
@@ -992,6 +994,12 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
             "after_mib",
             "seconds_to_return",
             "device_cpu_s_per_gib",
+            "returned_mib",
+            "seconds_to_settle",
+            "host_cpu_s_per_gib",
+            "inflate_gib_s",
+            "deflate_gib_s",
+            "host_mib_after_inflate",
         ] {
             assert!(f.get(k).is_some(), "{p}: no {k}: {f}");
         }
@@ -1000,19 +1008,35 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         assert!(num("peak_mib") >= num("idle_mib") + 48.0, "{p}: {f}");
         assert!(num("after_mib") <= num("peak_mib") - 48.0, "{p}: {f}");
         assert!(f["device_cpu_s_per_gib"].as_f64().is_some(), "{p}: {f}");
+        assert!(num("host_cpu_s_per_gib") > 0.0, "{p}: {f}");
+        assert!(num("seconds_to_settle") >= 0.0, "{p}: {f}");
+        // The balloon cycle: 128 MiB given up and taken back, at a finite speed.
+        assert_eq!(f["balloon_mib"], 128, "{p}: {f}");
+        assert!(num("inflate_gib_s") > 0.0 && num("deflate_gib_s") > 0.0, "{p}: {f}");
         eprintln!(
-            "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB",
+            "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB, host {} CPU s/GiB, inflate {} GiB/s",
             num("idle_mib"),
             num("peak_mib"),
             num("after_mib"),
             f["seconds_to_return"],
-            f["device_cpu_s_per_gib"]
+            f["device_cpu_s_per_gib"],
+            f["host_cpu_s_per_gib"],
+            f["inflate_gib_s"]
         );
     }
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.contains("uml+prezero"), "{chart}");
     if peer {
-        assert!(chart.contains("qemu"));
+        assert!(
+            chart.contains(r#"data-name="qemu+prezero""#) && chart.contains(r#"data-name="qemu""#),
+            "{chart}"
+        );
+        let c = &v["prezero_vs_own"];
+        for k in ["returned_ratio", "host_cpu_ratio", "inflate_speedup"] {
+            assert!(c[k].as_f64().is_some(), "{k}: {c}");
+        }
+    } else {
+        assert!(v["prezero_vs_own"].is_null());
     }
     let _ = std::fs::remove_file(&svg);
 }
