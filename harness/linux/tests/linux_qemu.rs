@@ -15,7 +15,7 @@ use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{guest_features, names, Daemon, GUARD};
+use daemon::{guest_features, names, prezero, Daemon, GUARD};
 
 const MIB: u64 = 1 << 20;
 
@@ -209,4 +209,70 @@ fn qemu_balloon_follows_the_control_socket_across_a_reset() {
     // (about 1,700 in this test); nothing else goes wrong.
     eprintln!("device after the reset: {}", d.device());
     assert_gone(&mut vm);
+}
+
+/// `prezero linux --vmm qemu`: the cloud kernel under QEMU on the `prezero serve` the command
+/// starts, a scenario that reports, the console, the negotiation and the device summary.
+#[test]
+fn prezero_linux_command_boots_qemu_on_its_own_daemon() {
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let out = prezero()
+        .args([
+            "linux",
+            "--vmm",
+            "qemu",
+            "--scenario",
+            "alloc-free",
+            "--mem",
+            "512",
+            "--events-only",
+            "--no-install",
+            "mib=64",
+            "idle=1",
+            "hold=0.3",
+            "wait=6",
+        ])
+        .env("PREZERO_LINUX_CACHE", cache(e))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert!(stderr.contains("QEMU ") && stderr.contains("-accel "), "{stderr}");
+    assert!(
+        stderr.contains("vhost-user-test-device-pci,chardev=balloon,virtio-id=5,num_vqs=5"),
+        "the guest's command line: {stderr}"
+    );
+    assert!(
+        stdout.lines().all(|l| l.contains("PREZERO event=")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("event=freed"), "{stdout}");
+    assert!(
+        stdout.contains("PREZERO event=exit scenario=alloc-free rc=0"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("negotiated: must_tell_host stats_vq deflate_on_oom reporting"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("queues: inflate deflate stats reporting"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("guest: QEMU exit 0"), "{stderr}");
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("device: reporting "))
+        .unwrap_or_else(|| panic!("no device summary: {stderr}"));
+    let requests: u64 = summary["device: reporting ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(requests > 0, "{summary}");
+    assert!(summary.ends_with(" 0 errors"), "{summary}");
 }
