@@ -276,3 +276,67 @@ fn prezero_linux_command_boots_qemu_on_its_own_daemon() {
     assert!(requests > 0, "{summary}");
     assert!(summary.ends_with(" 0 errors"), "{summary}");
 }
+
+/// The daemon killed under a running QEMU guest with 32 MiB in the balloon, then restarted on
+/// the same socket. What survives (QEMU 11.1.3, no `reconnect-ms`): QEMU and the guest, which
+/// finishes its workload and powers off cleanly (unlike UML, whose device removal waits for a
+/// deflate the dead daemon cannot answer). What does not: the device. QEMU's generic
+/// vhost-user device never reconnects a client chardev, so the restarted daemon serves no one
+/// (and `reconnect-ms` cannot be set at all: the next test).
+#[test]
+fn qemu_and_its_guest_survive_the_daemon_killed_but_the_device_is_not_reconnected() {
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let mut d = Daemon::start(cache(e), "qemu-kill", &[]);
+    let socket = d.socket().to_path_buf();
+    let mut vm = boot(e, 512, Scenario::idle(20.0).interval(1.0), &d, |_| {});
+    vm.console().wait_event("scenario", GUARD).unwrap();
+    d.set("32M");
+    d.wait_actual(32 * MIB);
+    let killed_at = vm.t0().elapsed().as_secs_f64();
+    d.proc.kill();
+    let restarted = Daemon::start_on(cache(e), "qemu-kill-restarted", &[], Some(&socket));
+    let out = vm.run_to_exit(GUARD).unwrap();
+    assert_eq!(out.exit_code, Some(0), "{}", vm.console().tail(30));
+    assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(30));
+    let done = out.event("done").expect("the workload's end");
+    assert_eq!(done.get("reason"), Some("elapsed"));
+    assert!(
+        done.t_s > killed_at + 5.0,
+        "the guest ran on after the kill"
+    );
+    assert_eq!(
+        restarted.status()["connected"].as_bool(),
+        Some(false),
+        "QEMU reconnected: the generic device learned to; test reconnect-ms again"
+    );
+    assert_gone(&mut vm);
+}
+
+/// `reconnect-ms` on the chardev of QEMU's generic vhost-user device stops QEMU at start, even
+/// with the daemon listening: the device's realize sends its first message (`GET_FEATURES`)
+/// without waiting for the chardev's asynchronous reconnecting connect, and the chardev, still
+/// connecting, cannot carry file descriptors ("Failed to set msg fds", then "Protocol error").
+/// `vhost-user-blk` waits for the connection at realize and reconnects; the generic device
+/// (`hw/virtio/vhost-user-base.c`) does not, like `vhost-user-scsi` (spdk/spdk#2840). A canary:
+/// when a QEMU fixes it, this fails and the restart test above should reconnect.
+#[test]
+fn qemu_refuses_reconnect_ms_on_the_generic_vhost_user_device() {
+    use prezero_linux_harness::qemu::QemuBalloon;
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let d = Daemon::start(cache(e), "qemu-reconnect", &[]);
+    let mut vm = boot(e, 256, Scenario::boot(), &d, |c| {
+        if let QemuBalloon::VhostUser { reconnect_ms, .. } = &mut c.balloon {
+            *reconnect_ms = Some(1000);
+        }
+    });
+    let out = vm.run_to_exit(GUARD).unwrap();
+    assert_ne!(out.exit_code, Some(0));
+    assert!(
+        out.console_contains("Failed to set msg fds"),
+        "{}",
+        vm.console().tail(20)
+    );
+    assert_gone(&mut vm);
+}
