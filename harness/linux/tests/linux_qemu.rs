@@ -340,3 +340,160 @@ fn qemu_refuses_reconnect_ms_on_the_generic_vhost_user_device() {
     );
     assert_gone(&mut vm);
 }
+
+/// The first guest `meminfo` event after `t_s` (console clock).
+fn meminfo_after(vm: &mut Qemu, t_s: f64) -> prezero_linux_harness::console::Meminfo {
+    loop {
+        let e = vm.console().wait_event("meminfo", GUARD).unwrap();
+        if e.t_s > t_s {
+            return e.meminfo().unwrap();
+        }
+    }
+}
+
+/// Under QEMU, in one guest: statistics requested through the control socket match the guest's
+/// own `/proc/meminfo`, and a 48 MiB pattern stays intact while the guest reports what it
+/// churned and the host inflates and deflates 96 MiB twice (each state verified by the guest
+/// before the host moves on).
+#[test]
+fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_cycles() {
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let d = Daemon::start(cache(e), "qemu-checksum", &[]);
+    let cycles = 2u64;
+    let balloon_pages = 96 * 256;
+    let scenario = Scenario::checksum(48)
+        .churn(96)
+        .param("verify_every", 1)
+        .interval(0.5)
+        .hold(180.0)
+        .until_deflated(cycles * balloon_pages);
+    let mut vm = boot(e, 512, scenario, &d, |_| {});
+    vm.console().wait_event("checksum-filled", GUARD).unwrap();
+    vm.console().wait_event("churn-freed", GUARD).unwrap();
+    d.wait_until("the churned memory to be reported", |d| {
+        d.counter("reported_bytes") >= 32 * MIB
+    });
+    let verified_in = |vm: &mut Qemu, what: &str, inflated: u64, deflated: u64| loop {
+        let v = vm
+            .console()
+            .wait_event("checksum-verify", GUARD)
+            .unwrap_or_else(|err| panic!("no verification {what}: {err}"));
+        assert_eq!(v.get("status"), Some("ok"), "{what}: {v:?}");
+        if v.num::<u64>("balloon_inflate") == Some(inflated)
+            && v.num::<u64>("balloon_deflate") == Some(deflated)
+        {
+            return;
+        }
+    };
+    verified_in(&mut vm, "after reporting", 0, 0);
+
+    // Statistics against the guest's own meminfo, idle and with a balloon.
+    let compare = |vm: &mut Qemu, label: &str| -> u64 {
+        let t = vm.t0().elapsed().as_secs_f64();
+        let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
+        assert_eq!(fresh["fresh"], true, "{label}: {fresh}");
+        let v = &fresh["stats"]["values"];
+        let mi = meminfo_after(vm, t);
+        let stat = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k}: {fresh}"));
+        let kb = |k: &str| mi.kib(k).unwrap() * 1024;
+        assert_eq!(stat("total_memory"), kb("MemTotal"), "{label}: {fresh}");
+        let near = |a: u64, b: u64| a.abs_diff(b) <= 2 * MIB;
+        assert!(
+            near(stat("free_memory"), kb("MemFree")),
+            "{label}: free_memory {} vs MemFree {} B",
+            stat("free_memory"),
+            kb("MemFree")
+        );
+        assert!(
+            near(stat("available_memory"), kb("MemAvailable")),
+            "{label}: available_memory {} vs MemAvailable {} B",
+            stat("available_memory"),
+            kb("MemAvailable")
+        );
+        assert_eq!(stat("swap_in"), 0, "{label}");
+        assert!(stat("minor_faults") > 0, "{label}");
+        stat("free_memory")
+    };
+    let idle_free = compare(&mut vm, "idle");
+
+    for c in 0..cycles {
+        d.set("96M");
+        d.wait_actual(96 * MIB);
+        verified_in(
+            &mut vm,
+            "with the balloon inflated",
+            (c + 1) * balloon_pages,
+            c * balloon_pages,
+        );
+        if c == 0 {
+            let inflated_free = compare(&mut vm, "96 MiB balloon");
+            assert!(
+                idle_free - inflated_free >= 88 * MIB,
+                "free_memory {idle_free} -> {inflated_free}"
+            );
+        }
+        d.set("0");
+        d.wait_actual(0);
+        if c + 1 < cycles {
+            verified_in(
+                &mut vm,
+                "after deflating",
+                (c + 1) * balloon_pages,
+                (c + 1) * balloon_pages,
+            );
+        }
+    }
+    let out = vm.run_to_exit(GUARD).unwrap();
+    let tail = vm.console().tail(40);
+    assert_eq!(out.guest_rc(), Some(0), "{tail}");
+    assert_eq!(
+        out.event("hold-end").and_then(|e| e.get("reason")),
+        Some("until"),
+        "{tail}"
+    );
+    let sum = out.event("checksum").unwrap();
+    assert_eq!(sum.get("status"), Some("ok"), "{sum:?}");
+    assert_eq!(sum.get("bad_pages"), Some("0"));
+    let m = d.device();
+    let n = |k: &str| m[k].as_u64().unwrap();
+    assert_eq!(n("inflated_pages"), cycles * balloon_pages, "{m}");
+    assert_eq!(n("deflated_pages"), cycles * balloon_pages, "{m}");
+    assert_eq!(d.errors(), 0, "{m}");
+    eprintln!(
+        "QEMU: checksum intact over {} verifications, {cycles} cycles of 96 MiB, {:.1} MiB reported",
+        out.events_named("checksum-verify").count(),
+        n("reported_bytes") as f64 / MIB as f64
+    );
+    assert_gone(&mut vm);
+}
+
+/// Deflate-on-OOM under QEMU: with a 96 MiB balloon in a 256 MiB guest, a workload that eats
+/// 128 MiB completes, the driver's OOM notifier giving balloon pages back.
+#[test]
+fn qemu_deflate_on_oom_lets_a_memory_hungry_guest_finish() {
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let d = Daemon::start(cache(e), "qemu-oom", &["--target", "96M"]);
+    let scenario = Scenario::oom(128).param("step", 8).until_inflated(96 * 256);
+    let mut vm = boot(e, 256, scenario, &d, |_| {});
+    let out = vm.run_to_exit(GUARD).unwrap();
+    let tail = vm.console().tail(40);
+    assert_eq!(out.guest_rc(), Some(0), "{tail}");
+    assert_eq!(
+        out.event("oom-done").and_then(|e| e.num::<u64>("mib")),
+        Some(128),
+        "{tail}"
+    );
+    assert!(!out.console_contains("Out of memory: Killed"), "{tail}");
+    let allocated = out
+        .events_named("vmstat")
+        .find(|e| e.get("phase") == Some("allocated"))
+        .expect("vmstat after allocating");
+    let deflated: u64 = allocated.num("balloon_deflate").unwrap();
+    assert!(deflated >= 4096, "{allocated:?}");
+    assert!(d.counter("deflated_pages") >= deflated);
+    assert_eq!(d.errors(), 0);
+    eprintln!("QEMU deflate-on-OOM: 128 MiB allocated; the OOM notifier deflated {deflated} pages");
+    assert_gone(&mut vm);
+}
