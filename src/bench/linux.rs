@@ -30,7 +30,8 @@
 //! when it reached it. QEMU's own device is steered through its monitor (`balloon`), prezero's
 //! through the daemon's control socket.
 //!
-//! `prezero_vs_own` gives the ratios of `qemu_prezero` to `qemu_own` measured in the same run,
+//! Every figure is the median of `--runs` (3) runs of its row; the two QEMU rows alternate
+//! which goes first. `prezero_vs_own` gives the ratios of `qemu_prezero` to `qemu_own` measured in the same run,
 //! and whether each of issue 9's targets is met (returns at least as much, settles no later
 //! than 0.2 s after, at most 1.0x the host CPU per GiB, inflates at least 1.5x as fast).
 
@@ -89,15 +90,20 @@ pub struct LinuxBenchArgs {
     /// Balloon target set and released in each row, MiB (0: skip the balloon cycle).
     #[arg(long, default_value_t = 512)]
     balloon_mib: u64,
+    /// Runs of every row, alternating the QEMU rows' order; each figure is the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
     /// Only check for UML/QEMU and the cloud kernel; do not install or fetch them.
     #[arg(long)]
     no_install: bool,
 }
 
-/// The figures of one row. JSON keys are stable; `null` means "not measured" (e.g. less than
-/// 16 MiB came back, or `--balloon-mib 0`).
+/// The figures of one row: each the median over `runs`. JSON keys are stable; `null` means
+/// "not measured" (e.g. less than 16 MiB came back, or `--balloon-mib 0`).
 #[derive(Debug, Serialize)]
 pub struct PeerFigures {
+    /// Runs the medians are over.
+    pub runs: usize,
     /// Host memory backing guest RAM while the guest idles, MiB.
     pub idle_mib: f64,
     /// Highest host memory from the allocation on, MiB.
@@ -149,7 +155,7 @@ pub struct PeerFigures {
     pub guest_touch_mib_per_s: Option<f64>,
     /// CPU seconds per thread of the device process from the free to the end of the wait.
     pub threads_after_free: Vec<prezero_linux_harness::procs::ThreadCpu>,
-    /// The full run (series, marks, console), for the chart.
+    /// The run whose `returned_mib` is the median (series, marks, console), for the chart.
     #[serde(skip)]
     pub run: PeerRun,
 }
@@ -249,6 +255,7 @@ fn figures(run: PeerRun, device: DeviceCpu, cycle: Option<CycleResult>) -> PeerF
     let returned_mib = d.returned_mib;
     let enough = returned_mib >= 16.0;
     PeerFigures {
+        runs: 1,
         idle_mib: r.idle_mib,
         peak_mib: r.peak_mib,
         after_mib: r.after_mib,
@@ -279,6 +286,82 @@ fn figures(run: PeerRun, device: DeviceCpu, cycle: Option<CycleResult>) -> PeerF
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The median of the runs that measured it (`None` if none did).
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = v.flatten().collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+/// One row's runs folded into medians; descriptions, threads and the chart's curve come from
+/// the run whose `returned_mib` is closest to the median.
+fn medians(mut runs: Vec<PeerFigures>) -> PeerFigures {
+    let n = runs.len();
+    let m = |f: fn(&PeerFigures) -> f64| median(runs.iter().map(f).collect());
+    let mo = |f: fn(&PeerFigures) -> Option<f64>| median_opt(runs.iter().map(f));
+    let returned_mib = m(|f| f.returned_mib);
+    let (idle_mib, peak_mib, after_mib) = (m(|f| f.idle_mib), m(|f| f.peak_mib), m(|f| f.after_mib));
+    let (host_cpu_s, device_cpu_s, window_mib, boot_s) = (
+        m(|f| f.host_cpu_s),
+        m(|f| f.device_cpu_s),
+        m(|f| f.window_mib),
+        m(|f| f.boot_s),
+    );
+    let seconds_to_return = mo(|f| f.seconds_to_return);
+    let seconds_to_settle = mo(|f| f.seconds_to_settle);
+    let host_cpu_s_per_gib = mo(|f| f.host_cpu_s_per_gib);
+    let device_cpu_s_per_gib = mo(|f| f.device_cpu_s_per_gib);
+    let inflate_s = mo(|f| f.inflate_s);
+    let deflate_s = mo(|f| f.deflate_s);
+    let inflate_gib_s = mo(|f| f.inflate_gib_s);
+    let deflate_gib_s = mo(|f| f.deflate_gib_s);
+    let host_mib_before_inflate = mo(|f| f.host_mib_before_inflate);
+    let host_mib_after_inflate = mo(|f| f.host_mib_after_inflate);
+    let host_mib_after_deflate = mo(|f| f.host_mib_after_deflate);
+    let guest_touch_mib_per_s = mo(|f| f.guest_touch_mib_per_s);
+    let pick = (0..n)
+        .min_by(|&a, &b| {
+            (runs[a].returned_mib - returned_mib)
+                .abs()
+                .total_cmp(&(runs[b].returned_mib - returned_mib).abs())
+        })
+        .unwrap_or(0);
+    let base = runs.swap_remove(pick);
+    PeerFigures {
+        runs: n,
+        idle_mib,
+        peak_mib,
+        after_mib,
+        returned_mib,
+        seconds_to_return,
+        seconds_to_settle,
+        host_cpu_s_per_gib,
+        host_cpu_s,
+        device_cpu_s_per_gib,
+        device_cpu_s,
+        window_mib,
+        inflate_s,
+        deflate_s,
+        inflate_gib_s,
+        deflate_gib_s,
+        host_mib_before_inflate,
+        host_mib_after_inflate,
+        host_mib_after_deflate,
+        boot_s,
+        guest_touch_mib_per_s,
+        ..base
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
@@ -298,8 +381,8 @@ impl LinuxBench {
 
     fn table(&self) -> String {
         let mut s = format!(
-            "Free page reporting, stock Linux driver: allocate {} MiB, free it, wait {} s ({} MiB guests)\n\n",
-            self.workload.mib, self.workload.wait_s, self.guest_mem_mib
+            "Free page reporting, stock Linux driver: allocate {} MiB, free it, wait {} s ({} MiB guests; medians of {} runs)\n\n",
+            self.workload.mib, self.workload.wait_s, self.guest_mem_mib, self.uml_prezero.runs
         );
         s += &format!(
             "{:<13} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>14}\n",
@@ -629,34 +712,46 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         args.mem
     );
 
-    let (qemu_own, qemu_prezero) = if args.skip_qemu {
-        (None, None)
+    let qemu_cfg = if args.skip_qemu {
+        None
     } else {
         let initrd = h.qemu_initramfs()?;
-        let cfg = h.qemu(&initrd)?.mem_mib(args.mem);
-        eprintln!(
-            "qemu_own: {} MiB guest, cloud kernel, QEMU's virtio-balloon, allocating {} MiB ...",
-            args.mem, args.mib
-        );
-        let own = qemu_own_row(&h, &cfg, &opts, args.balloon_mib)?;
-        eprintln!(
-            "qemu_prezero: the same guest on prezero serve (vhost-user-test-device-pci) ..."
-        );
-        let pz = prezero_row(&h, Vmm::Qemu(&cfg), &opts, args.balloon_mib)?;
-        (Some(own), Some(pz))
+        Some(h.qemu(&initrd)?.mem_mib(args.mem))
     };
-
-    eprintln!(
-        "uml_prezero: {} MiB User-Mode Linux guest on prezero serve, allocating {} MiB ...",
-        args.mem, args.mib
-    );
-    let initrd = h.uml_initramfs()?;
-    let uml_prezero = prezero_row(
-        &h,
-        Vmm::Uml(&h.uml(&initrd).mem_mib(args.mem)),
-        &opts,
-        args.balloon_mib,
-    )?;
+    let uml_initrd = h.uml_initramfs()?;
+    let uml_cfg = h.uml(&uml_initrd).mem_mib(args.mem);
+    let (mut own_runs, mut qpz_runs, mut uml_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        let progress = |row: &str, what: &str| {
+            eprintln!(
+                "run {}/{}: {row}: {} MiB guest, {what}, allocating {} MiB ...",
+                i + 1,
+                args.runs,
+                args.mem,
+                args.mib
+            )
+        };
+        if let Some(cfg) = &qemu_cfg {
+            // Alternate which QEMU row goes first, so neither always runs on a warmer host.
+            for own_now in [i % 2 == 0, i % 2 == 1] {
+                if own_now {
+                    progress("qemu_own", "cloud kernel, QEMU's virtio-balloon");
+                    own_runs.push(qemu_own_row(&h, cfg, &opts, args.balloon_mib)?);
+                } else {
+                    progress(
+                        "qemu_prezero",
+                        "cloud kernel, prezero serve behind vhost-user-test-device-pci",
+                    );
+                    qpz_runs.push(prezero_row(&h, Vmm::Qemu(cfg), &opts, args.balloon_mib)?);
+                }
+            }
+        }
+        progress("uml_prezero", "User-Mode Linux on prezero serve");
+        uml_runs.push(prezero_row(&h, Vmm::Uml(&uml_cfg), &opts, args.balloon_mib)?);
+    }
+    let some = |runs: Vec<PeerFigures>| (!runs.is_empty()).then(|| medians(runs));
+    let (qemu_own, qemu_prezero) = (some(own_runs), some(qpz_runs));
+    let uml_prezero = medians(uml_runs);
 
     let svg = svg_path(&h, args.svg.as_deref())?;
     let mut runs: Vec<&PeerRun> = Vec::new();

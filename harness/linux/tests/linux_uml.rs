@@ -968,6 +968,8 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         "8",
         "--balloon-mib",
         "128",
+        "--runs",
+        "1",
         "--no-install",
         "--svg",
     ])
