@@ -23,10 +23,10 @@ use prezero_linux_harness::console::Event;
 use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::uml::wait_for_socket_file;
+use prezero_linux_harness::vm::GuestProcess;
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
-use prezero_linux_harness::vm::GuestProcess;
 use std::ops::DerefMut;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,8 +46,9 @@ pub struct LinuxArgs {
     /// Debian's cloud kernel and QEMU's generic vhost-user device (`scripts/qemu-setup.sh`).
     #[arg(long, value_enum, default_value_t = Vmm::Uml)]
     vmm: Vmm,
-    /// Guest memory in MiB (UML's `mem=`). Free page reporting needs more than ~160 MiB free:
-    /// Linux reports only while free memory stays above the low watermark plus 32 x 4 MiB.
+    /// Guest memory in MiB (UML's `mem=`, QEMU's `-m`). Free page reporting needs more than
+    /// ~160 MiB free: Linux reports only while free memory stays above the low watermark plus
+    /// 32 x 4 MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
     /// Attach to the vhost-user socket of a daemon that is already running, instead of

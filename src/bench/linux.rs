@@ -309,7 +309,8 @@ fn medians(mut runs: Vec<PeerFigures>) -> PeerFigures {
     let m = |f: fn(&PeerFigures) -> f64| median(runs.iter().map(f).collect());
     let mo = |f: fn(&PeerFigures) -> Option<f64>| median_opt(runs.iter().map(f));
     let returned_mib = m(|f| f.returned_mib);
-    let (idle_mib, peak_mib, after_mib) = (m(|f| f.idle_mib), m(|f| f.peak_mib), m(|f| f.after_mib));
+    let (idle_mib, peak_mib, after_mib) =
+        (m(|f| f.idle_mib), m(|f| f.peak_mib), m(|f| f.after_mib));
     let (host_cpu_s, device_cpu_s, window_mib, boot_s) = (
         m(|f| f.host_cpu_s),
         m(|f| f.device_cpu_s),
@@ -747,7 +748,12 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
             }
         }
         progress("uml_prezero", "User-Mode Linux on prezero serve");
-        uml_runs.push(prezero_row(&h, Vmm::Uml(&uml_cfg), &opts, args.balloon_mib)?);
+        uml_runs.push(prezero_row(
+            &h,
+            Vmm::Uml(&uml_cfg),
+            &opts,
+            args.balloon_mib,
+        )?);
     }
     let some = |runs: Vec<PeerFigures>| (!runs.is_empty()).then(|| medians(runs));
     let (qemu_own, qemu_prezero) = (some(own_runs), some(qpz_runs));

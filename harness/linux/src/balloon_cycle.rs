@@ -71,7 +71,10 @@ impl BalloonControl for QemuMonitorBalloon {
     }
 
     fn describe(&self) -> String {
-        format!("QEMU monitor {} (balloon / info balloon)", self.monitor.display())
+        format!(
+            "QEMU monitor {} (balloon / info balloon)",
+            self.monitor.display()
+        )
     }
 }
 
@@ -174,7 +177,10 @@ mod tests {
     fn info_balloon_answers() {
         let a = "info balloon\r\nballoon: actual=1536\r\n(qemu) ";
         assert_eq!(parse_info_balloon(a), Some(1536));
-        assert_eq!(parse_info_balloon("Error: No balloon device has been activated"), None);
+        assert_eq!(
+            parse_info_balloon("Error: No balloon device has been activated"),
+            None
+        );
     }
 
     /// A device whose `actual` follows the target after a few polls.

@@ -2,8 +2,9 @@
 //!
 //! Runs the **stock Linux `virtio_balloon` driver** against a virtio-balloon device: under
 //! User-Mode Linux (UML, Debian's `user-mode-linux`, kernel 6.1) attached to prezero's
-//! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (software emulation) with
-//! QEMU's own virtio-balloon as the peer to compare with.
+//! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (>= 10.2, KVM or TCG) with
+//! Debian's cloud kernel: attached to the same daemon through QEMU's generic vhost-user device,
+//! or with QEMU's own virtio-balloon, the peer to compare with.
 //!
 //! **What it is:** test and measurement infrastructure. The Linux interop suite
 //! (`tests/linux_uml.rs` here, a test of the root package), `prezero linux` and

@@ -1,9 +1,10 @@
 //! Host-memory measurement of a VM running the `alloc-free` workload, and the curve analysis
 //! that turns a time series into the comparison figures.
 //!
-//! A [`Sampler`] thread reads a [`MemoryProbe`] (QEMU: `VmRSS`; UML: allocated blocks of its
-//! memory file) and a [`CpuProbe`] (the process serving the balloon device: QEMU itself, or the
-//! prezero daemon) every interval, timestamped on the same clock as the console lines. The
+//! A [`Sampler`] thread reads a [`MemoryProbe`] (QEMU: allocated blocks of its guest-RAM memfd;
+//! UML: allocated blocks of its memory file) and a [`CpuProbe`] (whatever the caller measures:
+//! QEMU itself, the prezero daemon, or a VM and its daemon together,
+//! [`crate::procs::SumCpu`]) every interval, timestamped on the same clock as the console lines. The
 //! guest's events give the [`Marks`]. [`analyze`] then computes, all in MiB of host memory:
 //!
 //! - `idle_mib`: median of the samples in the last `idle_window_s` (2 s) of the idle phase
@@ -30,8 +31,9 @@
 //! For QEMU under TCG, virtio notifications are handled synchronously in the vCPU thread (QEMU
 //! uses ioeventfd only with KVM), so device CPU cannot be separated from guest CPU by thread: the
 //! QEMU figure is the whole process's extra CPU while memory returns, i.e. the device plus the
-//! guest's own reporting work (an upper bound on the device cost). For UML + prezero the CPU
-//! probe is the daemon process alone.
+//! guest's own reporting work (an upper bound on the device cost). [`Details::cpu_window_s`] is
+//! the probe's whole CPU in the return window, with no baseline taken off (`prezero bench
+//! linux`'s host CPU per GiB).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -15,7 +15,7 @@ use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{guest_features, names, prezero, Daemon, GUARD};
+use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
 
 const MIB: u64 = 1 << 20;
 
@@ -241,7 +241,10 @@ fn prezero_linux_command_boots_qemu_on_its_own_daemon() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{stderr}\n{stdout}");
-    assert!(stderr.contains("QEMU ") && stderr.contains("-accel "), "{stderr}");
+    assert!(
+        stderr.contains("QEMU ") && stderr.contains("-accel "),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("vhost-user-test-device-pci,chardev=balloon,virtio-id=5,num_vqs=5"),
         "the guest's command line: {stderr}"
@@ -392,28 +395,7 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     let compare = |vm: &mut Qemu, label: &str| -> u64 {
         let t = vm.t0().elapsed().as_secs_f64();
         let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
-        assert_eq!(fresh["fresh"], true, "{label}: {fresh}");
-        let v = &fresh["stats"]["values"];
-        let mi = meminfo_after(vm, t);
-        let stat = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k}: {fresh}"));
-        let kb = |k: &str| mi.kib(k).unwrap() * 1024;
-        assert_eq!(stat("total_memory"), kb("MemTotal"), "{label}: {fresh}");
-        let near = |a: u64, b: u64| a.abs_diff(b) <= 2 * MIB;
-        assert!(
-            near(stat("free_memory"), kb("MemFree")),
-            "{label}: free_memory {} vs MemFree {} B",
-            stat("free_memory"),
-            kb("MemFree")
-        );
-        assert!(
-            near(stat("available_memory"), kb("MemAvailable")),
-            "{label}: available_memory {} vs MemAvailable {} B",
-            stat("available_memory"),
-            kb("MemAvailable")
-        );
-        assert_eq!(stat("swap_in"), 0, "{label}");
-        assert!(stat("minor_faults") > 0, "{label}");
-        stat("free_memory")
+        assert_stats_match_meminfo(&fresh, &meminfo_after(vm, t), label)
     };
     let idle_free = compare(&mut vm, "idle");
 

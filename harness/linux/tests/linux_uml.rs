@@ -34,7 +34,7 @@ const MIB: u64 = 1 << 20;
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{guest_features, names, prezero, Daemon, GUARD};
+use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
 
 struct Env {
     h: Harness,
@@ -475,53 +475,8 @@ fn guest_statistics_match_its_own_meminfo() {
     let compare = |vm: &mut Uml, label: &str| -> u64 {
         let t = now_s(vm);
         let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
-        assert_eq!(fresh["fresh"], true, "{fresh}");
-        let v = &fresh["stats"]["values"];
         let (_, mi) = meminfo_after(vm, t);
-        let stat = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k}: {fresh}"));
-        let kb = |k: &str| mi.kib(k).unwrap() * 1024;
-        // Every tag Linux 6.1 sends without hugetlb.
-        for tag in [
-            "swap_in",
-            "swap_out",
-            "major_faults",
-            "minor_faults",
-            "free_memory",
-            "total_memory",
-            "available_memory",
-            "disk_caches",
-        ] {
-            assert!(v.get(tag).is_some(), "{label}: no {tag}: {fresh}");
-        }
-        assert_eq!(stat("total_memory"), kb("MemTotal"), "{label}: {fresh}");
-        let near = |a: u64, b: u64| a.abs_diff(b) <= 2 * MIB;
-        assert!(
-            near(stat("free_memory"), kb("MemFree")),
-            "{label}: free_memory {} vs MemFree {} B",
-            stat("free_memory"),
-            kb("MemFree")
-        );
-        assert!(
-            near(stat("available_memory"), kb("MemAvailable")),
-            "{label}: available_memory {} vs MemAvailable {} B",
-            stat("available_memory"),
-            kb("MemAvailable")
-        );
-        assert_eq!(stat("swap_in"), 0);
-        assert_eq!(stat("swap_out"), 0);
-        assert!(stat("minor_faults") > 0);
-        assert!(stat("free_memory") < stat("total_memory"));
-        eprintln!(
-            "{label}: stats free {:.1} MiB / total {:.1} MiB / available {:.1} MiB; meminfo \
-             MemFree {:.1} / MemTotal {:.1} / MemAvailable {:.1} MiB",
-            stat("free_memory") as f64 / MIB as f64,
-            stat("total_memory") as f64 / MIB as f64,
-            stat("available_memory") as f64 / MIB as f64,
-            kb("MemFree") as f64 / MIB as f64,
-            kb("MemTotal") as f64 / MIB as f64,
-            kb("MemAvailable") as f64 / MIB as f64
-        );
-        stat("free_memory")
+        assert_stats_match_meminfo(&fresh, &mi, label)
     };
     let idle_free = compare(&mut vm, "idle");
     d.set("32M");
@@ -1014,7 +969,10 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         assert!(num("seconds_to_settle") >= 0.0, "{p}: {f}");
         // The balloon cycle: 128 MiB given up and taken back, at a finite speed.
         assert_eq!(f["balloon_mib"], 128, "{p}: {f}");
-        assert!(num("inflate_gib_s") > 0.0 && num("deflate_gib_s") > 0.0, "{p}: {f}");
+        assert!(
+            num("inflate_gib_s") > 0.0 && num("deflate_gib_s") > 0.0,
+            "{p}: {f}"
+        );
         eprintln!(
             "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB, host {} CPU s/GiB, inflate {} GiB/s",
             num("idle_mib"),
