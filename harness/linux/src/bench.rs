@@ -252,18 +252,31 @@ pub fn bench_qemu_with(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<PeerRun> {
     let peer = qemu_peer(cfg);
-    let cfg = cfg.clone().scenario(opts.workload.scenario());
-    let mut vm = Qemu::boot(&cfg)?;
+    let mut vm = Qemu::boot(&cfg.clone().scenario(opts.workload.scenario()))?;
     let (mem, pid) = (vm.memory_probe(), vm.pid());
-    let run = measure_alloc_free_with(
+    let device_pid = Some(device_pid.unwrap_or(pid));
+    measure_to_the_end(
         peer,
         &mut vm,
         Box::new(mem),
         cpu(pid),
-        Some(device_pid.unwrap_or(pid)),
+        device_pid,
         opts,
         on_event,
-    );
+    )
+}
+
+/// [`measure_alloc_free_with`], then the VM's poweroff (or its end after 30 s).
+fn measure_to_the_end(
+    peer: &str,
+    vm: &mut GuestProcess,
+    mem: Box<dyn MemoryProbe>,
+    cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PeerRun> {
+    let run = measure_alloc_free_with(peer, vm, mem, cpu, device_pid, opts, on_event);
     let _ = vm.wait_exit(Duration::from_secs(30));
     vm.shutdown();
     run
@@ -301,7 +314,7 @@ pub fn bench_uml_with(
     };
     let mut vm = Uml::boot(&cfg)?;
     let (mem, pid) = (vm.memory_probe(), vm.pid());
-    let run = measure_alloc_free_with(
+    measure_to_the_end(
         peer,
         &mut vm,
         Box::new(mem),
@@ -309,10 +322,7 @@ pub fn bench_uml_with(
         device_pid,
         opts,
         on_event,
-    );
-    let _ = vm.wait_exit(Duration::from_secs(30));
-    vm.shutdown();
-    run
+    )
 }
 
 /// The scenario of a balloon cycle: idle (meminfo every second) for at most `timeout`.

@@ -13,6 +13,9 @@ use prezero_linux_harness::qemu::Qemu;
 use prezero_linux_harness::setup::{check, find_qemu};
 use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
 
+#[path = "support/checksum.rs"]
+mod checksum;
+use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
 use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
@@ -377,17 +380,8 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     d.wait_until("the churned memory to be reported", |d| {
         d.counter("reported_bytes") >= 32 * MIB
     });
-    let verified_in = |vm: &mut Qemu, what: &str, inflated: u64, deflated: u64| loop {
-        let v = vm
-            .console()
-            .wait_event("checksum-verify", GUARD)
-            .unwrap_or_else(|err| panic!("no verification {what}: {err}"));
-        assert_eq!(v.get("status"), Some("ok"), "{what}: {v:?}");
-        if v.num::<u64>("balloon_inflate") == Some(inflated)
-            && v.num::<u64>("balloon_deflate") == Some(deflated)
-        {
-            return;
-        }
+    let verified_in = |vm: &mut Qemu, what: &str, inflated: u64, deflated: u64| {
+        wait_verified(vm, what, inflated, deflated, GUARD)
     };
     verified_in(&mut vm, "after reporting", 0, 0);
 

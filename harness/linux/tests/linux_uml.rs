@@ -32,6 +32,9 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
+#[path = "support/checksum.rs"]
+mod checksum;
+use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
 use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
@@ -568,20 +571,7 @@ fn checksum_survives_inflate_deflate_and_reporting_cycles() {
     // Each state is verified by the guest before the host moves on: the guest's verify lines
     // carry its balloon counters.
     let verified_in = |vm: &mut Uml, what: &str, inflated: u64, deflated: u64| {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = vm
-                .console()
-                .wait_event("checksum-verify", left)
-                .unwrap_or_else(|err| panic!("no verification {what}: {err}"));
-            assert_eq!(v.get("status"), Some("ok"), "{what}: {v:?}");
-            if v.num::<u64>("balloon_inflate") == Some(inflated)
-                && v.num::<u64>("balloon_deflate") == Some(deflated)
-            {
-                return;
-            }
-        }
+        wait_verified(vm, what, inflated, deflated, GUARD)
     };
     verified_in(&mut vm, "after reporting", 0, 0);
     for c in 0..cycles {
