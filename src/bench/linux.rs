@@ -691,6 +691,12 @@ fn svg_path(h: &Harness, arg: Option<&Path>) -> Result<PathBuf> {
 
 /// Runs the comparison.
 pub fn run(args: &LinuxBenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.balloon_mib < args.mem,
+        "--balloon-mib {} must be below the guest's --mem {} MiB (fix: a smaller --balloon-mib, or 0 to skip the balloon cycle)",
+        args.balloon_mib,
+        args.mem
+    );
     let _cleanup = crate::interrupt::on_exit(clean_up_started_here);
     let h = Harness::new(&SetupOptions {
         peer: !args.skip_qemu,
@@ -706,12 +712,6 @@ pub fn run(args: &LinuxBenchArgs) -> Result<()> {
         },
         ..BenchOptions::default()
     };
-    anyhow::ensure!(
-        args.balloon_mib < args.mem,
-        "--balloon-mib {} must be below the guest's --mem {} MiB (fix: a smaller --balloon-mib, or 0 to skip the balloon cycle)",
-        args.balloon_mib,
-        args.mem
-    );
 
     let qemu_cfg = if args.skip_qemu {
         None
