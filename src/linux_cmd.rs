@@ -1,5 +1,5 @@
-//! `prezero linux`: the stock Linux `virtio_balloon` driver, running in User-Mode Linux, against
-//! prezero's vhost-user daemon.
+//! `prezero linux`: the stock Linux `virtio_balloon` driver, running in User-Mode Linux (the
+//! default) or in a QEMU VM (`--vmm qemu`), against prezero's vhost-user daemon.
 //!
 //! It sets up what is missing (as root: `apt-get install user-mode-linux busybox-static cpio`,
 //! the same `scripts/linux-setup.sh` CI runs), builds a small initramfs at run time (busybox,
@@ -7,7 +7,10 @@
 //! embedded in this binary, an `/init` script; kept in the cache directory of
 //! [`default_cache_dir`](prezero_linux_harness::setup::default_cache_dir), never committed), starts `prezero serve` (or uses the running daemon
 //! given by `--socket`), boots UML with `virtio_uml.device=SOCKET:5` and prints the guest's
-//! console as it comes. While it runs, steer the balloon from another terminal with the printed
+//! console as it comes. With `--vmm qemu` it boots Debian's cloud kernel under QEMU >= 10.2
+//! (`scripts/qemu-setup.sh`; KVM when it boots, else TCG) with guest RAM in a shared memfd and
+//! `vhost-user-test-device-pci,virtio-id=5,num_vqs=5` on the same socket (see
+//! `prezero_linux_harness::qemu`). While it runs, steer the balloon from another terminal with the printed
 //! `prezero balloon ... --control PATH` commands. At the end it prints what was negotiated
 //! and what the device did.
 //!
@@ -22,15 +25,17 @@
 //! pages of `virtio_uml` warnings). `--timeout` kills the guest at once and says so once.
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use prezero_linux_harness::backend::BackendProcess;
 use prezero_linux_harness::console::Event;
 use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::uml::wait_for_socket_file;
+use prezero_linux_harness::vm::GuestProcess;
 use prezero_linux_harness::{Harness, Scenario, SetupOptions};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
+use std::ops::DerefMut;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,8 +53,13 @@ pub struct LinuxArgs {
     /// harness/linux/src/lib.rs for what each prints).
     #[arg(long, default_value = "boot")]
     scenario: String,
-    /// Guest memory in MiB (UML's `mem=`). Free page reporting needs more than ~160 MiB free:
-    /// Linux reports only while free memory stays above the low watermark plus 32 x 4 MiB.
+    /// The VMM: User-Mode Linux (Debian's 6.1 `linux.uml`, `virtio_uml`), or QEMU >= 10.2 with
+    /// Debian's cloud kernel and QEMU's generic vhost-user device (`scripts/qemu-setup.sh`).
+    #[arg(long, value_enum, default_value_t = Vmm::Uml)]
+    vmm: Vmm,
+    /// Guest memory in MiB (UML's `mem=`, QEMU's `-m`). Free page reporting needs more than
+    /// ~160 MiB free: Linux reports only while free memory stays above the low watermark plus
+    /// 32 x 4 MiB.
     #[arg(long, default_value_t = 256)]
     mem: u64,
     /// Attach to the vhost-user socket of a daemon that is already running, instead of
@@ -77,6 +87,15 @@ pub struct LinuxArgs {
     /// before anything boots; each scenario's are listed below.
     #[arg(value_name = "KEY=VALUE")]
     params: Vec<String>,
+}
+
+/// The VMM `prezero linux` boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Vmm {
+    /// User-Mode Linux (`virtio_uml.device=SOCKET:5`).
+    Uml,
+    /// QEMU with `vhost-user-test-device-pci` (virtio-id 5) on the daemon's socket.
+    Qemu,
 }
 
 /// Starts `prezero serve` (this executable) on `socket` and `control`, with `extra` arguments,
@@ -163,13 +182,32 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     let t = Instant::now();
     let h = Harness::new(&SetupOptions {
         install: !args.no_install,
+        peer: args.vmm == Vmm::Qemu,
         ..Default::default()
     })?;
-    let initrd = h.uml_initramfs()?;
+    let (initrd, vmm_name) = match args.vmm {
+        Vmm::Uml => (
+            h.uml_initramfs()?,
+            format!(
+                "User-Mode Linux {} ({})",
+                h.tools.uml_release,
+                h.tools.linux_uml.display()
+            ),
+        ),
+        Vmm::Qemu => {
+            let initrd = h.qemu_initramfs()?;
+            let q = h.qemu(&initrd)?;
+            let name = format!(
+                "QEMU {} (-accel {}), kernel {}",
+                q.qemu.display(),
+                q.accel.name(),
+                q.kernel.display()
+            );
+            (initrd, name)
+        }
+    };
     eprintln!(
-        "User-Mode Linux {} ({}), initramfs {} ({} KiB: busybox, {}, prezero-workload), ready in {:.1} s",
-        h.tools.uml_release,
-        h.tools.linux_uml.display(),
+        "{vmm_name}, initramfs {} ({} KiB: busybox, {}, prezero-workload), ready in {:.1} s",
         initrd.path.display(),
         initrd.bytes / 1024,
         initrd.modules.join(", "),
@@ -241,12 +279,22 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
         );
     }
 
-    let cfg = h
-        .uml(&initrd)
-        .mem_mib(args.mem)
-        .scenario(scenario)
-        .balloon_socket(&socket);
-    let mut vm = cfg.boot()?;
+    let mut vm: Box<dyn DerefMut<Target = GuestProcess>> = match args.vmm {
+        Vmm::Uml => Box::new(
+            h.uml(&initrd)
+                .mem_mib(args.mem)
+                .scenario(scenario)
+                .balloon_socket(&socket)
+                .boot()?,
+        ),
+        Vmm::Qemu => Box::new(
+            h.qemu(&initrd)?
+                .mem_mib(args.mem)
+                .scenario(scenario)
+                .balloon_socket(&socket)
+                .boot()?,
+        ),
+    };
     eprintln!("guest: {}", vm.command_line());
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut printed = 0;
@@ -309,7 +357,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     };
     let left = vm.shutdown();
     if !left.is_empty() {
-        eprintln!("UML processes that survived SIGKILL: {left:?}");
+        eprintln!("{:?} processes that survived SIGKILL: {left:?}", args.vmm);
     }
     let (exit_code, guest_rc) = match &out {
         Ok(o) => (o.exit_code, o.guest_rc()),
@@ -323,7 +371,11 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
 
     eprintln!();
     eprintln!(
-        "guest: UML exit {}, workload exit status {}, {:.1} s",
+        "guest: {} exit {}, workload exit status {}, {:.1} s",
+        match args.vmm {
+            Vmm::Uml => "UML",
+            Vmm::Qemu => "QEMU",
+        },
         exit_code.map_or("none (killed)".into(), |c| c.to_string()),
         guest_rc.map_or("none".into(), |c| c.to_string()),
         vm.t0().elapsed().as_secs_f64()

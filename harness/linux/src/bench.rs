@@ -1,21 +1,25 @@
 //! The peer comparison (`prezero bench linux`): the same `alloc-free` workload (idle, allocate
-//! and touch 256 MiB, hold, free, wait for reporting) under QEMU with its own virtio-balloon and
-//! under UML attached to `prezero serve`, measured the same way (see [`crate::measure`]).
+//! and touch 256 MiB, hold, free, wait for reporting) under QEMU with its own virtio-balloon,
+//! under QEMU with `prezero serve` behind its generic vhost-user device, and under UML attached
+//! to `prezero serve`, measured the same way (see [`crate::measure`]); then a balloon target
+//! set and released in a fresh guest ([`crate::balloon_cycle`]).
 //!
 //! [`measure_alloc_free`] is the common part: it samples a running VM while following the
 //! workload's console events, then analyses the curve. [`bench_qemu`] and [`bench_uml`] boot the
-//! respective VM and call it. The CLI (`prezero bench linux`) turns the runs into a table and a
-//! chart.
+//! respective VM and call it; their `_with` forms take the CPU probe (VM alone, or VM plus
+//! daemon: [`vm_and_device_cpu`]). [`cycle_qemu`] and [`cycle_uml`] time the balloon. The CLI
+//! (`prezero bench linux`) turns the runs into a table and a chart.
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::balloon_cycle::{balloon_cycle, BalloonControl, CycleResult};
 use crate::console::{Event, Line};
 use crate::error::Result;
 use crate::measure::{analyze, AnalysisOptions, Details, Marks, PeerResult, Sampler};
-use crate::procs::{threads_cpu, CpuProbe, MemoryProbe, ThreadCpu};
-use crate::qemu::{Qemu, QemuConfig};
+use crate::procs::{threads_cpu, CpuProbe, MemoryProbe, ProcessCpu, SumCpu, ThreadCpu};
+use crate::qemu::{Qemu, QemuBalloon, QemuConfig};
 use crate::scenario::Scenario;
 use crate::uml::{Uml, UmlConfig};
 use crate::vm::GuestProcess;
@@ -206,20 +210,73 @@ pub fn measure_alloc_free_with(
     })
 }
 
-/// The QEMU peer: boots `cfg` with the `alloc-free` workload of `opts` and measures QEMU's RSS
-/// and CPU.
+/// Makes the sampler's CPU probe once the VM's pid is known: the VM alone
+/// ([`vm_cpu`]), or the VM plus its external device ([`vm_and_device_cpu`]).
+pub type CpuOf<'a> = &'a dyn Fn(i32) -> Box<dyn CpuProbe>;
+
+/// The VM process's own CPU (all threads).
+pub fn vm_cpu(vm_pid: i32) -> Box<dyn CpuProbe> {
+    Box::new(ProcessCpu { pid: vm_pid })
+}
+
+/// The VM process plus the device process `device_pid` (e.g. `prezero serve`): all the CPU
+/// the host spends on the guest and its balloon.
+pub fn vm_and_device_cpu(vm_pid: i32, device_pid: i32) -> Box<dyn CpuProbe> {
+    Box::new(SumCpu(vec![
+        Box::new(ProcessCpu { pid: vm_pid }),
+        Box::new(ProcessCpu { pid: device_pid }),
+    ]))
+}
+
+/// The peer name of a QEMU configuration: `qemu` (its own balloon) or `qemu+prezero`.
+pub fn qemu_peer(cfg: &QemuConfig) -> &'static str {
+    match cfg.balloon {
+        QemuBalloon::Own { .. } => "qemu",
+        QemuBalloon::VhostUser { .. } => "qemu+prezero",
+    }
+}
+
+/// The QEMU peer: boots `cfg` with the `alloc-free` workload of `opts` and measures its
+/// guest-RAM memfd and QEMU's CPU.
 pub fn bench_qemu(cfg: &QemuConfig, opts: &BenchOptions) -> Result<PeerRun> {
-    let cfg = cfg.clone().scenario(opts.workload.scenario());
-    let mut vm = Qemu::boot(&cfg)?;
-    let (mem, cpu, pid) = (vm.memory_probe(), vm.cpu_probe(), vm.pid());
-    let run = measure_alloc_free(
-        "qemu",
+    bench_qemu_with(cfg, &vm_cpu, None, opts, &mut |_| {})
+}
+
+/// [`bench_qemu`] with the sampler's CPU probe made by `cpu` from QEMU's pid, the per-thread
+/// breakdown of `device_pid` (default: QEMU), calling `on_event` at each workload phase.
+pub fn bench_qemu_with(
+    cfg: &QemuConfig,
+    cpu: CpuOf<'_>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PeerRun> {
+    let peer = qemu_peer(cfg);
+    let mut vm = Qemu::boot(&cfg.clone().scenario(opts.workload.scenario()))?;
+    let (mem, pid) = (vm.memory_probe(), vm.pid());
+    let device_pid = Some(device_pid.unwrap_or(pid));
+    measure_to_the_end(
+        peer,
         &mut vm,
         Box::new(mem),
-        Box::new(cpu),
-        Some(pid),
+        cpu(pid),
+        device_pid,
         opts,
-    );
+        on_event,
+    )
+}
+
+/// [`measure_alloc_free_with`], then the VM's poweroff (or its end after 30 s).
+fn measure_to_the_end(
+    peer: &str,
+    vm: &mut GuestProcess,
+    mem: Box<dyn MemoryProbe>,
+    cpu: Box<dyn CpuProbe>,
+    device_pid: Option<i32>,
+    opts: &BenchOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<PeerRun> {
+    let run = measure_alloc_free_with(peer, vm, mem, cpu, device_pid, opts, on_event);
     let _ = vm.wait_exit(Duration::from_secs(30));
     vm.shutdown();
     run
@@ -235,13 +292,16 @@ pub fn bench_uml(
     device_pid: Option<i32>,
     opts: &BenchOptions,
 ) -> Result<PeerRun> {
-    bench_uml_with(cfg, device_cpu, device_pid, opts, &mut |_| {})
+    let cpu = std::cell::RefCell::new(Some(device_cpu));
+    let cpu = move |_| cpu.borrow_mut().take().expect("one boot, one probe");
+    bench_uml_with(cfg, &cpu, device_pid, opts, &mut |_| {})
 }
 
-/// [`bench_uml`], calling `on_event` at each workload phase (see [`measure_alloc_free_with`]).
+/// [`bench_uml`] with the sampler's CPU probe made by `cpu` from UML's (kernel) pid, calling
+/// `on_event` at each workload phase (see [`measure_alloc_free_with`]).
 pub fn bench_uml_with(
     cfg: &UmlConfig,
-    device_cpu: Box<dyn CpuProbe>,
+    cpu: CpuOf<'_>,
     device_pid: Option<i32>,
     opts: &BenchOptions,
     on_event: &mut dyn FnMut(&Event),
@@ -253,19 +313,67 @@ pub fn bench_uml_with(
         "uml (no balloon)"
     };
     let mut vm = Uml::boot(&cfg)?;
-    let mem = vm.memory_probe();
-    let run = measure_alloc_free_with(
+    let (mem, pid) = (vm.memory_probe(), vm.pid());
+    measure_to_the_end(
         peer,
         &mut vm,
         Box::new(mem),
-        device_cpu,
+        cpu(pid),
         device_pid,
         opts,
         on_event,
-    );
-    let _ = vm.wait_exit(Duration::from_secs(30));
+    )
+}
+
+/// The scenario of a balloon cycle: idle (meminfo every second) for at most `timeout`.
+fn cycle_scenario(timeout: Duration) -> Scenario {
+    Scenario::idle(timeout.as_secs_f64().ceil()).interval(1.0)
+}
+
+/// Waits until the idling guest's driver is up (the scenario started and printed meminfo
+/// twice, so boot-time reporting has had a second), then runs [`balloon_cycle`].
+fn cycle_on(
+    vm: &mut GuestProcess,
+    mem: &mut dyn MemoryProbe,
+    ctl: &mut dyn BalloonControl,
+    target_mib: u64,
+    timeout: Duration,
+) -> Result<CycleResult> {
+    vm.console().wait_event("scenario", timeout)?;
+    vm.console().wait_event("meminfo", timeout)?;
+    vm.console().wait_event("meminfo", timeout)?;
+    balloon_cycle(ctl, mem, target_mib, timeout)
+}
+
+/// Boots `cfg` idling and inflates / deflates a balloon of `target_mib` through `ctl` (for
+/// QEMU's own device: a [`crate::balloon_cycle::QemuMonitorBalloon`] on `cfg.monitor`).
+pub fn cycle_qemu(
+    cfg: &QemuConfig,
+    ctl: &mut dyn BalloonControl,
+    target_mib: u64,
+    timeout: Duration,
+) -> Result<CycleResult> {
+    let cfg = cfg.clone().scenario(cycle_scenario(timeout));
+    let mut vm = Qemu::boot(&cfg)?;
+    let mut mem = vm.memory_probe();
+    let r = cycle_on(&mut vm, &mut mem, ctl, target_mib, timeout);
     vm.shutdown();
-    run
+    r
+}
+
+/// [`cycle_qemu`] for UML attached to the daemon steered by `ctl`.
+pub fn cycle_uml(
+    cfg: &UmlConfig,
+    ctl: &mut dyn BalloonControl,
+    target_mib: u64,
+    timeout: Duration,
+) -> Result<CycleResult> {
+    let cfg = cfg.clone().scenario(cycle_scenario(timeout));
+    let mut vm = Uml::boot(&cfg)?;
+    let mut mem = vm.memory_probe();
+    let r = cycle_on(&mut vm, &mut mem, ctl, target_mib, timeout);
+    vm.shutdown();
+    r
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Runs the **stock Linux `virtio_balloon` driver** against a virtio-balloon device: under
 //! User-Mode Linux (UML, Debian's `user-mode-linux`, kernel 6.1) attached to prezero's
-//! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (software emulation) with
-//! QEMU's own virtio-balloon as the peer to compare with.
+//! vhost-user daemon (`virtio_uml.device=SOCKET:5`), and under QEMU (>= 10.2, KVM or TCG) with
+//! Debian's cloud kernel: attached to the same daemon through QEMU's generic vhost-user device,
+//! or with QEMU's own virtio-balloon, the peer to compare with.
 //!
 //! **What it is:** test and measurement infrastructure. The Linux interop suite
 //! (`tests/linux_uml.rs` here, a test of the root package), `prezero linux` and
@@ -22,7 +23,7 @@
 //! | [`uml`], [`qemu`], [`vm`], [`console`] | booting the VMs, console capture with timeouts, every pid recorded and killed on drop |
 //! | [`backend`] | the vhost-user backend as a process of its own (`prezero serve`): started before the guest, probed for CPU, descriptors and mappings |
 //! | [`scratch`], [`session`] | short-named scratch directories for sockets and logs; the cleanup of an interrupted command (VMs, backends, scratch) |
-//! | [`procs`], [`measure`], [`mod@bench`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs (the CLI draws the table and chart) |
+//! | [`procs`], [`measure`], [`mod@bench`], [`balloon_cycle`] | host memory / CPU probes, sampling, curve analysis, the peer comparison's runs and its timed balloon inflate / deflate (the CLI draws the table and chart) |
 //!
 //! Everything it builds or downloads lives in its cache directory ([`setup::default_cache_dir`]:
 //! `$PREZERO_LINUX_CACHE`, else `target/prezero-linux` for the clone's own binaries and tests,
@@ -136,6 +137,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod balloon_cycle;
 pub mod bench;
 pub mod console;
 pub mod cpio;

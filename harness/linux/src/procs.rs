@@ -462,6 +462,25 @@ impl CpuProbe for ThreadsCpu {
     }
 }
 
+/// The sum of several probes: the host CPU of a VM and its device together (QEMU plus
+/// `prezero serve`), so that a VMM serving its device in-process and one using an external
+/// backend are compared on all the CPU they cost the host.
+pub struct SumCpu(pub Vec<Box<dyn CpuProbe>>);
+
+impl CpuProbe for SumCpu {
+    fn cpu_seconds(&mut self) -> io::Result<f64> {
+        let mut sum = 0.0;
+        for p in &mut self.0 {
+            sum += p.cpu_seconds()?;
+        }
+        Ok(sum)
+    }
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|p| p.describe()).collect();
+        parts.join(" + ")
+    }
+}
+
 /// No device CPU measurement (reads 0).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCpu;

@@ -375,6 +375,33 @@ impl MemoryProbe for MemfdProbe {
     }
 }
 
+/// Sends one command to a QEMU human monitor on `socket` (`-monitor unix:...`) and returns
+/// its answer (the echo, the output, the next prompt).
+pub fn monitor_command(socket: &Path, command: &str) -> Result<String> {
+    let ctx = || format!("QEMU monitor {} ({command})", socket.display());
+    let mut s = UnixStream::connect(socket).map_err(io_err(ctx()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io_err(ctx()))?;
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(io_err(ctx()))?;
+    // The monitor echoes the command and prompts again once it is done.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+        let text = String::from_utf8_lossy(&got);
+        if text.matches("(qemu)").count() >= 2 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
 /// A running QEMU guest; derefs to its [`GuestProcess`].
 pub struct Qemu {
     vm: GuestProcess,
@@ -398,28 +425,7 @@ impl Qemu {
     /// Sends one command to the human monitor (`system_reset`, `quit`, ...) and returns its
     /// answer. Needs [`QemuConfig::monitor`].
     pub fn monitor(&self, socket: &Path, command: &str) -> Result<String> {
-        let ctx = || format!("QEMU monitor {} ({command})", socket.display());
-        let mut s = UnixStream::connect(socket).map_err(io_err(ctx()))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(io_err(ctx()))?;
-        s.write_all(format!("{command}\n").as_bytes())
-            .map_err(io_err(ctx()))?;
-        // The monitor echoes the command and prompts again once it is done.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match std::io::Read::read(&mut s, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => break,
-            }
-            let text = String::from_utf8_lossy(&got);
-            if text.matches("(qemu)").count() >= 2 {
-                break;
-            }
-        }
-        Ok(String::from_utf8_lossy(&got).into_owned())
+        monitor_command(socket, command)
     }
 
     /// QEMU's CPU time (all threads: under TCG the device runs in the vCPU thread).

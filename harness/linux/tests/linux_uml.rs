@@ -32,9 +32,12 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
+#[path = "support/checksum.rs"]
+mod checksum;
+use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{guest_features, names, prezero, Daemon, GUARD};
+use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
 
 struct Env {
     h: Harness,
@@ -475,53 +478,8 @@ fn guest_statistics_match_its_own_meminfo() {
     let compare = |vm: &mut Uml, label: &str| -> u64 {
         let t = now_s(vm);
         let fresh = d.balloon(&["stats", "--wait-ms", "10000"]);
-        assert_eq!(fresh["fresh"], true, "{fresh}");
-        let v = &fresh["stats"]["values"];
         let (_, mi) = meminfo_after(vm, t);
-        let stat = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k}: {fresh}"));
-        let kb = |k: &str| mi.kib(k).unwrap() * 1024;
-        // Every tag Linux 6.1 sends without hugetlb.
-        for tag in [
-            "swap_in",
-            "swap_out",
-            "major_faults",
-            "minor_faults",
-            "free_memory",
-            "total_memory",
-            "available_memory",
-            "disk_caches",
-        ] {
-            assert!(v.get(tag).is_some(), "{label}: no {tag}: {fresh}");
-        }
-        assert_eq!(stat("total_memory"), kb("MemTotal"), "{label}: {fresh}");
-        let near = |a: u64, b: u64| a.abs_diff(b) <= 2 * MIB;
-        assert!(
-            near(stat("free_memory"), kb("MemFree")),
-            "{label}: free_memory {} vs MemFree {} B",
-            stat("free_memory"),
-            kb("MemFree")
-        );
-        assert!(
-            near(stat("available_memory"), kb("MemAvailable")),
-            "{label}: available_memory {} vs MemAvailable {} B",
-            stat("available_memory"),
-            kb("MemAvailable")
-        );
-        assert_eq!(stat("swap_in"), 0);
-        assert_eq!(stat("swap_out"), 0);
-        assert!(stat("minor_faults") > 0);
-        assert!(stat("free_memory") < stat("total_memory"));
-        eprintln!(
-            "{label}: stats free {:.1} MiB / total {:.1} MiB / available {:.1} MiB; meminfo \
-             MemFree {:.1} / MemTotal {:.1} / MemAvailable {:.1} MiB",
-            stat("free_memory") as f64 / MIB as f64,
-            stat("total_memory") as f64 / MIB as f64,
-            stat("available_memory") as f64 / MIB as f64,
-            kb("MemFree") as f64 / MIB as f64,
-            kb("MemTotal") as f64 / MIB as f64,
-            kb("MemAvailable") as f64 / MIB as f64
-        );
-        stat("free_memory")
+        assert_stats_match_meminfo(&fresh, &mi, label)
     };
     let idle_free = compare(&mut vm, "idle");
     d.set("32M");
@@ -613,20 +571,7 @@ fn checksum_survives_inflate_deflate_and_reporting_cycles() {
     // Each state is verified by the guest before the host moves on: the guest's verify lines
     // carry its balloon counters.
     let verified_in = |vm: &mut Uml, what: &str, inflated: u64, deflated: u64| {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = vm
-                .console()
-                .wait_event("checksum-verify", left)
-                .unwrap_or_else(|err| panic!("no verification {what}: {err}"));
-            assert_eq!(v.get("status"), Some("ok"), "{what}: {v:?}");
-            if v.num::<u64>("balloon_inflate") == Some(inflated)
-                && v.num::<u64>("balloon_deflate") == Some(deflated)
-            {
-                return;
-            }
-        }
+        wait_verified(vm, what, inflated, deflated, GUARD)
     };
     verified_in(&mut vm, "after reporting", 0, 0);
     for c in 0..cycles {
@@ -1129,6 +1074,10 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         "2",
         "--wait",
         "8",
+        "--balloon-mib",
+        "128",
+        "--runs",
+        "1",
         "--no-install",
         "--svg",
     ])
@@ -1141,11 +1090,11 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut peers = vec!["prezero"];
+    let mut peers = vec!["uml_prezero"];
     if peer {
-        peers.push("qemu");
+        peers.extend(["qemu_own", "qemu_prezero"]);
     } else {
-        assert!(v["qemu"].is_null());
+        assert!(v["qemu_own"].is_null() && v["qemu_prezero"].is_null());
     }
     for p in peers {
         let f = &v[p];
@@ -1155,6 +1104,12 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
             "after_mib",
             "seconds_to_return",
             "device_cpu_s_per_gib",
+            "returned_mib",
+            "seconds_to_settle",
+            "host_cpu_s_per_gib",
+            "inflate_gib_s",
+            "deflate_gib_s",
+            "host_mib_after_inflate",
         ] {
             assert!(f.get(k).is_some(), "{p}: no {k}: {f}");
         }
@@ -1163,19 +1118,38 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
         assert!(num("peak_mib") >= num("idle_mib") + 48.0, "{p}: {f}");
         assert!(num("after_mib") <= num("peak_mib") - 48.0, "{p}: {f}");
         assert!(f["device_cpu_s_per_gib"].as_f64().is_some(), "{p}: {f}");
+        assert!(num("host_cpu_s_per_gib") > 0.0, "{p}: {f}");
+        assert!(num("seconds_to_settle") >= 0.0, "{p}: {f}");
+        // The balloon cycle: 128 MiB given up and taken back, at a finite speed.
+        assert_eq!(f["balloon_mib"], 128, "{p}: {f}");
+        assert!(
+            num("inflate_gib_s") > 0.0 && num("deflate_gib_s") > 0.0,
+            "{p}: {f}"
+        );
         eprintln!(
-            "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB",
+            "{p}: idle {:.1} peak {:.1} after {:.1} MiB, return {} s, {} CPU s/GiB, host {} CPU s/GiB, inflate {} GiB/s",
             num("idle_mib"),
             num("peak_mib"),
             num("after_mib"),
             f["seconds_to_return"],
-            f["device_cpu_s_per_gib"]
+            f["device_cpu_s_per_gib"],
+            f["host_cpu_s_per_gib"],
+            f["inflate_gib_s"]
         );
     }
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.contains("uml+prezero"), "{chart}");
     if peer {
-        assert!(chart.contains("qemu"));
+        assert!(
+            chart.contains(r#"data-name="qemu+prezero""#) && chart.contains(r#"data-name="qemu""#),
+            "{chart}"
+        );
+        let c = &v["prezero_vs_own"];
+        for k in ["returned_ratio", "host_cpu_ratio", "inflate_speedup"] {
+            assert!(c[k].as_f64().is_some(), "{k}: {c}");
+        }
+    } else {
+        assert!(v["prezero_vs_own"].is_null());
     }
     let _ = std::fs::remove_file(&svg);
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use prezero_linux_harness::backend::BackendProcess;
+use prezero_linux_harness::console::Meminfo;
 use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::vm::RunOutcome;
 use serde_json::Value;
@@ -208,4 +209,59 @@ pub fn names(v: &Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Checks a fresh statistics answer (`prezero balloon stats --wait-ms`) against the guest's own
+/// `/proc/meminfo` read right after it: every tag Linux 6.1 sends without hugetlb, total memory
+/// exact, free and available within 2 MiB, no swap. Returns `free_memory` in bytes.
+pub fn assert_stats_match_meminfo(fresh: &Value, mi: &Meminfo, label: &str) -> u64 {
+    const MIB: u64 = 1 << 20;
+    assert_eq!(fresh["fresh"], true, "{label}: {fresh}");
+    let v = &fresh["stats"]["values"];
+    let stat = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{label}: no {k}: {fresh}"))
+    };
+    let kb = |k: &str| mi.kib(k).unwrap() * 1024;
+    for tag in [
+        "swap_in",
+        "swap_out",
+        "major_faults",
+        "minor_faults",
+        "free_memory",
+        "total_memory",
+        "available_memory",
+        "disk_caches",
+    ] {
+        assert!(v.get(tag).is_some(), "{label}: no {tag}: {fresh}");
+    }
+    assert_eq!(stat("total_memory"), kb("MemTotal"), "{label}: {fresh}");
+    let near = |a: u64, b: u64| a.abs_diff(b) <= 2 * MIB;
+    assert!(
+        near(stat("free_memory"), kb("MemFree")),
+        "{label}: free_memory {} vs MemFree {} B",
+        stat("free_memory"),
+        kb("MemFree")
+    );
+    assert!(
+        near(stat("available_memory"), kb("MemAvailable")),
+        "{label}: available_memory {} vs MemAvailable {} B",
+        stat("available_memory"),
+        kb("MemAvailable")
+    );
+    assert_eq!(stat("swap_in"), 0, "{label}");
+    assert_eq!(stat("swap_out"), 0, "{label}");
+    assert!(stat("minor_faults") > 0, "{label}");
+    assert!(stat("free_memory") < stat("total_memory"), "{label}");
+    eprintln!(
+        "{label}: stats free {:.1} MiB / total {:.1} MiB / available {:.1} MiB; meminfo \
+         MemFree {:.1} / MemTotal {:.1} / MemAvailable {:.1} MiB",
+        stat("free_memory") as f64 / MIB as f64,
+        stat("total_memory") as f64 / MIB as f64,
+        stat("available_memory") as f64 / MIB as f64,
+        kb("MemFree") as f64 / MIB as f64,
+        kb("MemTotal") as f64 / MIB as f64,
+        kb("MemAvailable") as f64 / MIB as f64
+    );
+    stat("free_memory")
 }
