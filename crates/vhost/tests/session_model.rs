@@ -272,6 +272,9 @@ impl Session {
                         pfns.push(pfn);
                     }
                 }
+                if pfns.is_empty() {
+                    return;
+                }
                 self.pfn_chain(0, INFLATE_PFNS, &pfns);
                 self.m.balloon.extend(&pfns);
                 self.m.counters.inflate_requests += 1;
