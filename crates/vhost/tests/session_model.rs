@@ -23,7 +23,7 @@
 //!   and `zeroed_bytes` counts only those;
 //! - no device error.
 //!
-//! `PREZERO_SESSION_CASES` (default 6 sessions) and `PREZERO_SESSION_OPS` (default 80, the
+//! `PREZERO_SESSION_CASES` (default 24 sessions) and `PREZERO_SESSION_OPS` (default 80, the
 //! longest sequence) scale it, like the allocator's model test; the test prints the number of
 //! events it ran. Long run: `PREZERO_SESSION_CASES=200 PREZERO_SESSION_OPS=400 cargo test
 //! --release -p prezero-vhost --test session_model -- --nocapture`.
@@ -597,7 +597,7 @@ static EVENTS: AtomicU64 = AtomicU64::new(0);
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: env("PREZERO_SESSION_CASES", 6),
+        cases: env("PREZERO_SESSION_CASES", 24),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
