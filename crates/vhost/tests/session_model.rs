@@ -622,8 +622,9 @@ proptest! {
 /// relayed as `relay/rings.rs` describes) stays in `vhost-user-backend`'s epoll set while the
 /// frontend keeps the old eventfd open (epoll forgets an fd only when every fd of its open file
 /// description is closed, the frontend's included); a kick on it makes the worker read the
-/// ring's *current* kick fd, and the device stops serving the ring. Real frontends close the
-/// old fd (UML) or reuse it (QEMU); ignored until the relay unregisters the old fd first.
+/// ring's *current* kick fd, and the device stops serving the ring: the test hangs past its
+/// hang guard (the connection stops answering; run it under `timeout`). Real frontends close
+/// the old fd (UML) or reuse it (QEMU); ignored until the relay unregisters the old fd first.
 #[test]
 #[ignore = "a known hang: a kick on a replaced kick fd the frontend keeps open"]
 fn a_kick_on_a_replaced_kick_fd_still_open_is_harmless() {
