@@ -419,6 +419,7 @@ impl VhostUserBackend for BalloonBackend {
 
     fn reset_device(&self) {
         // RESET_DEVICE (the library has disabled every ring).
+        tracing::info!("RESET_DEVICE: the device is reset");
         self.shared.with_device(|d| d.reset());
         self.incarnations.forget();
     }

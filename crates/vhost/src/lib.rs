@@ -45,7 +45,14 @@
 //! | `controller.rs` | the host API: [`Controller`], the state shared with the daemon's threads, the link to the connected guest |
 //! | `backend.rs` | the device as a `vhost-user-backend` backend (`SharedDevice`, `BalloonBackend`) |
 //! | [`notifier`] | [`ConfigNotifier`]: "tell the frontend the config changed" -> [`Notification`] |
-//! | [`relay`] | the vhost 0.18 workaround (message relay, config-change sender, UML's padded `SET_MEM_TABLE`); deleted when `docs/upstream/` lands |
+//! | [`relay`] (`relay/mod.rs`) | the vhost 0.18 / `vhost-user-backend` 0.24 workaround: the message relay between the frontend and `VhostUserDaemon`; deleted when `docs/upstream/` lands |
+//! | `relay/message.rs` | one vhost-user message (header, payload, `SCM_RIGHTS` fds) read and written whole |
+//! | `relay/channel.rs` | [`relay::BackendChannel`]: config changes sent on the backend request channel, held back while no ring runs |
+//! | `relay/rings.rs` | the rings as the frontend set them up; a kick fd replaced on a started ring watched again |
+//! | `relay/hooks.rs` | `RingHooks`: the ring messages the device must see (`SET_VRING_BASE`, `RESET_OWNER`) |
+//! | `relay/config_access.rs` | `GET_CONFIG` / `SET_CONFIG` outside the config space answered instead of dropping the connection |
+//! | `relay/mem_table.rs` | User-Mode Linux's padded `SET_MEM_TABLE` trimmed |
+//! | `fuzzing.rs` | the relay's fuzz harness (feature `fuzzing`), replayed by `tests/relay_fuzz_corpus.rs` |
 //! | [`control`] (+ `http.rs`) | the operator's control socket (HTTP/1.1 + JSON) and its client |
 //! | [`status`], [`options`], [`error`] | reported values, options, errors |
 //! | `socket.rs`, `signals.rs`, `wait.rs`, `exit_pipe.rs` | listening sockets, SIGINT/SIGTERM, waiting on fds (`vmm-sys-util`), `vhost-user-backend`'s leaked exit events |

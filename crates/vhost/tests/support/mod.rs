@@ -1,0 +1,2 @@
+//! What the re-initialisation tests share.
+pub mod front;
