@@ -127,6 +127,23 @@ pub(crate) fn write_message(to: &UnixStream, msg: &Message) -> io::Result<()> {
 /// More descriptors than one message may carry is an error (`ENOBUFS`; `ScmSocket` closes
 /// them): a message must never be forwarded without its descriptors.
 fn recv(from: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let n = recv_some(from, buf, fds)?;
+    // A sender can attach descriptors to every part of a message it writes in pieces; one
+    // message must not carry more than the daemon reads with it, or the daemon would get it
+    // with its descriptors cut off (found by the relay's fuzz target).
+    if fds.len() > MAX_ATTACHED_FD_ENTRIES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} descriptors on one message (at most {MAX_ATTACHED_FD_ENTRIES})",
+                fds.len()
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+fn recv_some(from: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     let mut raw = [-1 as RawFd; MAX_ATTACHED_FD_ENTRIES];
     let mut iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
