@@ -358,8 +358,14 @@ impl Inbound {
         // Stopped before the daemon sees the stop: a change set meanwhile is held back.
         self.running_changed();
         trim_padded_mem_table(&mut msg);
-        write_message(back, &msg)?;
         let mut sent = 1;
+        if !msg.is_reply() {
+            for extra in self.rings.ahead(&msg) {
+                write_message(back, &extra)?;
+                sent += 1;
+            }
+        }
+        write_message(back, &msg)?;
         if !msg.is_reply() {
             for extra in self.rings.after(&msg) {
                 write_message(back, &extra)?;

@@ -10,9 +10,11 @@
 //!   kicks went unseen. After forwarding such a `SET_VRING_KICK` the relay sends the daemon
 //!   the message that makes the library register the ring's current kick fd again:
 //!   `SET_FEATURES` with the features last acked (no bit 30: it enables every ring, vhost-user
-//!   spec "Ring states"), or `SET_VRING_ENABLE` 0 then 1 for that ring (bit 30 acked and the
-//!   ring enabled). Neither asks for a reply. The upstream fix:
-//!   `docs/upstream/0003-watch-a-replaced-kick-fd.patch`.
+//!   spec "Ring states"), or, with bit 30 acked and the ring enabled, `SET_VRING_ENABLE` 0
+//!   *before* forwarding the new fd and 1 after it: disabling unregisters the ring's current
+//!   (old) fd, so a kick on the old fd, which the frontend may keep open, no longer reaches a
+//!   worker that would then block reading the new, empty one. None asks for a reply. The
+//!   upstream fix: `docs/upstream/0003-watch-a-replaced-kick-fd.patch`.
 //! - **Whether the frontend runs the device** (some ring started and enabled): a config change
 //!   is sent only then (`channel.rs`).
 
@@ -85,6 +87,29 @@ impl Rings {
         }
     }
 
+    /// The messages the daemon must get right before `msg` is forwarded: `SET_VRING_ENABLE` 0
+    /// for a started, enabled ring whose kick fd `msg` replaces (bit 30 acked; see the module
+    /// docs). Call it before [`Rings::after`] for the same message.
+    pub(crate) fn ahead(&self, msg: &Message) -> Vec<Message> {
+        match replaced_kick(msg) {
+            Some(queue) if self.started[queue] && self.protocol_enabled(queue) => {
+                tracing::debug!(
+                    queue,
+                    "kick fd of an enabled ring replaced: disabling it first"
+                );
+                vec![enable(queue, false)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether bit 30 was acked and ring `queue` enabled by message.
+    fn protocol_enabled(&self, queue: usize) -> bool {
+        self.features
+            .is_some_and(|f| f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0)
+            && self.enabled[queue]
+    }
+
     /// Notes a frontend request that was forwarded; returns the messages the daemon must get
     /// right after it (see the module docs).
     pub(crate) fn after(&mut self, msg: &Message) -> Vec<Message> {
@@ -110,13 +135,11 @@ impl Rings {
                 }
                 Vec::new()
             }
-            FrontendReq::SET_VRING_KICK if msg.payload.len() == 8 => {
-                let word = u64::from_le_bytes(msg.payload[..8].try_into().expect("8 bytes"));
-                let queue = (word & INDEX_MASK) as usize;
-                if word & NOFD != 0 || msg.fds.len() != 1 {
+            FrontendReq::SET_VRING_KICK => {
+                let Some(queue) = replaced_kick(msg) else {
                     // Polling mode or a broken message: the library stores no fd to watch.
                     return Vec::new();
-                }
+                };
                 let was_started = std::mem::replace(&mut self.started[queue], true);
                 if !was_started {
                     return Vec::new();
@@ -159,23 +182,39 @@ impl Rings {
                 fds: Vec::new(),
             }]
         } else if self.enabled[queue] {
-            tracing::debug!(queue, "kick fd of an enabled ring replaced: re-enabling it");
-            [0u32, 1]
-                .into_iter()
-                .map(|on| {
-                    let mut payload = (queue as u32).to_le_bytes().to_vec();
-                    payload.extend_from_slice(&on.to_le_bytes());
-                    Message {
-                        header: header(u32::from(FrontendReq::SET_VRING_ENABLE), VERSION_1, 8),
-                        payload,
-                        fds: Vec::new(),
-                    }
-                })
-                .collect()
+            tracing::debug!(
+                queue,
+                "kick fd of an enabled ring replaced: enabling it again"
+            );
+            vec![enable(queue, true)]
         } else {
             // A disabled ring: its SET_VRING_ENABLE 1 will register the new fd.
             Vec::new()
         }
+    }
+}
+
+/// The ring whose kick fd `msg` sets, if it is a `SET_VRING_KICK` that carries one.
+fn replaced_kick(msg: &Message) -> Option<usize> {
+    if msg.is_reply()
+        || msg.request() != u32::from(FrontendReq::SET_VRING_KICK)
+        || msg.payload.len() != 8
+        || msg.fds.len() != 1
+    {
+        return None;
+    }
+    let word = u64::from_le_bytes(msg.payload[..8].try_into().expect("8 bytes"));
+    (word & NOFD == 0).then_some((word & INDEX_MASK) as usize)
+}
+
+/// `SET_VRING_ENABLE` for ring `queue`, no reply wanted.
+fn enable(queue: usize, on: bool) -> Message {
+    let mut payload = (queue as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&u32::from(on).to_le_bytes());
+    Message {
+        header: header(u32::from(FrontendReq::SET_VRING_ENABLE), VERSION_1, 8),
+        payload,
+        fds: Vec::new(),
     }
 }
 
@@ -208,10 +247,14 @@ mod tests {
         [a.to_le_bytes(), b.to_le_bytes()].concat()
     }
 
+    /// The messages around a forwarded `SET_VRING_KICK` for `queue`: those sent ahead of it,
+    /// then those after it.
     fn kick(rings: &mut Rings, queue: u64) -> Vec<Message> {
         let m = msg(FrontendReq::SET_VRING_KICK, queue.to_le_bytes().to_vec(), 1);
         rings.before(&m);
-        rings.after(&m)
+        let mut all = rings.ahead(&m);
+        all.extend(rings.after(&m));
+        all
     }
 
     #[test]
