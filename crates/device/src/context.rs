@@ -1,7 +1,7 @@
 //! What a queue handler works with, and what it gives back.
 //!
-//! A handler ([`reporting`](crate::reporting), [`inflate`](crate::inflate),
-//! [`deflate`](crate::deflate), [`stats`](crate::stats)) gets one descriptor chain and a
+//! A handler (`reporting.rs`, `inflate.rs`, `deflate.rs`, `stats.rs`: they import this file,
+//! never the reverse) gets one descriptor chain and a
 //! [`ChainCtx`]: the parts of the device it may use for that chain, each named. It never sees
 //! the device itself, so it can be read, and tested, on its own. It answers with the chain's
 //! used length, or with the [`ErrorKind`](crate::ErrorKind) that rejects the chain (the loop
@@ -10,7 +10,7 @@
 //!
 //! The device lends the parts for one queue event
 //! ([`BalloonDevice::process_queue`](crate::BalloonDevice::process_queue)); the queue loop
-//! ([`queues`](crate::queues)) hands the context to every chain in turn.
+//! (`queues.rs`) hands the context to every chain in turn.
 
 use prezero_balloon::features::Features;
 
@@ -75,7 +75,7 @@ pub(crate) struct RequestBuffers {
 }
 
 /// A reporting chain popped in the current queue drain, answered when the drain's discards are
-/// done (see [`reporting`](crate::reporting)).
+/// done (see `reporting.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PendingReport {
     /// The chain's head descriptor: what the used ring names.

@@ -9,8 +9,8 @@
 //! | [`Controller::disconnect_guest`] | none | the connection is cut (the link's hang-up) |
 //! | [`Controller::request_shutdown`] | none | cut, then the daemon's threads stop |
 //!
-//! The accept loop ([`daemon`](crate::daemon)) and each connection
-//! ([`session`](crate::session)) publish into the shared state; this file knows neither.
+//! The accept loop (`daemon.rs`) and each connection (`session.rs`) publish into the shared
+//! state; this file knows neither.
 
 use std::fmt;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //! spec, "Back-end message types").
 //!
 //! The [`Controller`](crate::Controller) only holds a [`ConfigNotifier`] per connection. Today
-//! the [relay](crate::relay) implements it (vhost 0.18 cannot send the message itself); once
+//! the relay (`relay/`, which imports this file) implements it (vhost 0.18 cannot send the message itself); once
 //! the vhost crate can (see `docs/upstream/`), the implementation is the vhost crate's
 //! `Backend` behind this same trait, and nothing above it changes.
 

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 pub struct ServeOptions {
     /// The vhost-user socket the frontend (VMM, UML, the Rust guest) connects to.
     pub socket: PathBuf,
-    /// The operator's control socket (HTTP/1.1 over a Unix socket, see [`control`](crate::control)).
+    /// The operator's control socket (HTTP/1.1 over a Unix socket, see `control.rs`).
     pub control: Option<PathBuf>,
     /// The device: feature offer, queue size, initial target, input limits.
     pub device: DeviceOptions,

@@ -8,7 +8,7 @@
 //! CPU time, open descriptors, threads, shared-memory mappings (what a leaked guest would
 //! leave behind). Dropping it SIGKILLs the process if it still runs. [`BackendProcess::serve`]
 //! starts `prezero serve` itself; every backend still running is listed for
-//! [`terminate_all`], which an interrupted command calls ([`crate::session`]).
+//! [`terminate_all`], which an interrupted command calls (`session.rs`).
 
 use std::fs;
 use std::io;

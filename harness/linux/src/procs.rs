@@ -199,8 +199,8 @@ impl PidSet {
 
 /// SIGKILLs every process of every VM this process started (their tag, see [`TAG_VAR`], begins
 /// with this process's pid), repeating until none is left or `timeout` passes; returns the
-/// survivors. For an interrupted command (SIGINT) that cannot reach its [`crate::vm::GuestProcess`]
-/// values: it finds the VMs' processes by tag, not by name.
+/// survivors. For an interrupted command (SIGINT) that cannot reach its `GuestProcess`
+/// values (`vm.rs`): it finds the VMs' processes by tag, not by name.
 pub fn kill_vms_started_here(timeout: Duration) -> Vec<ProcId> {
     let prefix = format!("{TAG_VAR}={}-", std::process::id());
     let deadline = Instant::now() + timeout;

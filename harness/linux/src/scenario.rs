@@ -271,7 +271,7 @@ impl Scenario {
 
     /// A busybox shell on the console instead of the workload. The harness runners give the VM
     /// `/dev/null` as stdin, so there it exits at once; for an interactive guest run the command
-    /// of [`crate::uml::UmlConfig::command`] by hand with `con0=fd:0,fd:1`.
+    /// of `UmlConfig::command` (`uml.rs`) by hand with `con0=fd:0,fd:1`.
     pub fn shell() -> Scenario {
         Scenario::new("shell")
     }

@@ -9,7 +9,7 @@
 //! plus the NUL (UML also puts its `mconsole` socket at `<uml_dir>/<umid>/mconsole`, and the
 //! umid is this directory's name); and a command that is interrupted exits without running
 //! `Drop`, so every live directory is listed here for [`remove_all`] (called by
-//! [`crate::session`]'s interrupt cleanup).
+//! `session.rs`'s interrupt cleanup).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
