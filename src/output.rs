@@ -1,6 +1,6 @@
 //! Standard output for results, standard error for progress.
 //!
-//! Results (tables, JSON) go to stdout through [`print`]: when the reader has gone (`prezero
+//! Results (tables, JSON) go to stdout through [`print()`]: when the reader has gone (`prezero
 //! bench alloc | head`), the command stops quietly with status 0 after its cleanups instead of
 //! panicking in `println!`. Progress goes to stderr only, so `--json` output stays clean: an
 //! [`indicatif`] bar on a terminal, plain lines otherwise (a log file, CI).
@@ -21,7 +21,7 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// [`print`] with a newline.
+/// [`print()`] with a newline.
 pub fn print_line(text: &str) -> anyhow::Result<()> {
     print(&format!("{text}\n"))
 }

@@ -6,8 +6,8 @@
 //! block in its own chain (up to the ring size per pass) to get one answer per block.
 //!
 //! **One discard per contiguous range of a whole queue drain.** The queue loop hands every
-//! chain it pops to [`queue_report`], which checks it and sets its valid ranges aside; when the
-//! loop has popped all it can (or the drain holds a ring's worth of chains), [`finish_drain`]
+//! chain it pops to `queue_report`, which checks it and sets its valid ranges aside; when the
+//! loop has popped all it can (or the drain holds a ring's worth of chains), `finish_drain`
 //! merges the ranges of all pending chains, discards each contiguous range once, and answers
 //! every chain from the result, in the order they were popped. So the upstream pattern (256
 //! chains of one 2 MiB block) costs one syscall per contiguous run, like the stock pattern (one

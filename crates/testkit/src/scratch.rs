@@ -1,7 +1,7 @@
 //! [`Scratch`]: a test's scratch directory, removed when dropped.
 //!
 //! The project has one scratch-directory helper, the harness's
-//! [`ScratchDir`](prezero_linux_harness::scratch::ScratchDir) (short, predictable names that
+//! `ScratchDir` ([`prezero_linux_harness::scratch::ScratchDir`]) (short, predictable names that
 //! leave room for a Unix socket address; every live directory listed for interrupt cleanup);
 //! this is that helper with the tests' conventions: a directory under the temp dir named
 //! after the test, and the socket names the tests use.

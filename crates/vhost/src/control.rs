@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `GET /balloon` | | [`BalloonStatus`](crate::BalloonStatus) |
 //! | `PUT /balloon`, `PATCH /balloon` | one of `{"amount_mib": N}` (Firecracker), `{"target_bytes": N}`, `{"target_pages": N}`, and/or `deflate_on_oom`, `stats_polling_interval_s` | [`TargetOutcome`](crate::TargetOutcome); without a target field, the state |
-//! | `GET /balloon/statistics` | | [`BalloonStatistics`](crate::BalloonStatistics): Firecracker's flat statistics plus `stats`; 400 with the reason when there are none |
+//! | `GET /balloon/statistics` | | [`BalloonStatistics`]: Firecracker's flat statistics plus `stats`; 400 with the reason when there are none |
 //! | `PATCH /balloon/statistics` | `{"stats_polling_interval_s": N}` | the state |
 //! | `PUT`/`PATCH`/`POST /balloon/statistics` | empty or `{"wait_ms": N}` | [`StatsRequestOutcome`](crate::StatsRequestOutcome) |
 //! | `GET /metrics` | | Prometheus text format; [`MetricsReport`](crate::MetricsReport) as JSON when `Accept` starts with `application/json` |

@@ -14,7 +14,7 @@
 //!
 //! While the frontend is not running the device (no ring started and enabled, followed by the
 //! relay), nothing is sent: the notification is [`Notification::Pending`] and goes out, on a
-//! thread of its own, when a ring starts again ([`BackendChannel::set_running`]). QEMU 11
+//! thread of its own, when a ring starts again (`BackendChannel::set_running`). QEMU 11
 //! closes the channel and crashes when a config change arrives while the VM is in prelaunch,
 //! paused, or the device was unplugged (`docs/upstream/qemu-config-change-while-stopped.md`).
 

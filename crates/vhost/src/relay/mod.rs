@@ -16,7 +16,7 @@
 //!    `docs/upstream/0002-accept-padded-set-mem-table.patch`.
 //!
 //! When a `vhost` release carries both (and `vhost-user-backend` one built on it), delete
-//! this directory; [`BackendChannel`]'s place as the [`ConfigNotifier`](crate::ConfigNotifier) is then taken by the
+//! this directory; [`BackendChannel`]'s place as the [`ConfigNotifier`] is then taken by the
 //! `Backend` the device receives in `set_backend_req_fd` (a few lines in `backend.rs`), and
 //! `session.rs` starts the `VhostUserDaemon` on the accepted frontend stream directly. With
 //! only (1) upstream, keep `mem_table.rs` for UML and the relay around it; with only (2), keep
