@@ -385,10 +385,7 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     d.wait_until("the churned memory to be reported", |d| {
         d.counter("reported_bytes") >= 32 * MIB
     });
-    let verified_in = |vm: &mut Qemu, what: &str, inflated: u64, deflated: u64| {
-        wait_verified(vm, what, inflated, deflated, GUARD)
-    };
-    verified_in(&mut vm, "after reporting", 0, 0);
+    wait_verified(&mut vm, "after reporting", 0, 0, GUARD);
 
     // Statistics against the guest's own meminfo, idle and with a balloon.
     let compare = |vm: &mut Qemu, label: &str| -> u64 {
@@ -398,33 +395,15 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     };
     let idle_free = compare(&mut vm, "idle");
 
-    for c in 0..cycles {
-        d.set("96M");
-        d.wait_actual(96 * MIB);
-        verified_in(
-            &mut vm,
-            "with the balloon inflated",
-            (c + 1) * balloon_pages,
-            c * balloon_pages,
-        );
+    checksum::balloon_cycles_verified(&mut vm, &d, cycles, balloon_pages, GUARD, |vm, c| {
         if c == 0 {
-            let inflated_free = compare(&mut vm, "96 MiB balloon");
+            let inflated_free = compare(vm, "96 MiB balloon");
             assert!(
                 idle_free - inflated_free >= 88 * MIB,
                 "free_memory {idle_free} -> {inflated_free}"
             );
         }
-        d.set("0");
-        d.wait_actual(0);
-        if c + 1 < cycles {
-            verified_in(
-                &mut vm,
-                "after deflating",
-                (c + 1) * balloon_pages,
-                (c + 1) * balloon_pages,
-            );
-        }
-    }
+    });
     let out = vm.run_to_exit(GUARD).unwrap();
     let tail = vm.console().tail(40);
     assert_eq!(out.guest_rc(), Some(0), "{tail}");

@@ -570,30 +570,8 @@ fn checksum_survives_inflate_deflate_and_reporting_cycles() {
     file.wait_drop(&d, churned.t_s, 16.0);
     // Each state is verified by the guest before the host moves on: the guest's verify lines
     // carry its balloon counters.
-    let verified_in = |vm: &mut Uml, what: &str, inflated: u64, deflated: u64| {
-        wait_verified(vm, what, inflated, deflated, GUARD)
-    };
-    verified_in(&mut vm, "after reporting", 0, 0);
-    for c in 0..cycles {
-        d.set("96M");
-        d.wait_actual(96 * MIB);
-        verified_in(
-            &mut vm,
-            "with the balloon inflated",
-            (c + 1) * balloon_pages,
-            c * balloon_pages,
-        );
-        d.set("0");
-        d.wait_actual(0);
-        if c + 1 < cycles {
-            verified_in(
-                &mut vm,
-                "after deflating",
-                (c + 1) * balloon_pages,
-                (c + 1) * balloon_pages,
-            );
-        }
-    }
+    wait_verified(&mut vm, "after reporting", 0, 0, GUARD);
+    checksum::balloon_cycles_verified(&mut vm, &d, cycles, balloon_pages, GUARD, |_, _| {});
     let out = finish(&mut vm);
     let tail = vm.console().tail(40);
     assert_eq!(out.guest_rc(), Some(0), "{tail}");

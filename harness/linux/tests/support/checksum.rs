@@ -29,3 +29,41 @@ pub fn wait_verified(
         }
     }
 }
+
+/// The balloon half of the checksum tests: `cycles` times, the host sets a 96 MiB target and
+/// releases it, and each state is verified by the guest (its verify lines carry its balloon
+/// counters, `balloon_pages` per cycle) before the host moves on. `while_inflated` runs in each
+/// cycle once the inflated state is verified (cycle number from 0).
+pub fn balloon_cycles_verified<V: std::ops::DerefMut<Target = GuestProcess>>(
+    vm: &mut V,
+    d: &crate::daemon::Daemon,
+    cycles: u64,
+    balloon_pages: u64,
+    guard: Duration,
+    mut while_inflated: impl FnMut(&mut V, u64),
+) {
+    const MIB: u64 = 1 << 20;
+    for c in 0..cycles {
+        d.set("96M");
+        d.wait_actual(96 * MIB);
+        wait_verified(
+            vm,
+            "with the balloon inflated",
+            (c + 1) * balloon_pages,
+            c * balloon_pages,
+            guard,
+        );
+        while_inflated(vm, c);
+        d.set("0");
+        d.wait_actual(0);
+        if c + 1 < cycles {
+            wait_verified(
+                vm,
+                "after deflating",
+                (c + 1) * balloon_pages,
+                (c + 1) * balloon_pages,
+                guard,
+            );
+        }
+    }
+}
