@@ -187,6 +187,30 @@ impl Harness {
         Ok(Harness { tools, workload })
     }
 
+    /// The harness for a QEMU test suite (`suite` names it in the message), without installing
+    /// anything; `None`, with what is missing and the fix on stderr, where the QEMU peer is not
+    /// set up (`scripts/linux-setup.sh --peer`, `scripts/qemu-setup.sh`: CI runs both).
+    ///
+    /// # Panics
+    /// If the tools are there but the harness cannot be set up (the workload does not build).
+    pub fn for_qemu_tests(suite: &str) -> Option<Harness> {
+        let opts = SetupOptions {
+            peer: true,
+            install: false,
+            ..Default::default()
+        };
+        if let Err(missing) = setup::check(&opts) {
+            let what: Vec<_> = missing.iter().map(|m| m.what.as_str()).collect();
+            eprintln!(
+                "skipping {suite}: missing {} (fix: scripts/linux-setup.sh --peer && \
+                 scripts/qemu-setup.sh)",
+                what.join(", ")
+            );
+            return None;
+        }
+        Some(Harness::new(&opts).expect("setting up the harness"))
+    }
+
     /// Builds `<cache>/initramfs/uml-<release>.cpio`: busybox, the workload and UML's
     /// `virtio_balloon.ko`.
     pub fn uml_initramfs(&self) -> Result<Initramfs> {

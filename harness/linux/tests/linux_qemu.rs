@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
 use prezero_linux_harness::qemu::Qemu;
-use prezero_linux_harness::setup::{check, find_qemu};
-use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
+use prezero_linux_harness::setup::find_qemu;
+use prezero_linux_harness::{Harness, Initramfs, Scenario};
 
 #[path = "support/checksum.rs"]
 mod checksum;
@@ -30,21 +30,8 @@ struct Env {
 fn env() -> Option<&'static Env> {
     static ENV: std::sync::OnceLock<Option<Env>> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
-        let opts = SetupOptions {
-            peer: true,
-            install: false,
-            ..Default::default()
-        };
-        if let Err(missing) = check(&opts) {
-            let what: Vec<_> = missing.iter().map(|m| m.what.as_str()).collect();
-            eprintln!(
-                "skipping the QEMU suite: missing {} (fix: scripts/linux-setup.sh --peer && scripts/qemu-setup.sh)",
-                what.join(", ")
-            );
-            return None;
-        }
-        assert!(find_qemu(&opts.cache_dir).is_some());
-        let h = Harness::new(&opts).expect("setting up the harness");
+        let h = Harness::for_qemu_tests("the QEMU suite")?;
+        assert!(find_qemu(&h.tools.cache_dir).is_some());
         let initrd = h.qemu_initramfs().expect("building the QEMU initramfs");
         Some(Env { h, initrd })
     })

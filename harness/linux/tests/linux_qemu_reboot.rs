@@ -11,8 +11,7 @@
 use std::time::{Duration, Instant};
 
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
-use prezero_linux_harness::setup::check;
-use prezero_linux_harness::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::{Harness, Scenario};
 
 #[path = "support/daemon.rs"]
 mod daemon;
@@ -38,20 +37,9 @@ fn reinitialisations(d: &Daemon) -> usize {
 /// QEMU's memfd, and the old boot's stats buffer is not taken for an extra one.
 #[test]
 fn qemu_guest_reboots_twice_and_each_boot_reports_and_meets_the_target() {
-    let opts = SetupOptions {
-        peer: true,
-        install: false,
-        ..Default::default()
-    };
-    if let Err(missing) = check(&opts) {
-        let what: Vec<_> = missing.iter().map(|m| m.what.as_str()).collect();
-        eprintln!(
-            "skipping the QEMU reboot test: missing {} (fix: scripts/linux-setup.sh --peer && scripts/qemu-setup.sh)",
-            what.join(", ")
-        );
+    let Some(h) = Harness::for_qemu_tests("the QEMU reboot test") else {
         return;
-    }
-    let h = Harness::new(&opts).expect("setting up the harness");
+    };
     let initrd = h.qemu_initramfs().expect("building the QEMU initramfs");
     let d = Daemon::start(&h.tools.cache_dir, "qemu-reboot", &[]);
 

@@ -6,29 +6,13 @@
 
 use std::time::Duration;
 
-use prezero_linux_harness::setup::{check, SetupOptions};
 use prezero_linux_harness::{Harness, Scenario};
-
-fn harness() -> Option<Harness> {
-    let opts = SetupOptions {
-        peer: true,
-        install: false,
-        ..Default::default()
-    };
-    if let Err(missing) = check(&opts) {
-        let what: Vec<_> = missing.iter().map(|m| m.what.as_str()).collect();
-        eprintln!(
-            "skipping the QEMU peer test: missing {} (fix: scripts/linux-setup.sh --peer)",
-            what.join(", ")
-        );
-        return None;
-    }
-    Some(Harness::new(&opts).expect("setting up the harness"))
-}
 
 #[test]
 fn qemu_peer_boots_binds_the_balloon_and_runs_the_workload() {
-    let Some(h) = harness() else { return };
+    let Some(h) = Harness::for_qemu_tests("the QEMU peer test") else {
+        return;
+    };
     let initrd = h.qemu_initramfs().unwrap();
     assert_eq!(
         initrd.modules.last().map(String::as_str),
@@ -67,7 +51,9 @@ fn qemu_peer_boots_binds_the_balloon_and_runs_the_workload() {
 
 #[test]
 fn qemu_balloon_negotiates_reporting() {
-    let Some(h) = harness() else { return };
+    let Some(h) = Harness::for_qemu_tests("the QEMU peer test") else {
+        return;
+    };
     let initrd = h.qemu_initramfs().unwrap();
     let cfg = h
         .qemu(&initrd)
@@ -93,7 +79,9 @@ fn qemu_balloon_negotiates_reporting() {
 #[test]
 fn qemu_peer_returns_freed_memory() {
     use prezero_linux_harness::bench::{bench_qemu, AllocFree, BenchOptions};
-    let Some(h) = harness() else { return };
+    let Some(h) = Harness::for_qemu_tests("the QEMU peer test") else {
+        return;
+    };
     let initrd = h.qemu_initramfs().unwrap();
     let opts = BenchOptions {
         workload: AllocFree {
