@@ -183,17 +183,25 @@ fn time_pairs(
 
 fn time_ours(o: &AllocBenchOptions, order: u8) -> f64 {
     let z = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
-    time_pairs(
-        o,
-        order,
-        || {
+    let (alloc, free) = zone_pair_ops(&z, order);
+    time_pairs(o, order, alloc, free)
+}
+
+/// Alloc and free of one `order` block on the `&mut` zone in `z`, as the timing loops want
+/// them (the block named by its pfn).
+fn zone_pair_ops(
+    z: &std::cell::RefCell<Zone<Vec<FrameMeta>>>,
+    order: u8,
+) -> (impl FnMut() -> usize + '_, impl FnMut(usize) + '_) {
+    (
+        move || {
             z.borrow_mut()
                 .alloc(order, AllocFlags::NONE, &mut NoMem)
                 .expect("alloc")
                 .pfn
                 .0 as usize
         },
-        |pfn| {
+        move |pfn| {
             z.borrow_mut()
                 .free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
                 .expect("free")
@@ -325,22 +333,8 @@ fn single_zone_ops_s(o: &AllocBenchOptions, order: u8) -> f64 {
     let pairs = (PAIRS_PER_THREAD / n).max(1) * n;
     let samples = (0..o.repeats)
         .map(|_| {
-            let d = pair_rounds(
-                n,
-                0x5eed,
-                || {
-                    z.borrow_mut()
-                        .alloc(order, AllocFlags::NONE, &mut NoMem)
-                        .expect("alloc")
-                        .pfn
-                        .0 as usize
-                },
-                |pfn| {
-                    z.borrow_mut()
-                        .free(Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
-                        .expect("free")
-                },
-            );
+            let (alloc, free) = zone_pair_ops(&z, order);
+            let d = pair_rounds(n, 0x5eed, alloc, free);
             pairs as f64 / d.as_secs_f64()
         })
         .collect();
