@@ -13,7 +13,7 @@ use prezero_mm::{
 use serde::Serialize;
 use std::hint::black_box;
 use std::sync::Barrier;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Options of the allocator benchmark.
 #[derive(Clone, Debug)]
@@ -111,6 +111,11 @@ pub struct SmpResult {
     pub scaling_order0: f64,
     /// The same for the bulk workload.
     pub bulk_scaling_order0: f64,
+    /// `scaling_order0` per CPU-second (`ours_order0_cpu_ops_s`), cache set: the scaling had
+    /// each thread a core to itself.
+    pub scaling_order0_cpu: f64,
+    /// The same for the bulk workload.
+    pub bulk_scaling_order0_cpu: f64,
     /// Our order-0 throughput / the locked reference's at the largest thread count (target >= 4
     /// at 2 threads).
     pub vs_reference_order0: f64,
@@ -151,6 +156,12 @@ pub struct ThreadsRow {
     pub ours_order9_zone_locks_per_op: f64,
     /// Share of our order-0 allocations served by the calling CPU's cache.
     pub ours_order0_pcp_hit_rate: f64,
+    /// `ours_order0_ops_s` per CPU-second: the sum over threads of each one's pairs over its
+    /// own CPU time, which other jobs on the machine do not change (lock spinning and cache
+    /// misses still count).
+    pub ours_order0_cpu_ops_s: f64,
+    /// The same for the reference.
+    pub reference_order0_cpu_ops_s: f64,
 }
 
 struct NoMem;
@@ -285,6 +296,26 @@ fn hit_rate(o: &AllocBenchOptions, placement: Placement) -> f64 {
 /// starting and joining threads is noise.
 const PAIRS_PER_THREAD: usize = 1 << 17;
 
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): it stops while the thread is
+/// descheduled, and keeps running while it spins on a lock or waits for a cache line.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; this clock exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Time a thread took: on the wall clock, and on its own CPU clock.
+#[derive(Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
 /// One thread's share: `rounds` times, allocate `n` blocks, then free them in a fixed shuffled
 /// order (the same pattern as [`time_pairs`], the shuffle done once, outside the timing).
 /// Returns the time taken.
@@ -293,12 +324,12 @@ fn pair_rounds(
     seed: u64,
     mut alloc: impl FnMut() -> usize,
     mut free: impl FnMut(usize),
-) -> std::time::Duration {
+) -> Took {
     let rounds = (PAIRS_PER_THREAD / n).max(1);
     let mut order: Vec<usize> = (0..n).collect();
     Rng(seed).shuffle(&mut order);
     let mut held = vec![0usize; n];
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu_time());
     for _ in 0..rounds {
         for h in held.iter_mut() {
             *h = alloc();
@@ -307,7 +338,10 @@ fn pair_rounds(
             free(black_box(held[i]));
         }
     }
-    start.elapsed()
+    Took {
+        wall: start.elapsed(),
+        cpu: thread_cpu_time() - cpu,
+    }
 }
 
 /// The per-thread working set of the multi-CPU comparison.
@@ -338,19 +372,28 @@ impl WorkingSet {
     }
 }
 
+/// Total pairs per second of one sample: on the wall clock (all pairs over the slowest
+/// thread's time), and per CPU-second (the sum of each thread's pairs over its own CPU time:
+/// the throughput had each thread a core to itself, which load from other jobs on the machine
+/// does not change).
+#[derive(Clone, Copy)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
 /// `threads` threads, each on its own CPU with its own working set of `n` blocks, released
-/// together by a barrier with each timer started after it: total pairs per second (pairs over
-/// the slowest thread's time).
+/// together by a barrier with each timer started after it.
 fn threaded_sample(
     threads: usize,
     n: usize,
     alloc: impl Fn(usize) -> usize + Sync,
     free: impl Fn(usize, usize) + Sync,
-) -> f64 {
-    let pairs = (PAIRS_PER_THREAD / n).max(1) * n * threads;
+) -> Rate {
+    let per_thread = (PAIRS_PER_THREAD / n).max(1) * n;
     let start = Barrier::new(threads);
     let (alloc, free, start) = (&alloc, &free, &start);
-    let slowest = std::thread::scope(|s| {
+    let took = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
@@ -362,10 +405,16 @@ fn threaded_sample(
         workers
             .into_iter()
             .map(|w| w.join().expect("bench thread"))
-            .max()
-            .expect("a thread")
+            .collect::<Vec<_>>()
     });
-    pairs as f64 / slowest.as_secs_f64()
+    let slowest = took.iter().map(|t| t.wall).max().expect("a thread");
+    Rate {
+        wall: (per_thread * threads) as f64 / slowest.as_secs_f64(),
+        cpu: took
+            .iter()
+            .map(|t| per_thread as f64 / t.cpu.as_secs_f64())
+            .sum(),
+    }
 }
 
 type Shared = LockedZone<Vec<FrameMeta>, Vec<CpuCache>>;
@@ -396,7 +445,7 @@ struct Case {
     set: WorkingSet,
     order: u8,
     threads: usize,
-    samples: Vec<f64>,
+    samples: Vec<Rate>,
 }
 
 impl Case {
@@ -436,16 +485,26 @@ impl Case {
                 |_, pfn| fa.lock().dealloc(pfn, count),
             ),
             Subject::SingleZone(z) => {
-                let pairs = (PAIRS_PER_THREAD / n).max(1) * n;
+                let pairs = ((PAIRS_PER_THREAD / n).max(1) * n) as f64;
                 let (alloc, free) = zone_pair_ops(z, order);
-                pairs as f64 / pair_rounds(n, 0x5eed, alloc, free).as_secs_f64()
+                let took = pair_rounds(n, 0x5eed, alloc, free);
+                Rate {
+                    wall: pairs / took.wall.as_secs_f64(),
+                    cpu: pairs / took.cpu.as_secs_f64(),
+                }
             }
         };
         self.samples.push(ops_s);
     }
 
+    /// Median pairs per second on the wall clock.
     fn median(&self) -> f64 {
-        median(self.samples.clone())
+        median(self.samples.iter().map(|r| r.wall).collect())
+    }
+
+    /// Median pairs per CPU-second.
+    fn median_cpu(&self) -> f64 {
+        median(self.samples.iter().map(|r| r.cpu).collect())
     }
 }
 
@@ -503,6 +562,8 @@ fn rows(o: &AllocBenchOptions, set: WorkingSet, cases: &[Case]) -> (Vec<ThreadsR
                 ours_order0_zone_locks_per_op: stat(o0).zone_locks_per_op(),
                 ours_order9_zone_locks_per_op: stat(o9).zone_locks_per_op(),
                 ours_order0_pcp_hit_rate: stat(o0).hit_rate(),
+                ours_order0_cpu_ops_s: o0.median_cpu(),
+                reference_order0_cpu_ops_s: find(t, 0, false).median_cpu(),
             }
         })
         .collect();
@@ -570,19 +631,20 @@ fn run_smp(o: &AllocBenchOptions) -> Option<SmpResult> {
     }
     let (threads, single_zone_order0_ops_s) = rows(o, WorkingSet::Cache, &all);
     let (bulk_threads, bulk_single_zone_order0_ops_s) = rows(o, WorkingSet::Bulk, &all);
-    // Our 1-thread figure: the 1-thread row, or measured alone if `--threads` has none.
+    // Our 1-thread figures (wall, CPU): the 1-thread row, or measured alone if `--threads`
+    // has none.
     let one = |rows: &[ThreadsRow], set| {
         rows.iter()
             .find(|r| r.threads == 1)
-            .map(|r| r.ours_order0_ops_s)
+            .map(|r| (r.ours_order0_ops_s, r.ours_order0_cpu_ops_s))
             .unwrap_or_else(|| {
                 let ours = Subject::Ours(shared(o.frames, Placement::Linux, 1));
                 let mut c = Case::new(o, ours, set, 0, 1);
                 (0..o.repeats).for_each(|_| c.sample(o));
-                c.median()
+                (c.median(), c.median_cpu())
             })
     };
-    let (one, bulk_one) = (
+    let ((one, one_cpu), (bulk_one, bulk_one_cpu)) = (
         one(&threads, WorkingSet::Cache),
         one(&bulk_threads, WorkingSet::Bulk),
     );
@@ -595,6 +657,8 @@ fn run_smp(o: &AllocBenchOptions) -> Option<SmpResult> {
         bulk_locking_cost_1thread: bulk_single_zone_order0_ops_s / bulk_one,
         scaling_order0: top.ours_order0_ops_s / one,
         bulk_scaling_order0: bulk_top.ours_order0_ops_s / bulk_one,
+        scaling_order0_cpu: top.ours_order0_cpu_ops_s / one_cpu,
+        bulk_scaling_order0_cpu: bulk_top.ours_order0_cpu_ops_s / bulk_one_cpu,
         vs_reference_order0: top.ours_order0_ops_s / top.reference_order0_ops_s,
         bulk_vs_reference_order0: bulk_top.ours_order0_ops_s / bulk_top.reference_order0_ops_s,
         pcp_hit_rate: top.ours_order0_pcp_hit_rate,
@@ -722,6 +786,7 @@ impl SmpResult {
         t += &format!(
             "\n{:<48}{:>10}{:>10}  target\n\
              {:<48}{:>9.2}x{:>9.2}x  >= 1.6x at 2 threads, cache set ({})\n\
+             {:<48}{:>9.2}x{:>9.2}x  (each thread a core to itself)\n\
              {:<48}{:>9.2}x{:>9.2}x  >= 4x at 2 threads, cache set ({})\n\
              {:<48}{:>9.2}x{:>9.2}x  <= 1.3x, cache set ({})\n\
              {:<48}{:>10.2}{:>10.2}\n\
@@ -736,6 +801,9 @@ impl SmpResult {
             self.scaling_order0,
             self.bulk_scaling_order0,
             target(self.scaling_order0 >= 1.6),
+            "  the same per CPU-second",
+            self.scaling_order0_cpu,
+            self.bulk_scaling_order0_cpu,
             format!("ours / locked reference, order 0, {most} threads"),
             self.vs_reference_order0,
             self.bulk_vs_reference_order0,
