@@ -738,11 +738,11 @@ impl SmpResult {
     /// The multi-CPU table with the targets.
     pub fn table(&self) -> String {
         let ok = |b: bool| if b { "met" } else { "MISSED" };
-        let mut t = format!(
+        let mut t = String::from(
             "\nmulti-CPU: LockedZone (zone lock + per-CPU caches) vs buddy_system_allocator's \
              LockedFrameAllocator,\nalloc+free pairs per second in total (millions), one CPU \
              per thread, each its own working set;\nlocks/op: our zone-lock acquisitions per \
-             alloc or free (the reference: 1)\n"
+             alloc or free (the reference: 1)\n",
         );
         let header = format!(
             "{:<9}{:>5}{:>9}{:>9}{:>8}{:>9}{:>6}{:>9}{:>9}{:>8}{:>9}\n",
