@@ -331,9 +331,9 @@ fn content_of(kind: ListKind) -> FrameFlags {
 /// bytes (x86's adjacent-line prefetcher pulls lines in pairs; `crossbeam-utils`'
 /// `CachePadded` makes the same choice), so neighbouring CPUs' caches in an array never share
 /// a line. Only its CPU takes the lock on the fast path; reporting, drains and snapshots take
-/// it from elsewhere. Memory per CPU: `size_of::<CpuCache>()` (2,944 bytes on x86-64: 10 lists of
-/// [`PCP_CAPACITY`] 4-byte frame indices and the CPU's counters), outside the frames and
-/// outside the 12-byte per-frame metadata.
+/// it from elsewhere. Memory per CPU: `size_of::<CpuCache>()` (2,944 bytes on x86-64: 10
+/// lists of [`PCP_CAPACITY`] 4-byte frame indices and the CPU's counters), outside the frames
+/// and outside the 12-byte per-frame metadata.
 #[repr(align(128))]
 pub struct CpuCache<R: lock_api::RawMutex = SpinLock>(pub(crate) lock_api::Mutex<R, PerCpuPages>);
 
