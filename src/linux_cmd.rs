@@ -190,8 +190,8 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
             h.uml_initramfs()?,
             format!(
                 "User-Mode Linux {} ({})",
-                h.tools.uml_release,
-                h.tools.linux_uml.display()
+                h.tools.uml.release,
+                h.tools.uml.linux.display()
             ),
         ),
         Vmm::Qemu => {

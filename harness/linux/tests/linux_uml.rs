@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 
 use prezero_balloon::features;
 use prezero_linux_harness::console::{Event, Meminfo};
-use prezero_linux_harness::procs::{is_alive, MemoryProbe};
 use prezero_linux_harness::setup::{is_root, which};
 use prezero_linux_harness::uml::Uml;
-use prezero_linux_harness::vm::RunOutcome;
-use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
+use prezero_linux_harness::{Scenario, SetupOptions, UmlKernelChoice};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 
@@ -38,11 +36,9 @@ use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
 use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
-
-struct Env {
-    h: Harness,
-    initrd: Initramfs,
-}
+#[path = "support/uml.rs"]
+mod uml;
+use uml::{assert_gone, boot, finish, mem_file_mib, meminfo_after, now_s, Env, FileWatch};
 
 /// The harness (tools checked or installed, workload and initramfs built), once per process.
 fn env() -> Option<&'static Env> {
@@ -55,99 +51,9 @@ fn env() -> Option<&'static Env> {
             );
             return None;
         }
-        let h = Harness::new(&SetupOptions::default()).expect("setting up the UML harness");
-        let initrd = h.uml_initramfs().expect("building the UML initramfs");
-        Some(Env { h, initrd })
+        Some(Env::new(&SetupOptions::default(), UmlKernelChoice::System))
     })
     .as_ref()
-}
-
-fn boot(e: &Env, mem_mib: u64, scenario: Scenario, d: Option<&Daemon>) -> Uml {
-    let mut cfg = e.h.uml(&e.initrd).mem_mib(mem_mib).scenario(scenario);
-    if let Some(d) = d {
-        cfg = cfg.balloon_socket(d.socket());
-    }
-    cfg.boot().expect("booting User-Mode Linux")
-}
-
-/// Runs the guest to its end, then checks that every UML process it ever had is gone.
-fn finish(vm: &mut Uml) -> RunOutcome {
-    let out = vm.run_to_exit(GUARD).unwrap();
-    assert_gone(vm);
-    out
-}
-
-/// Shuts the VM down (SIGKILL of everything left) and checks that no recorded process survives.
-fn assert_gone(vm: &mut Uml) {
-    let pids = vm.pids();
-    assert!(!pids.is_empty());
-    let left = vm.shutdown();
-    assert!(left.is_empty(), "UML processes survived: {left:?}");
-    for id in pids {
-        assert!(!is_alive(id), "UML process {} still alive", id.pid);
-    }
-}
-
-/// The first guest `meminfo` event after host time `t_s` (console clock).
-fn meminfo_after(vm: &mut Uml, t_s: f64) -> (f64, Meminfo) {
-    loop {
-        let e = vm.console().wait_event("meminfo", GUARD).unwrap();
-        if e.t_s > t_s {
-            return (e.t_s, e.meminfo().unwrap());
-        }
-    }
-}
-
-fn now_s(vm: &Uml) -> f64 {
-    vm.t0().elapsed().as_secs_f64()
-}
-
-fn mem_file_mib(vm: &Uml) -> f64 {
-    vm.memory_probe().read_mib().unwrap()
-}
-
-/// The UML memory file's allocated MiB, sampled every 50 ms from boot on the console's clock,
-/// so a value "at" a guest event does not depend on when the test thread gets to read it.
-struct FileWatch(prezero_linux_harness::measure::Sampler);
-
-impl FileWatch {
-    fn start(vm: &Uml) -> FileWatch {
-        FileWatch(prezero_linux_harness::measure::Sampler::start(
-            vm.t0(),
-            Duration::from_millis(50),
-            Box::new(vm.memory_probe()),
-            Box::new(prezero_linux_harness::procs::NoCpu),
-        ))
-    }
-
-    /// The last sample taken at or before `t_s`.
-    fn at(&self, t_s: f64) -> f64 {
-        self.0
-            .snapshot()
-            .iter()
-            .rev()
-            .find(|s| s.t_s <= t_s)
-            .map_or(0.0, |s| s.mib)
-    }
-
-    /// Waits (hang guard only) until the file is at least `mib` below its size at `t_s` (the
-    /// guest's free): the freed memory was reported and punched out. Returns (at `t_s`, then).
-    fn wait_drop(&self, d: &Daemon, t_s: f64, mib: f64) -> (f64, f64) {
-        let before = self.at(t_s);
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let now = self.0.snapshot().last().map_or(before, |s| s.mib);
-            if now <= before - mib {
-                return (before, now);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the memory file stayed at {now:.1} MiB ({before:.1} at the free); device {}",
-                d.device()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 /// Feature bits, as masks.
@@ -1027,6 +933,7 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
     let Some(e) = env() else { return };
     let peer = check(&SetupOptions {
         peer: true,
+        uml7: false,
         install: false,
         cache_dir: e.h.tools.cache_dir.clone(),
     })

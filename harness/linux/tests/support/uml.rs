@@ -1,0 +1,129 @@
+//! A User-Mode Linux guest attached to `prezero serve`: the set-up harness for one UML kernel,
+//! booting, running to the end with every UML process checked gone, and the memory-file watch.
+//! Shared by the UML interop suites (`linux_uml.rs`: the system's 6.1; `linux_uml7.rs`:
+//! Debian's 7.x), which declare `mod daemon` (support/daemon.rs) next to this module.
+#![allow(dead_code)] // each suite uses a part
+
+use std::time::{Duration, Instant};
+
+use prezero_linux_harness::console::Meminfo;
+use prezero_linux_harness::procs::{is_alive, MemoryProbe};
+use prezero_linux_harness::uml::Uml;
+use prezero_linux_harness::vm::RunOutcome;
+use prezero_linux_harness::{
+    Harness, Initramfs, Scenario, SetupOptions, UmlKernel, UmlKernelChoice,
+};
+
+use crate::daemon::{Daemon, GUARD};
+
+/// The harness (tools checked or installed, workload built), one UML kernel and its initramfs.
+pub struct Env {
+    pub h: Harness,
+    pub kernel: UmlKernel,
+    pub initrd: Initramfs,
+}
+
+impl Env {
+    /// Sets up per `opts` and builds the initramfs for `choice` (panics where that fails: the
+    /// suites decide before whether to skip).
+    pub fn new(opts: &SetupOptions, choice: UmlKernelChoice) -> Env {
+        let h = Harness::new(opts).expect("setting up the UML harness");
+        let kernel = h.uml_kernel(choice).expect("the UML kernel").clone();
+        let initrd = h
+            .uml_initramfs_for(&kernel)
+            .expect("building the UML initramfs");
+        Env { h, kernel, initrd }
+    }
+}
+
+/// Boots `e`'s kernel with `mem_mib` of memory running `scenario`, attached to `d` if any.
+pub fn boot(e: &Env, mem_mib: u64, scenario: Scenario, d: Option<&Daemon>) -> Uml {
+    let mut cfg =
+        e.h.uml_on(&e.kernel, &e.initrd)
+            .mem_mib(mem_mib)
+            .scenario(scenario);
+    if let Some(d) = d {
+        cfg = cfg.balloon_socket(d.socket());
+    }
+    cfg.boot().expect("booting User-Mode Linux")
+}
+
+/// Runs the guest to its end, then checks that every UML process it ever had is gone.
+pub fn finish(vm: &mut Uml) -> RunOutcome {
+    let out = vm.run_to_exit(GUARD).unwrap();
+    assert_gone(vm);
+    out
+}
+
+/// Shuts the VM down (SIGKILL of everything left) and checks that no recorded process survives.
+pub fn assert_gone(vm: &mut Uml) {
+    let pids = vm.pids();
+    assert!(!pids.is_empty());
+    let left = vm.shutdown();
+    assert!(left.is_empty(), "UML processes survived: {left:?}");
+    for id in pids {
+        assert!(!is_alive(id), "UML process {} still alive", id.pid);
+    }
+}
+
+/// The first guest `meminfo` event after host time `t_s` (console clock).
+pub fn meminfo_after(vm: &mut Uml, t_s: f64) -> (f64, Meminfo) {
+    loop {
+        let e = vm.console().wait_event("meminfo", GUARD).unwrap();
+        if e.t_s > t_s {
+            return (e.t_s, e.meminfo().unwrap());
+        }
+    }
+}
+
+pub fn now_s(vm: &Uml) -> f64 {
+    vm.t0().elapsed().as_secs_f64()
+}
+
+pub fn mem_file_mib(vm: &Uml) -> f64 {
+    vm.memory_probe().read_mib().unwrap()
+}
+
+/// The UML memory file's allocated MiB, sampled every 50 ms from boot on the console's clock,
+/// so a value "at" a guest event does not depend on when the test thread gets to read it.
+pub struct FileWatch(prezero_linux_harness::measure::Sampler);
+
+impl FileWatch {
+    pub fn start(vm: &Uml) -> FileWatch {
+        FileWatch(prezero_linux_harness::measure::Sampler::start(
+            vm.t0(),
+            Duration::from_millis(50),
+            Box::new(vm.memory_probe()),
+            Box::new(prezero_linux_harness::procs::NoCpu),
+        ))
+    }
+
+    /// The last sample taken at or before `t_s`.
+    pub fn at(&self, t_s: f64) -> f64 {
+        self.0
+            .snapshot()
+            .iter()
+            .rev()
+            .find(|s| s.t_s <= t_s)
+            .map_or(0.0, |s| s.mib)
+    }
+
+    /// Waits (hang guard only) until the file is at least `mib` below its size at `t_s` (the
+    /// guest's free): the freed memory was reported and punched out. Returns (at `t_s`, then).
+    pub fn wait_drop(&self, d: &Daemon, t_s: f64, mib: f64) -> (f64, f64) {
+        let before = self.at(t_s);
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let now = self.0.snapshot().last().map_or(before, |s| s.mib);
+            if now <= before - mib {
+                return (before, now);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the memory file stayed at {now:.1} MiB ({before:.1} at the free); device {}",
+                d.device()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
