@@ -135,6 +135,14 @@
 //!   `poweroff` hangs (the harness kills UML). There is no reconnect.
 //! - The guest killed mid-inflate: the daemon drops the connection, releases its descriptors,
 //!   threads and mapping of the guest memory, and serves the next guest on the same socket.
+//! - Linux 7.2.7 (Debian forky's UML, [`UmlKernelChoice::Linux7`]; `tests/linux_uml7.rs`):
+//!   protocol features 0x229 (the 6.1 set plus `MQ`), then `GET_QUEUE_NUM`: with fewer than
+//!   five queues the probe fails with -22 after `SET_FEATURES` (so the daemon's negotiated
+//!   features alone do not show a bound driver; the stats buffer does). Balloon features as
+//!   6.1 (0x120000027 after the same two `SET_FEATURES`), one memory region, reporting in 4 MiB
+//!   blocks ~2 s after frees. Powering off with pages in the balloon hangs: after
+//!   `reboot: Power down` no request reaches the daemon and UML idles on its signalfd (6.1
+//!   deflates first); with an empty balloon it exits 0. No xstate workaround needed on AMX.
 #![deny(missing_docs)]
 
 pub mod backend;
