@@ -38,7 +38,10 @@ mod daemon;
 use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
 #[path = "support/uml.rs"]
 mod uml;
-use uml::{assert_gone, boot, finish, mem_file_mib, meminfo_after, now_s, Env, FileWatch};
+use uml::{
+    assert_gone, assert_reported_in_pageblocks, boot, finish, mem_file_mib, meminfo_after, now_s,
+    prezero_linux, Env, FileWatch,
+};
 
 /// The harness (tools checked or installed, workload and initramfs built), once per process.
 fn env() -> Option<&'static Env> {
@@ -261,25 +264,9 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
     let out = finish(&mut vm);
     assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(40));
 
-    let m = d.device();
+    let (m, reported) = assert_reported_in_pageblocks(&d, reported_before, 48 * MIB);
     let n = |k: &str| m[k].as_u64().unwrap();
-    let reported = n("reported_bytes") - reported_before;
     let discarded = n("discarded_bytes") - discarded_before;
-    assert!(reported >= 48 * MIB, "reported {reported}: {m}");
-    // The chains the stock driver sends: one device-writable buffer per reported block, each
-    // a whole pageblock (4 MiB, order 10, in UML), at most 32 per chain; a chain of several
-    // goes through an indirect table (INDIRECT_DESC is negotiated).
-    assert_eq!(n("reported_bytes"), n("reporting_buffers") * 4 * MIB, "{m}");
-    assert!(
-        n("reporting_buffers") <= 32 * n("reporting_requests"),
-        "{m}"
-    );
-    if n("reporting_buffers") > n("reporting_requests") {
-        assert!(n("indirect_chains") >= 1, "{m}");
-    }
-    assert!(n("indirect_chains") <= n("reporting_requests"), "{m}");
-    // Everything reported was discarded (totals: the counters move while the test reads them).
-    assert!(n("discarded_bytes") >= n("reported_bytes"), "{m}");
     assert!(at_free - after >= 0.75 * mib as f64, "{at_free} -> {after}");
     assert_eq!(d.errors(), 0, "{m}");
     eprintln!(
@@ -687,23 +674,6 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
 }
 
 /// Runs `prezero linux ARGS` with the tests' cache; returns its status, stdout and stderr.
-fn prezero_linux(
-    e: &Env,
-    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
-) -> (std::process::ExitStatus, String, String) {
-    let out = prezero()
-        .arg("linux")
-        .args(args)
-        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `prezero linux`: starts its own daemon, boots UML, prints the console and a summary of the
 /// negotiation and the device's work; bad input is a clear error.
 #[test]

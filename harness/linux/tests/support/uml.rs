@@ -14,7 +14,8 @@ use prezero_linux_harness::{
     Harness, Initramfs, Scenario, SetupOptions, UmlKernel, UmlKernelChoice,
 };
 
-use crate::daemon::{Daemon, GUARD};
+use crate::daemon::{prezero, Daemon, GUARD};
+use serde_json::Value;
 
 /// The harness (tools checked or installed, workload built), one UML kernel and its initramfs.
 pub struct Env {
@@ -126,4 +127,48 @@ impl FileWatch {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `prezero linux ARGS` with `e`'s cache: its status, stdout and stderr.
+pub fn prezero_linux(
+    e: &Env,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> (std::process::ExitStatus, String, String) {
+    let out = prezero()
+        .arg("linux")
+        .args(args)
+        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Checks the device's counters after a UML guest reported: at least `min` bytes since
+/// `reported_before`, in the chains the stock driver sends (one device-writable buffer per
+/// reported block, each a whole pageblock: 4 MiB, order 10, in UML; at most 32 per chain; a
+/// chain of several through an indirect table, as INDIRECT_DESC is negotiated), everything
+/// reported discarded (totals: the counters move while the test reads them), no errors.
+/// Returns the counters and the bytes reported since `reported_before`.
+pub fn assert_reported_in_pageblocks(d: &Daemon, reported_before: u64, min: u64) -> (Value, u64) {
+    const MIB: u64 = 1 << 20;
+    let m = d.device();
+    let n = |k: &str| m[k].as_u64().unwrap();
+    let reported = n("reported_bytes") - reported_before;
+    assert!(reported >= min, "reported {reported}: {m}");
+    assert_eq!(n("reported_bytes"), n("reporting_buffers") * 4 * MIB, "{m}");
+    assert!(
+        n("reporting_buffers") <= 32 * n("reporting_requests"),
+        "{m}"
+    );
+    if n("reporting_buffers") > n("reporting_requests") {
+        assert!(n("indirect_chains") >= 1, "{m}");
+    }
+    assert!(n("indirect_chains") <= n("reporting_requests"), "{m}");
+    assert!(n("discarded_bytes") >= n("reported_bytes"), "{m}");
+    assert_eq!(d.errors(), 0, "{m}");
+    (m, reported)
 }
