@@ -39,8 +39,8 @@ use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon,
 #[path = "support/uml.rs"]
 mod uml;
 use uml::{
-    assert_gone, assert_reported_in_pageblocks, boot, finish, mem_file_mib, meminfo_after, now_s,
-    prezero_linux, Env, FileWatch,
+    assert_gone, assert_meminfo_follows_the_balloon, assert_reported_in_pageblocks, boot, finish,
+    mem_file_mib, meminfo_after, now_s, prezero_linux, reporting_scenario, Env, FileWatch,
 };
 
 /// The harness (tools checked or installed, workload and initramfs built), once per process.
@@ -211,12 +211,7 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
     let Some(e) = env() else { return };
     let d = Daemon::start(&e.h.tools.cache_dir, "report", &[]);
     let mib = 64;
-    let scenario = Scenario::alloc_free(mib)
-        .param("idle", 1)
-        .hold(0.3)
-        .wait(90.0)
-        .interval(1.0)
-        .until_inflated(256);
+    let scenario = reporting_scenario(mib).until_inflated(256);
     let mut vm = boot(e, 256, scenario, Some(&d));
     let sampler = Sampler::start(
         vm.t0(),
@@ -311,30 +306,13 @@ fn inflate_and_deflate_through_the_control_socket_move_the_guest_view() {
         let out = finish(&mut vm);
         assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(40));
 
+        assert_meminfo_follows_the_balloon(
+            name,
+            [&before, &inflated, &deflated],
+            48 * 1024,
+            name == "doo",
+        );
         let kib = |m: &Meminfo, k: &str| m.kib(k).unwrap() as i64;
-        let balloon_kib = 48 * 1024;
-        let free_drop = kib(&before, "MemFree") - kib(&inflated, "MemFree");
-        let total_drop = kib(&before, "MemTotal") - kib(&inflated, "MemTotal");
-        assert!(
-            (free_drop - balloon_kib).abs() <= 4096,
-            "{name}: MemFree dropped {free_drop} kB for a {balloon_kib} kB balloon"
-        );
-        if name == "doo" {
-            assert_eq!(total_drop, 0, "{name}: MemTotal moved with deflate-on-OOM");
-        } else {
-            assert_eq!(total_drop, balloon_kib, "{name}: MemTotal drop");
-        }
-        assert_eq!(
-            kib(&deflated, "MemTotal"),
-            kib(&before, "MemTotal"),
-            "{name}"
-        );
-        assert!(
-            (kib(&deflated, "MemFree") - kib(&before, "MemFree")).abs() <= 4096,
-            "{name}: MemFree {} before, {} after deflating",
-            kib(&before, "MemFree"),
-            kib(&deflated, "MemFree")
-        );
         let m = d.device();
         assert_eq!(m["inflated_pages"], 12288, "{m}");
         assert_eq!(m["deflated_pages"], 12288, "{m}");
@@ -673,7 +651,6 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
     );
 }
 
-/// Runs `prezero linux ARGS` with the tests' cache; returns its status, stdout and stderr.
 /// `prezero linux`: starts its own daemon, boots UML, prints the console and a summary of the
 /// negotiation and the device's work; bad input is a clear error.
 #[test]

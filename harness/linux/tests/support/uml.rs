@@ -172,3 +172,48 @@ pub fn assert_reported_in_pageblocks(d: &Daemon, reported_before: u64, min: u64)
     assert_eq!(d.errors(), 0, "{m}");
     (m, reported)
 }
+
+/// The reporting scenario both UML suites run: idle 1 s, allocate and touch `mib`, hold 0.3 s,
+/// free, then wait (up to 90 s, meminfo every second) for the host's signal (add an
+/// `until_*`).
+pub fn reporting_scenario(mib: u64) -> Scenario {
+    Scenario::alloc_free(mib)
+        .param("idle", 1)
+        .hold(0.3)
+        .wait(90.0)
+        .interval(1.0)
+}
+
+/// Checks the guest's `/proc/meminfo` `[before, inflated, deflated]` around a balloon of
+/// `balloon_kib`: MemFree drops by the balloon (within 4 MiB) and comes back; MemTotal stays
+/// with deflate-on-OOM (`doo`) and drops by exactly the balloon without it, and comes back.
+pub fn assert_meminfo_follows_the_balloon(
+    label: &str,
+    [before, inflated, deflated]: [&Meminfo; 3],
+    balloon_kib: i64,
+    doo: bool,
+) {
+    let kib = |m: &Meminfo, k: &str| m.kib(k).unwrap() as i64;
+    let free_drop = kib(before, "MemFree") - kib(inflated, "MemFree");
+    let total_drop = kib(before, "MemTotal") - kib(inflated, "MemTotal");
+    assert!(
+        (free_drop - balloon_kib).abs() <= 4096,
+        "{label}: MemFree dropped {free_drop} kB for a {balloon_kib} kB balloon"
+    );
+    if doo {
+        assert_eq!(total_drop, 0, "{label}: MemTotal moved with deflate-on-OOM");
+    } else {
+        assert_eq!(total_drop, balloon_kib, "{label}: MemTotal drop");
+    }
+    assert_eq!(
+        kib(deflated, "MemTotal"),
+        kib(before, "MemTotal"),
+        "{label}"
+    );
+    assert!(
+        (kib(deflated, "MemFree") - kib(before, "MemFree")).abs() <= 4096,
+        "{label}: MemFree {} before, {} after deflating",
+        kib(before, "MemFree"),
+        kib(deflated, "MemFree")
+    );
+}
