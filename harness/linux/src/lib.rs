@@ -139,8 +139,9 @@
 //!   protocol features 0x229 (the 6.1 set plus `MQ`), then `GET_QUEUE_NUM`: with fewer than
 //!   five queues the probe fails with -22 after `SET_FEATURES` (so the daemon's negotiated
 //!   features alone do not show a bound driver; the stats buffer does). Balloon features as
-//!   6.1 (0x120000027 after the same two `SET_FEATURES`), one memory region, reporting in 4 MiB
-//!   blocks ~2 s after frees. Powering off with pages in the balloon hangs: after
+//!   6.1, but not `INDIRECT_DESC`: the first `SET_FEATURES` has it (0x130000037), the last
+//!   does not (0x120000027), so its reporting chains of up to 32 pageblocks (4 MiB, ~2 s after
+//!   frees) are direct descriptors. Powering off with pages in the balloon hangs: after
 //!   `reboot: Power down` no request reaches the daemon and UML idles on its signalfd (6.1
 //!   deflates first); with an empty balloon it exits 0. No xstate workaround needed on AMX.
 #![deny(missing_docs)]
