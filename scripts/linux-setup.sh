@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
         --uml7-suite=*) uml7_suite="${1#--uml7-suite=}" ;;
         --cache) cache="$2"; shift ;;
         --cache=*) cache="${1#--cache=}" ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "linux-setup: unknown argument '$1' (use --peer, --uml7, --uml7-suite SUITE, --cache DIR)" >&2; exit 2 ;;
     esac
     shift
