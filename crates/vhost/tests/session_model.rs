@@ -58,6 +58,8 @@ enum End {
     StopRings,
     /// `RESET_DEVICE`.
     ResetDevice,
+    /// `RESET_OWNER` (the older reset), then `SET_OWNER` again.
+    ResetOwner,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +67,9 @@ enum Op {
     /// A driver (re)initialisation: `end`, then `SET_FEATURES` (the session's driver's
     /// features; bit 30 as the session's frontend does it), the memory table again (`memory`: 0 no, 1 the same, 2 a new
     /// memfd; only while no ring runs), fresh rings from index 0 with new eventfds.
-    Init { end: End, memory: u8 },
+    /// `optional`: the new driver's optional features (a bit each: stats, reporting, zeroing,
+    /// tell host), so a driver with fewer queues can follow one with more.
+    Init { end: End, memory: u8, optional: u8 },
     /// A VMM's stop and `cont` (bit 30 only): rings stopped, features and memory table again,
     /// the saved bases, old or new kick fds, rings enabled.
     Pause { memory: bool, new_kicks: bool },
@@ -91,10 +95,11 @@ fn op() -> impl Strategy<Value = Op> {
     let end = prop_oneof![
         Just(End::Reload),
         Just(End::StopRings),
-        Just(End::ResetDevice)
+        Just(End::ResetDevice),
+        Just(End::ResetOwner)
     ];
     prop_oneof![
-        2 => (end, 0u8..3).prop_map(|(end, memory)| Op::Init { end, memory }),
+        2 => (end, 0u8..3, any::<u8>()).prop_map(|(end, memory, optional)| Op::Init { end, memory, optional }),
         2 => (any::<bool>(), any::<bool>()).prop_map(|(memory, new_kicks)| Op::Pause { memory, new_kicks }),
         4 => proptest::collection::vec(any::<u16>(), 1..64).prop_map(Op::Inflate),
         3 => any::<u8>().prop_map(Op::Deflate),
@@ -177,11 +182,11 @@ impl Model {
         self.features & (1 << bit) != 0
     }
 
-    /// Whether the device took a buffer from any ring of this driver: only then does a ring
-    /// set up again from index 0 tell a new driver from a resumed one (`Incarnations` in
-    /// `backend.rs`).
-    fn took_buffers(&self) -> bool {
-        self.available.iter().any(|&n| n != 0)
+    /// Whether the device took a buffer from one of this driver's first `rings` rings: only
+    /// then does a stopped ring set up again from index 0 tell a new driver from a resumed
+    /// one (`Incarnations` in `backend.rs`).
+    fn took_buffers(&self, rings: usize) -> bool {
+        self.available.iter().take(rings).any(|&n| n != 0)
     }
 }
 
@@ -195,10 +200,6 @@ struct Session {
     /// Whether the frontend acks `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU) or not (User-Mode
     /// Linux): one frontend does the same for every driver.
     bit30: bool,
-    /// The optional features the driver acks (a bit each: stats, reporting, zeroing, tell
-    /// host). One driver per session: a driver with fewer queues after one with more leaves
-    /// a ring the device counts as `unknown_queue` (noted in the report of issue 10).
-    optional: u8,
 }
 
 /// Acks every config-change message on the backend request channel (as a VMM's main loop
@@ -246,12 +247,12 @@ impl Session {
             config_changes,
             ops: 0,
             bit30,
-            optional,
         };
         // The first driver: a VMM's first boot.
         s.apply(&Op::Init {
             end: End::Reload,
             memory: 1,
+            optional,
         });
         s
     }
@@ -262,7 +263,11 @@ impl Session {
             eprintln!("event {}: {op:?}", self.ops);
         }
         match op {
-            Op::Init { end, memory } => self.init(*end, *memory),
+            Op::Init {
+                end,
+                memory,
+                optional,
+            } => self.init(*end, *memory, *optional),
             Op::Pause { memory, new_kicks } => self.pause(*memory, *new_kicks),
             Op::Inflate(pages) => {
                 let mut pfns: Vec<u32> = Vec::new();
@@ -328,29 +333,29 @@ impl Session {
         self.check(op);
     }
 
-    fn init(&mut self, end: End, memory: u8) {
-        let (bit30, optional) = (self.bit30, self.optional);
+    fn init(&mut self, end: End, memory: u8, optional: u8) {
+        let bit30 = self.bit30;
         // `stopped`: every ring stopped with GET_VRING_BASE (the library stops watching its
         // kick fd); `quiet`: no ring runs (stopped, or reset).
         let (mut stopped, mut quiet) = (false, false);
         match end {
             End::Reload => {}
+            // Only a VMM (bit 30) stops rings; User-Mode Linux never does.
             End::StopRings if self.front.bit30 => {
                 let bases = self.front.stop();
                 self.check_bases(&bases);
                 (stopped, quiet) = (true, true);
             }
-            // Only a VMM (bit 30) stops rings or sends RESET_DEVICE; User-Mode Linux does
-            // neither. (RESET_DEVICE without bit 30 makes the device count `avail_ring`: the
-            // next SET_FEATURES enables the reset rings; noted in issue 10's report.)
-            End::StopRings | End::ResetDevice if !self.front.bit30 => {}
             End::StopRings => {}
             End::ResetDevice => {
                 self.front.f.reset_device().unwrap();
                 quiet = true;
             }
+            End::ResetOwner => {
+                self.front.f.reset_owner().unwrap();
+                quiet = true;
+            }
         }
-        let fresh = matches!(end, End::ResetDevice) || self.m.took_buffers();
         let choose = |i: u8, bit: u32| {
             if optional & (1 << i) != 0 {
                 1u64 << bit
@@ -373,15 +378,11 @@ impl Session {
         } else if memory >= 1 || first {
             self.front.memory();
         }
-        // The old rings' kick fds: a frontend that stopped the rings may keep and kick them
-        // (QEMU keeps its host notifiers); one that replaces the kick fd of a running ring or
-        // resets the device closes the old one here (User-Mode Linux's `vu_del_vq`). A kick on
-        // an fd replaced on a running ring that the frontend keeps open is its own test
-        // (`a_kick_on_a_replaced_kick_fd_still_open_is_harmless`; with bit 30 only).
+        // The old rings' kick fds: the frontend may keep and kick them (QEMU keeps its host
+        // notifiers; a frontend that replaces a running ring's kick fd need not close the old
+        // one); none of those kicks may reach the new driver's rings.
         for r in self.front.rings.drain(..) {
-            if stopped {
-                self.m.old_kicks.push(r.kick);
-            }
+            self.m.old_kicks.push(r.kick);
         }
         if self.m.old_kicks.len() > 16 {
             self.m.old_kicks.drain(..8);
@@ -390,6 +391,11 @@ impl Session {
         let reporting = features & (1 << REPORTING) != 0;
         let n = 2 + usize::from(stats) + usize::from(reporting);
         self.front.rings(n);
+        // A new driver: after a reset; after a ring set up again while it ran (no stop: a
+        // reload); or a stopped ring set up again from index 0 after the device took buffers
+        // from it (`Incarnations` in `backend.rs`).
+        let fresh =
+            matches!(end, End::ResetDevice | End::ResetOwner) || !stopped || self.m.took_buffers(n);
 
         let m = &mut self.m;
         m.features = features;
@@ -638,6 +644,7 @@ fn a_kick_on_a_replaced_kick_fd_still_open_is_harmless() {
     s.apply(&Op::Init {
         end: End::Reload,
         memory: 0,
+        optional: 0,
     });
     s.apply(&Op::Inflate(vec![1, 2, 3]));
     old[0].write(1).unwrap();
