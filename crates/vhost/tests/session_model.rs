@@ -5,8 +5,9 @@
 //!
 //! Events: driver (re)initialisations the ways User-Mode Linux (no ring stopped, no
 //! `SET_VRING_ENABLE`), a rebooting VMM (rings stopped with `GET_VRING_BASE`) and a resetting
-//! VMM (`RESET_DEVICE`) send them, with features negotiated again and the memory table set
-//! again or replaced by a new memfd; a VMM's pause and resume (saved bases, old or new kick
+//! frontend (`RESET_DEVICE` or `RESET_OWNER`, with or without bit 30) send them, each driver
+//! with its own optional features (so with more or fewer queues than the one before), with
+//! features negotiated again and the memory table set again or replaced by a new memfd; a VMM's pause and resume (saved bases, old or new kick
 //! fds); kicks on the fds of rings that are gone; driver requests on every queue (inflate,
 //! deflate, stats, free page reporting, `actual` written); host targets and stats requests.
 //!
@@ -629,9 +630,9 @@ proptest! {
 /// frontend keeps the old eventfd open (epoll forgets an fd only when every fd of its open file
 /// description is closed, the frontend's included); a kick on it makes the worker read the
 /// ring's *current* kick fd, and the device stopped serving the ring (the connection stopped
-/// answering). Fixed with bit 30 acked: the relay disables the ring before forwarding its new
-/// kick fd, which unregisters the old one. Without bit 30 (User-Mode Linux, which closes the
-/// old fd) the relay cannot disable a ring by message; that case stays out of the model.
+/// answering). Fixed: the relay stops the ring (`GET_VRING_BASE`) before forwarding its new
+/// kick fd, which unregisters the old one, with or without bit 30 (`relay/rings.rs`); the
+/// model now kicks every replaced fd (`Op::OldKick`).
 #[test]
 fn a_kick_on_a_replaced_kick_fd_still_open_is_harmless() {
     let mut s = Session::start(true, 0);

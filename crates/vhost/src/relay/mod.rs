@@ -34,8 +34,10 @@
 //!
 //! Two threads, one per direction, copy whole messages (`message.rs`); the descriptors the
 //! sender attached are forwarded with the same message, and the relay's own copies closed
-//! once forwarded. Nothing is reordered or answered by the relay; it looks at two frontend
-//! requests on the way:
+//! once forwarded. Nothing is reordered; the relay answers only config accesses vhost would
+//! refuse (`config_access.rs`), and adds only `GET_VRING_BASE` / `SET_VRING_CALL` requests
+//! that stop rings the library would keep running (`rings.rs`; the replies to those are not
+//! forwarded). It looks at two frontend requests on the way:
 //! - `SET_PROTOCOL_FEATURES` (16): whether `REPLY_ACK` is in use (the config-change message
 //!   then asks for an ack);
 //! - `SET_BACKEND_REQ_FD` (21): a duplicate of its descriptor becomes the [`BackendChannel`];
