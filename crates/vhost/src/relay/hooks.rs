@@ -17,8 +17,9 @@ pub trait RingHooks: Debug + Send + Sync {
 
     /// `SET_VRING_BASE`: ring `queue` (re)starts at available index `base`; `running`: it was
     /// set up again without being stopped (no `GET_VRING_BASE`, no reset since its kick fd).
-    /// Returns whether a new driver sets the device up: the relay then stops every ring the
-    /// old one left running (`rings.rs`). Without hooks the relay takes `running` for that.
+    /// Returns whether a new driver sets the device up; if so and `running`, the relay stops
+    /// every ring the old one left running (`rings.rs`). Without hooks the relay takes
+    /// `running` for that.
     fn ring_base(&self, queue: u32, base: u32, running: bool) -> bool;
 
     /// `RESET_OWNER`: the frontend gave up the device (a reset).

@@ -375,7 +375,11 @@ impl Inbound {
                     .hooks
                     .as_ref()
                     .map_or(running, |h| h.ring_base(queue, base, running));
-                if new_driver {
+                // Set up again while it ran: the first ring of a new driver whose frontend
+                // stopped nothing (User-Mode Linux), so every ring still runs. (A new driver
+                // found on a stopped ring, after a VMM stopped them all, may have started its
+                // lower rings already: nothing to stop then.)
+                if new_driver && running {
                     ahead = self.rings.stop_all(Some(queue as usize));
                 }
             }

@@ -11,10 +11,10 @@
 //!      message): the library stores the new fd and never watches it, while the old fd, which
 //!      the frontend may keep open, stays watched (a kick on it makes the worker read the
 //!      ring's new, empty fd and block);
-//!   2. a ring set up again (`SET_VRING_BASE`) while it runs, or from index 0 after the device
-//!      took buffers from it: a new driver (`RingHooks::ring_base`), whose rings are set up
-//!      again one by one; a ring it does not set up again (a driver with fewer queues) is the
-//!      old driver's, in memory no longer its;
+//!   2. a ring set up again (`SET_VRING_BASE`) while it runs: a new driver whose frontend
+//!      stopped no ring (User-Mode Linux's reload; `RingHooks::ring_base`), whose rings are set
+//!      up again one by one; a ring it does not set up again (a driver with fewer queues) is
+//!      the old driver's, in memory no longer its;
 //!   3. `RESET_DEVICE`: the library disables the rings, but the next `SET_FEATURES` without
 //!      bit 30 enables every ring again (vhost-user spec "Ring states"), with the old driver's
 //!      addresses and indexes, and processes them at once;
