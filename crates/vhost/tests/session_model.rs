@@ -143,6 +143,9 @@ struct Model {
     reporting: Option<usize>,
     /// Per ring: heads made available (all taken by the device: the model waits for it).
     available: Vec<u16>,
+    /// Per ring index: where the device left off, over drivers (`Incarnations` in
+    /// `backend.rs`): cleared when a new driver is found or the device is reset.
+    left: [u16; 8],
     /// Per ring: heads completed.
     used: Vec<u16>,
     /// The stats head the device holds.
@@ -163,6 +166,7 @@ impl Model {
             stats: None,
             reporting: None,
             available: Vec::new(),
+            left: [0; 8],
             used: Vec::new(),
             held: None,
             balloon: Vec::new(),
@@ -183,11 +187,11 @@ impl Model {
         self.features & (1 << bit) != 0
     }
 
-    /// Whether the device took a buffer from one of this driver's first `rings` rings: only
-    /// then does a stopped ring set up again from index 0 tell a new driver from a resumed
-    /// one (`Incarnations` in `backend.rs`).
+    /// Whether the device took a buffer from one of the first `rings` rings since the last
+    /// new driver or reset: only then does a stopped ring set up again from index 0 tell a
+    /// new driver from a resumed one (`Incarnations` in `backend.rs`).
     fn took_buffers(&self, rings: usize) -> bool {
-        self.available.iter().take(rings).any(|&n| n != 0)
+        self.left.iter().take(rings).any(|&n| n != 0)
     }
 }
 
@@ -405,6 +409,11 @@ impl Session {
         if fresh {
             m.actual = 0;
             m.held = None;
+            m.left = [0; 8];
+        }
+        if !stats {
+            // Features without a stats queue: the device holds no stats buffer.
+            m.held = None;
         }
         m.available = vec![0; n];
         m.used = vec![0; n];
@@ -447,6 +456,7 @@ impl Session {
         let token = self.m.token();
         self.front.submit(q, chain, token);
         self.m.available[q] += 1;
+        self.m.left[q] = self.m.available[q];
         let want = usize::from(self.m.used[q]) + 1;
         let got = self.front.collect(q, want);
         self.m.used[q] += 1;
@@ -495,6 +505,7 @@ impl Session {
         self.front
             .submit(q, &[Buffer::readable(STATS, stats.len() as u32)], token);
         self.m.available[q] += 1;
+        self.m.left[q] = self.m.available[q];
         self.m.held = Some(token);
         self.m.counters.stats_buffers += 1;
         let d = &self.d;
