@@ -330,6 +330,24 @@ fn a_config_change_while_the_device_is_not_running_is_held_until_it_runs() {
     drop(acker.join().unwrap());
 }
 
+/// A daemon and a frontend that negotiated `features` (bit 30 as told) over `rings` fresh
+/// rings in one memory region.
+fn set_up(name: &str, features: u64, bit30: bool, rings: usize) -> (Daemon, Front) {
+    let d = Daemon::start(name, FeatureOffer::default());
+    let mut front = Front::connect(&d);
+    front.features(features, bit30);
+    front.memory();
+    front.rings(rings);
+    (d, front)
+}
+
+/// The device served `reports` reports in all and counted no error.
+fn assert_clean(d: &Daemon, reports: u64) {
+    let m = d.handle.metrics().device;
+    assert_eq!(m.reporting_requests, reports);
+    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+}
+
 /// The memory of the rings `front` had: freed by the driver and reused (zeroed here), as it is
 /// after a reset or a driver reload.
 fn free_old_rings(front: &mut Front) {
@@ -345,21 +363,15 @@ fn free_old_rings(front: &mut Front) {
 /// back the reset rings: their memory is no longer theirs.
 #[test]
 fn reset_device_without_bit_30_leaves_the_old_rings_alone() {
-    let d = Daemon::start("reset-nobit30", FeatureOffer::default());
-    let mut front = Front::connect(&d);
     let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
-    front.features(features, false);
-    front.memory();
-    front.rings(4);
+    let (d, mut front) = set_up("reset-nobit30", features, false, 4);
     report_4m(&mut front, 3, 4 * MIB, 1);
     front.f.reset_device().unwrap();
     free_old_rings(&mut front);
     front.features(features, false);
     front.rings(4);
     report_4m(&mut front, 3, 12 * MIB, 2);
-    let m = d.handle.metrics().device;
-    assert_eq!(m.reporting_requests, 2);
-    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+    assert_clean(&d, 2);
 }
 
 /// `RESET_OWNER` (the older reset, which `vhost-user-backend` passes to no backend and which
@@ -367,12 +379,8 @@ fn reset_device_without_bit_30_leaves_the_old_rings_alone() {
 /// keeps reaches nothing, and the next driver is served.
 #[test]
 fn reset_owner_stops_the_old_rings() {
-    let d = Daemon::start("reset-owner", FeatureOffer::default());
-    let mut front = Front::connect(&d);
     let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
-    front.features(features, true);
-    front.memory();
-    front.rings(4);
+    let (d, mut front) = set_up("reset-owner", features, true, 4);
     report_4m(&mut front, 3, 4 * MIB, 1);
     front
         .f
@@ -395,9 +403,7 @@ fn reset_owner_stops_the_old_rings() {
         k.write(1).unwrap();
     }
     report_4m(&mut front, 3, 12 * MIB, 2);
-    let m = d.handle.metrics().device;
-    assert_eq!(m.reporting_requests, 2);
-    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+    assert_clean(&d, 2);
 }
 
 /// A reloaded driver with fewer queues than the one before (no stats, no reporting after a
@@ -406,14 +412,8 @@ fn reset_owner_stops_the_old_rings() {
 /// reused and their old kick fds kicked.
 #[test]
 fn a_driver_with_fewer_queues_leaves_the_old_rings_alone() {
-    let d = Daemon::start("fewer-queues", FeatureOffer::default());
-    let mut front = Front::connect(&d);
-    front.features(
-        bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]),
-        false,
-    );
-    front.memory();
-    front.rings(4);
+    let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
+    let (d, mut front) = set_up("fewer-queues", features, false, 4);
     report_4m(&mut front, 3, 4 * MIB, 1);
     let old: Vec<EventFd> = front
         .rings
@@ -431,8 +431,7 @@ fn a_driver_with_fewer_queues_leaves_the_old_rings_alone() {
     front.submit(0, &[Buffer::readable(2 * MIB, 4)], 7);
     assert_eq!(front.collect(0, 1), [(7, 0)]);
     std::thread::sleep(Duration::from_millis(50));
-    let m = d.handle.metrics().device;
-    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+    assert_clean(&d, 1);
 }
 
 /// Without bit 30, a kick fd replaced on a running ring that the frontend keeps open: a kick
@@ -440,12 +439,8 @@ fn a_driver_with_fewer_queues_leaves_the_old_rings_alone() {
 /// block its worker), and the ring is served through the new fd.
 #[test]
 fn without_bit_30_a_replaced_kick_fd_still_open_is_not_watched() {
-    let d = Daemon::start("old-kick-nobit30", FeatureOffer::default());
-    let mut front = Front::connect(&d);
     let features = bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]);
-    front.features(features, false);
-    front.memory();
-    front.rings(3);
+    let (d, mut front) = set_up("old-kick-nobit30", features, false, 3);
     report_4m(&mut front, 2, 4 * MIB, 1);
     let old = front.rings[2].kick.try_clone().unwrap();
     let kick = EventFd::new(0).unwrap();
@@ -459,4 +454,5 @@ fn without_bit_30_a_replaced_kick_fd_still_open_is_not_watched() {
     dirty(&front.ram, 20 * MIB, 4 * MIB);
     front.submit(2, &[Buffer::writable(20 * MIB, 4 * MIB as u32)], 3);
     assert_eq!(front.collect(2, 3), [(3, 4 * MIB as u32)]);
+    assert_clean(&d, 3);
 }
