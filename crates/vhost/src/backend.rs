@@ -197,10 +197,10 @@ impl SharedDevice {
 /// Where each ring of one connection left off, to tell a ring set up again for a new driver
 /// from one resumed: the relay's [`RingHooks`].
 ///
-/// A ring set up from available index 0 after the device took buffers from it (its next
-/// available index was not 0) is a new incarnation: the driver was reloaded or the guest
-/// rebooted without the connection ending, and nothing it made available before will be
-/// looked at again. QEMU sends `SET_FEATURES` and the rings' saved bases on every `cont`
+/// A ring set up again while it ran (no `GET_VRING_BASE` or reset since it started), or set
+/// up from available index 0 after the device took buffers from it (its next available index
+/// was not 0), is a new incarnation: the driver was reloaded or the guest rebooted without the
+/// connection ending, and nothing it made available before will be looked at again. QEMU sends `SET_FEATURES` and the rings' saved bases on every `cont`
 /// after a `stop`, so neither a repeated `SET_FEATURES` nor a ring restart alone can be taken
 /// for a re-initialisation; a base going back to 0 can. (A ring paused exactly when its index
 /// wrapped to 0 after 65,536 buffers resumes at 0 too, and is taken for resumed: nothing is
@@ -234,18 +234,27 @@ impl Incarnations {
 }
 
 impl RingHooks for Incarnations {
-    fn ring_base(&self, queue: u32, base: u32) {
+    fn rings(&self) -> usize {
+        self.shared.num_queues
+    }
+
+    fn ring_base(&self, queue: u32, base: u32, running: bool) -> bool {
         let Some(left) = self.next_avail.get(queue as usize) else {
-            return;
+            return running;
         };
-        if base == 0 && left.load(Ordering::Relaxed) != 0 {
+        // A ring set up again while it ran was not paused (a pause stops the rings first):
+        // a new driver (User-Mode Linux's reload, whatever the bases).
+        if running || (base == 0 && left.load(Ordering::Relaxed) != 0) {
             tracing::info!(
                 queue,
-                "a ring set up again from index 0: a new driver, the device is re-initialised"
+                running,
+                "a ring set up again for a new driver: the device is re-initialised"
             );
             self.shared.reinitialise();
             self.forget();
+            return true;
         }
+        false
     }
 
     fn reset_owner(&self) {

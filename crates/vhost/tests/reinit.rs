@@ -329,3 +329,130 @@ fn a_config_change_while_the_device_is_not_running_is_held_until_it_runs() {
     assert_eq!(out.notification, Notification::Acked);
     drop(acker.join().unwrap());
 }
+
+/// A daemon and a frontend that negotiated `features` (bit 30 as told) over `rings` fresh
+/// rings in one memory region.
+fn set_up(name: &str, features: u64, bit30: bool, rings: usize) -> (Daemon, Front) {
+    let d = Daemon::start(name, FeatureOffer::default());
+    let mut front = Front::connect(&d);
+    front.features(features, bit30);
+    front.memory();
+    front.rings(rings);
+    (d, front)
+}
+
+/// The device served `reports` reports in all and counted no error.
+fn assert_clean(d: &Daemon, reports: u64) {
+    let m = d.handle.metrics().device;
+    assert_eq!(m.reporting_requests, reports);
+    assert_eq!(m.total_errors(), 0, "{:?}", m.errors);
+}
+
+/// The memory of the rings `front` had: freed by the driver and reused (zeroed here), as it is
+/// after a reset or a driver reload.
+fn free_old_rings(front: &mut Front) {
+    for r in front.rings.drain(..) {
+        let l = r.queue.layout();
+        front.ram.fill(l.avail, 4, 0).unwrap();
+        front.ram.fill(l.used, 4, 0).unwrap();
+    }
+}
+
+/// `RESET_DEVICE` from a frontend that did not ack bit 30 (no `SET_VRING_ENABLE` ever): the
+/// next `SET_FEATURES` enables every ring (vhost-user "Ring states"), which must not bring
+/// back the reset rings: their memory is no longer theirs.
+#[test]
+fn reset_device_without_bit_30_leaves_the_old_rings_alone() {
+    let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
+    let (d, mut front) = set_up("reset-nobit30", features, false, 4);
+    report_4m(&mut front, 3, 4 * MIB, 1);
+    front.f.reset_device().unwrap();
+    free_old_rings(&mut front);
+    front.features(features, false);
+    front.rings(4);
+    report_4m(&mut front, 3, 12 * MIB, 2);
+    assert_clean(&d, 2);
+}
+
+/// `RESET_OWNER` (the older reset, which `vhost-user-backend` passes to no backend and which
+/// stops no ring in it): the old rings are left alone, a kick on an old kick fd the frontend
+/// keeps reaches nothing, and the next driver is served.
+#[test]
+fn reset_owner_stops_the_old_rings() {
+    let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
+    let (d, mut front) = set_up("reset-owner", features, true, 4);
+    report_4m(&mut front, 3, 4 * MIB, 1);
+    front
+        .f
+        .set_config(4, VhostUserConfigFlags::WRITABLE, &64u32.to_le_bytes())
+        .unwrap();
+    let old: Vec<EventFd> = front
+        .rings
+        .iter()
+        .map(|r| r.kick.try_clone().unwrap())
+        .collect();
+    front.f.reset_owner().unwrap();
+    assert_eq!(front.config_u32(4), 0, "a fresh device");
+    free_old_rings(&mut front);
+    for k in &old {
+        k.write(1).unwrap();
+    }
+    front.features(features, true);
+    front.rings(4);
+    for k in &old {
+        k.write(1).unwrap();
+    }
+    report_4m(&mut front, 3, 12 * MIB, 2);
+    assert_clean(&d, 2);
+}
+
+/// A reloaded driver with fewer queues than the one before (no stats, no reporting after a
+/// driver that had both), under User-Mode Linux (no bit 30, no ring stopped): the rings it
+/// does not set up again are the old driver's, and left alone even when their memory is
+/// reused and their old kick fds kicked.
+#[test]
+fn a_driver_with_fewer_queues_leaves_the_old_rings_alone() {
+    let features = bits(&[VERSION_1, STATS_VQ, REPORTING, DEVICE_INIT_REPORTED]);
+    let (d, mut front) = set_up("fewer-queues", features, false, 4);
+    report_4m(&mut front, 3, 4 * MIB, 1);
+    let old: Vec<EventFd> = front
+        .rings
+        .iter()
+        .map(|r| r.kick.try_clone().unwrap())
+        .collect();
+    // The reload: features again, two fresh rings; the old rings' memory is reused.
+    front.features(bits(&[VERSION_1]), false);
+    free_old_rings(&mut front);
+    front.rings(2);
+    for k in &old {
+        k.write(1).unwrap();
+    }
+    front.ram.write(2 * MIB, &[0u8; 8]).unwrap();
+    front.submit(0, &[Buffer::readable(2 * MIB, 4)], 7);
+    assert_eq!(front.collect(0, 1), [(7, 0)]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_clean(&d, 1);
+}
+
+/// Without bit 30, a kick fd replaced on a running ring that the frontend keeps open: a kick
+/// on it must not reach the ring (the library would read the ring's new, empty kick fd and
+/// block its worker), and the ring is served through the new fd.
+#[test]
+fn without_bit_30_a_replaced_kick_fd_still_open_is_not_watched() {
+    let features = bits(&[VERSION_1, REPORTING, DEVICE_INIT_REPORTED]);
+    let (d, mut front) = set_up("old-kick-nobit30", features, false, 3);
+    report_4m(&mut front, 2, 4 * MIB, 1);
+    let old = front.rings[2].kick.try_clone().unwrap();
+    let kick = EventFd::new(0).unwrap();
+    front.f.set_vring_kick(2, &kick).unwrap();
+    front.rings[2].kick = kick;
+    old.write(1).unwrap();
+    dirty(&front.ram, 12 * MIB, 4 * MIB);
+    front.submit(2, &[Buffer::writable(12 * MIB, 4 * MIB as u32)], 2);
+    assert_eq!(front.collect(2, 2), [(2, 4 * MIB as u32)]);
+    old.write(1).unwrap();
+    dirty(&front.ram, 20 * MIB, 4 * MIB);
+    front.submit(2, &[Buffer::writable(20 * MIB, 4 * MIB as u32)], 3);
+    assert_eq!(front.collect(2, 3), [(3, 4 * MIB as u32)]);
+    assert_clean(&d, 3);
+}

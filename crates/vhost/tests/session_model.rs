@@ -5,8 +5,9 @@
 //!
 //! Events: driver (re)initialisations the ways User-Mode Linux (no ring stopped, no
 //! `SET_VRING_ENABLE`), a rebooting VMM (rings stopped with `GET_VRING_BASE`) and a resetting
-//! VMM (`RESET_DEVICE`) send them, with features negotiated again and the memory table set
-//! again or replaced by a new memfd; a VMM's pause and resume (saved bases, old or new kick
+//! frontend (`RESET_DEVICE` or `RESET_OWNER`, with or without bit 30) send them, each driver
+//! with its own optional features (so with more or fewer queues than the one before), with
+//! features negotiated again and the memory table set again or replaced by a new memfd; a VMM's pause and resume (saved bases, old or new kick
 //! fds); kicks on the fds of rings that are gone; driver requests on every queue (inflate,
 //! deflate, stats, free page reporting, `actual` written); host targets and stats requests.
 //!
@@ -58,6 +59,8 @@ enum End {
     StopRings,
     /// `RESET_DEVICE`.
     ResetDevice,
+    /// `RESET_OWNER` (the older reset), then `SET_OWNER` again.
+    ResetOwner,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +68,9 @@ enum Op {
     /// A driver (re)initialisation: `end`, then `SET_FEATURES` (the session's driver's
     /// features; bit 30 as the session's frontend does it), the memory table again (`memory`: 0 no, 1 the same, 2 a new
     /// memfd; only while no ring runs), fresh rings from index 0 with new eventfds.
-    Init { end: End, memory: u8 },
+    /// `optional`: the new driver's optional features (a bit each: stats, reporting, zeroing,
+    /// tell host), so a driver with fewer queues can follow one with more.
+    Init { end: End, memory: u8, optional: u8 },
     /// A VMM's stop and `cont` (bit 30 only): rings stopped, features and memory table again,
     /// the saved bases, old or new kick fds, rings enabled.
     Pause { memory: bool, new_kicks: bool },
@@ -91,10 +96,11 @@ fn op() -> impl Strategy<Value = Op> {
     let end = prop_oneof![
         Just(End::Reload),
         Just(End::StopRings),
-        Just(End::ResetDevice)
+        Just(End::ResetDevice),
+        Just(End::ResetOwner)
     ];
     prop_oneof![
-        2 => (end, 0u8..3).prop_map(|(end, memory)| Op::Init { end, memory }),
+        2 => (end, 0u8..3, any::<u8>()).prop_map(|(end, memory, optional)| Op::Init { end, memory, optional }),
         2 => (any::<bool>(), any::<bool>()).prop_map(|(memory, new_kicks)| Op::Pause { memory, new_kicks }),
         4 => proptest::collection::vec(any::<u16>(), 1..64).prop_map(Op::Inflate),
         3 => any::<u8>().prop_map(Op::Deflate),
@@ -137,6 +143,9 @@ struct Model {
     reporting: Option<usize>,
     /// Per ring: heads made available (all taken by the device: the model waits for it).
     available: Vec<u16>,
+    /// Per ring index: where the device left off, over drivers (`Incarnations` in
+    /// `backend.rs`): cleared when a new driver is found or the device is reset.
+    left: [u16; 8],
     /// Per ring: heads completed.
     used: Vec<u16>,
     /// The stats head the device holds.
@@ -157,6 +166,7 @@ impl Model {
             stats: None,
             reporting: None,
             available: Vec::new(),
+            left: [0; 8],
             used: Vec::new(),
             held: None,
             balloon: Vec::new(),
@@ -177,11 +187,11 @@ impl Model {
         self.features & (1 << bit) != 0
     }
 
-    /// Whether the device took a buffer from any ring of this driver: only then does a ring
-    /// set up again from index 0 tell a new driver from a resumed one (`Incarnations` in
-    /// `backend.rs`).
-    fn took_buffers(&self) -> bool {
-        self.available.iter().any(|&n| n != 0)
+    /// Whether the device took a buffer from one of the first `rings` rings since the last
+    /// new driver or reset: only then does a stopped ring set up again from index 0 tell a
+    /// new driver from a resumed one (`Incarnations` in `backend.rs`).
+    fn took_buffers(&self, rings: usize) -> bool {
+        self.left.iter().take(rings).any(|&n| n != 0)
     }
 }
 
@@ -195,10 +205,6 @@ struct Session {
     /// Whether the frontend acks `VHOST_USER_F_PROTOCOL_FEATURES` (QEMU) or not (User-Mode
     /// Linux): one frontend does the same for every driver.
     bit30: bool,
-    /// The optional features the driver acks (a bit each: stats, reporting, zeroing, tell
-    /// host). One driver per session: a driver with fewer queues after one with more leaves
-    /// a ring the device counts as `unknown_queue` (noted in the report of issue 10).
-    optional: u8,
 }
 
 /// Acks every config-change message on the backend request channel (as a VMM's main loop
@@ -246,12 +252,12 @@ impl Session {
             config_changes,
             ops: 0,
             bit30,
-            optional,
         };
         // The first driver: a VMM's first boot.
         s.apply(&Op::Init {
             end: End::Reload,
             memory: 1,
+            optional,
         });
         s
     }
@@ -262,7 +268,11 @@ impl Session {
             eprintln!("event {}: {op:?}", self.ops);
         }
         match op {
-            Op::Init { end, memory } => self.init(*end, *memory),
+            Op::Init {
+                end,
+                memory,
+                optional,
+            } => self.init(*end, *memory, *optional),
             Op::Pause { memory, new_kicks } => self.pause(*memory, *new_kicks),
             Op::Inflate(pages) => {
                 let mut pfns: Vec<u32> = Vec::new();
@@ -328,29 +338,29 @@ impl Session {
         self.check(op);
     }
 
-    fn init(&mut self, end: End, memory: u8) {
-        let (bit30, optional) = (self.bit30, self.optional);
+    fn init(&mut self, end: End, memory: u8, optional: u8) {
+        let bit30 = self.bit30;
         // `stopped`: every ring stopped with GET_VRING_BASE (the library stops watching its
         // kick fd); `quiet`: no ring runs (stopped, or reset).
         let (mut stopped, mut quiet) = (false, false);
         match end {
             End::Reload => {}
+            // Only a VMM (bit 30) stops rings; User-Mode Linux never does.
             End::StopRings if self.front.bit30 => {
                 let bases = self.front.stop();
                 self.check_bases(&bases);
                 (stopped, quiet) = (true, true);
             }
-            // Only a VMM (bit 30) stops rings or sends RESET_DEVICE; User-Mode Linux does
-            // neither. (RESET_DEVICE without bit 30 makes the device count `avail_ring`: the
-            // next SET_FEATURES enables the reset rings; noted in issue 10's report.)
-            End::StopRings | End::ResetDevice if !self.front.bit30 => {}
             End::StopRings => {}
             End::ResetDevice => {
                 self.front.f.reset_device().unwrap();
                 quiet = true;
             }
+            End::ResetOwner => {
+                self.front.f.reset_owner().unwrap();
+                quiet = true;
+            }
         }
-        let fresh = matches!(end, End::ResetDevice) || self.m.took_buffers();
         let choose = |i: u8, bit: u32| {
             if optional & (1 << i) != 0 {
                 1u64 << bit
@@ -373,15 +383,11 @@ impl Session {
         } else if memory >= 1 || first {
             self.front.memory();
         }
-        // The old rings' kick fds: a frontend that stopped the rings may keep and kick them
-        // (QEMU keeps its host notifiers); one that replaces the kick fd of a running ring or
-        // resets the device closes the old one here (User-Mode Linux's `vu_del_vq`). A kick on
-        // an fd replaced on a running ring that the frontend keeps open is its own test
-        // (`a_kick_on_a_replaced_kick_fd_still_open_is_harmless`; with bit 30 only).
+        // The old rings' kick fds: the frontend may keep and kick them (QEMU keeps its host
+        // notifiers; a frontend that replaces a running ring's kick fd need not close the old
+        // one); none of those kicks may reach the new driver's rings.
         for r in self.front.rings.drain(..) {
-            if stopped {
-                self.m.old_kicks.push(r.kick);
-            }
+            self.m.old_kicks.push(r.kick);
         }
         if self.m.old_kicks.len() > 16 {
             self.m.old_kicks.drain(..8);
@@ -390,6 +396,11 @@ impl Session {
         let reporting = features & (1 << REPORTING) != 0;
         let n = 2 + usize::from(stats) + usize::from(reporting);
         self.front.rings(n);
+        // A new driver: after a reset; after a ring set up again while it ran (no stop: a
+        // reload); or a stopped ring set up again from index 0 after the device took buffers
+        // from it (`Incarnations` in `backend.rs`).
+        let fresh =
+            matches!(end, End::ResetDevice | End::ResetOwner) || !stopped || self.m.took_buffers(n);
 
         let m = &mut self.m;
         m.features = features;
@@ -397,6 +408,11 @@ impl Session {
         m.reporting = reporting.then_some(2 + usize::from(stats));
         if fresh {
             m.actual = 0;
+            m.held = None;
+            m.left = [0; 8];
+        }
+        if !stats {
+            // Features without a stats queue: the device holds no stats buffer.
             m.held = None;
         }
         m.available = vec![0; n];
@@ -440,6 +456,7 @@ impl Session {
         let token = self.m.token();
         self.front.submit(q, chain, token);
         self.m.available[q] += 1;
+        self.m.left[q] = self.m.available[q];
         let want = usize::from(self.m.used[q]) + 1;
         let got = self.front.collect(q, want);
         self.m.used[q] += 1;
@@ -488,6 +505,7 @@ impl Session {
         self.front
             .submit(q, &[Buffer::readable(STATS, stats.len() as u32)], token);
         self.m.available[q] += 1;
+        self.m.left[q] = self.m.available[q];
         self.m.held = Some(token);
         self.m.counters.stats_buffers += 1;
         let d = &self.d;
@@ -623,9 +641,9 @@ proptest! {
 /// frontend keeps the old eventfd open (epoll forgets an fd only when every fd of its open file
 /// description is closed, the frontend's included); a kick on it makes the worker read the
 /// ring's *current* kick fd, and the device stopped serving the ring (the connection stopped
-/// answering). Fixed with bit 30 acked: the relay disables the ring before forwarding its new
-/// kick fd, which unregisters the old one. Without bit 30 (User-Mode Linux, which closes the
-/// old fd) the relay cannot disable a ring by message; that case stays out of the model.
+/// answering). Fixed: the relay stops the ring (`GET_VRING_BASE`) before forwarding its new
+/// kick fd, which unregisters the old one, with or without bit 30 (`relay/rings.rs`); the
+/// model now kicks every replaced fd (`Op::OldKick`).
 #[test]
 fn a_kick_on_a_replaced_kick_fd_still_open_is_harmless() {
     let mut s = Session::start(true, 0);
@@ -638,6 +656,7 @@ fn a_kick_on_a_replaced_kick_fd_still_open_is_harmless() {
     s.apply(&Op::Init {
         end: End::Reload,
         memory: 0,
+        optional: 0,
     });
     s.apply(&Op::Inflate(vec![1, 2, 3]));
     old[0].write(1).unwrap();

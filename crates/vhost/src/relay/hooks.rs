@@ -12,8 +12,15 @@ use std::fmt::Debug;
 
 /// Called by the relay's inbound thread before the message is forwarded.
 pub trait RingHooks: Debug + Send + Sync {
-    /// `SET_VRING_BASE`: ring `queue` (re)starts at available index `base`.
-    fn ring_base(&self, queue: u32, base: u32);
+    /// How many rings the daemon has (the relay stops no ring at or above it).
+    fn rings(&self) -> usize;
+
+    /// `SET_VRING_BASE`: ring `queue` (re)starts at available index `base`; `running`: it was
+    /// set up again without being stopped (no `GET_VRING_BASE`, no reset since its kick fd).
+    /// Returns whether a new driver sets the device up; if so and `running`, the relay stops
+    /// every ring the old one left running (`rings.rs`). Without hooks the relay takes
+    /// `running` for that.
+    fn ring_base(&self, queue: u32, base: u32, running: bool) -> bool;
 
     /// `RESET_OWNER`: the frontend gave up the device (a reset).
     fn reset_owner(&self);

@@ -34,8 +34,10 @@
 //!
 //! Two threads, one per direction, copy whole messages (`message.rs`); the descriptors the
 //! sender attached are forwarded with the same message, and the relay's own copies closed
-//! once forwarded. Nothing is reordered or answered by the relay; it looks at two frontend
-//! requests on the way:
+//! once forwarded. Nothing is reordered; the relay answers only config accesses vhost would
+//! refuse (`config_access.rs`), and adds only `GET_VRING_BASE` / `SET_VRING_CALL` requests
+//! that stop rings the library would keep running (`rings.rs`; the replies to those are not
+//! forwarded). It looks at two frontend requests on the way:
 //! - `SET_PROTOCOL_FEATURES` (16): whether `REPLY_ACK` is in use (the config-change message
 //!   then asks for an ack);
 //! - `SET_BACKEND_REQ_FD` (21): a duplicate of its descriptor becomes the [`BackendChannel`];
@@ -74,7 +76,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -91,7 +93,7 @@ use config_access::{screen, Screened};
 use mem_table::trim_padded_mem_table;
 pub(crate) use message::read_message;
 use message::{write_message, Message};
-use rings::{RingEvent, Rings};
+use rings::{is_ring_base_reply, ring_base_requests, RingEvent, Rings, MAX_RINGS};
 
 /// Which way a relay thread copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +144,9 @@ struct Inbound {
     /// config requests itself).
     front_lock: Arc<Mutex<()>>,
     senders: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Replies to the relay's own `GET_VRING_BASE` requests still to come (the outbound thread
+    /// drops them).
+    own_replies: Arc<AtomicU32>,
 }
 
 impl Relay {
@@ -166,12 +171,16 @@ impl Relay {
         let front_lock = Arc::new(Mutex::new(()));
         let keep = (front.try_clone()?, back.try_clone()?);
         let (front2, back2) = (front.try_clone()?, back.try_clone()?);
+        let own_replies = Arc::new(AtomicU32::new(0));
+        let dropped = own_replies.clone();
+        let limit = hooks.as_ref().map_or(MAX_RINGS, |h| h.rings());
         let mut inbound_state = Inbound {
             channel: channel.clone(),
             hooks,
-            rings: Rings::default(),
+            rings: Rings::new(limit),
             front_lock: front_lock.clone(),
             senders: senders.clone(),
+            own_replies,
         };
         let c1 = counters.clone();
         let inbound = std::thread::Builder::new()
@@ -186,6 +195,13 @@ impl Relay {
             .name("vhost-relay-out".into())
             .spawn(move || {
                 pump(&back2, &front2, Direction::ToFrontend, &c2, |msg, _, to| {
+                    let ours = is_ring_base_reply(&msg)
+                        && dropped
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                            .is_ok();
+                    if ours {
+                        return Ok(0);
+                    }
                     let _serial = front_lock.lock().unwrap_or_else(|p| p.into_inner());
                     write_message(to, &msg).map(|()| 1)
                 })
@@ -348,32 +364,54 @@ impl Inbound {
             Screened::Drop => return Ok(0),
         }
         observe(&msg, &self.channel);
-        if !msg.is_reply() {
-            match (self.rings.before(&msg), &self.hooks) {
-                (Some(RingEvent::Base { queue, base }), Some(h)) => h.ring_base(queue, base),
-                (Some(RingEvent::ResetOwner), Some(h)) => h.reset_owner(),
-                _ => {}
+        let mut ahead = Vec::new();
+        match self.rings.before(&msg) {
+            Some(RingEvent::Base {
+                queue,
+                base,
+                running,
+            }) => {
+                let new_driver = self
+                    .hooks
+                    .as_ref()
+                    .map_or(running, |h| h.ring_base(queue, base, running));
+                // Set up again while it ran: the first ring of a new driver whose frontend
+                // stopped nothing (User-Mode Linux), so every ring still runs. (A new driver
+                // found on a stopped ring, after a VMM stopped them all, may have started its
+                // lower rings already: nothing to stop then.)
+                if new_driver && running {
+                    ahead = self.rings.stop_all(Some(queue as usize));
+                }
             }
+            Some(RingEvent::ResetOwner) => {
+                if let Some(h) = &self.hooks {
+                    h.reset_owner();
+                }
+            }
+            None => {}
         }
+        ahead.extend(self.rings.ahead(&msg));
         // Stopped before the daemon sees the stop: a change set meanwhile is held back.
         self.running_changed();
         trim_padded_mem_table(&mut msg);
-        let mut sent = 1;
-        if !msg.is_reply() {
-            for extra in self.rings.ahead(&msg) {
-                write_message(back, &extra)?;
-                sent += 1;
-            }
-        }
+        let mut sent = self.send_own(back, ahead)?;
         write_message(back, &msg)?;
-        if !msg.is_reply() {
-            for extra in self.rings.after(&msg) {
-                write_message(back, &extra)?;
-                sent += 1;
-            }
-        }
+        sent += 1;
+        let after = self.rings.after(&msg);
+        sent += self.send_own(back, after)?;
         self.running_changed();
         Ok(sent)
+    }
+
+    /// Sends the relay's own requests to the daemon; the replies to its `GET_VRING_BASE`s
+    /// are counted for the outbound thread to drop.
+    fn send_own(&self, back: &UnixStream, msgs: Vec<Message>) -> io::Result<u64> {
+        self.own_replies
+            .fetch_add(ring_base_requests(&msgs), Ordering::AcqRel);
+        for m in &msgs {
+            write_message(back, m)?;
+        }
+        Ok(msgs.len() as u64)
     }
 
     /// Tells the channel whether the frontend runs the device; sends a held-back config

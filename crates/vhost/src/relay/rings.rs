@@ -1,29 +1,47 @@
 //! The rings as the frontend set them up, followed from its messages: which ring was started
-//! (a kick fd given), which is enabled, what features were acked. Two things need it:
+//! (a kick fd given), which is enabled, what features were acked, each ring's call fd. Two
+//! things need it:
 //!
-//! - **A kick fd replaced on a started ring.** `vhost-user-backend` 0.24 adds a ring's kick fd
-//!   to its worker's epoll set only when the ring becomes ready (its first `SET_VRING_KICK`, or
-//!   after `GET_VRING_BASE` stopped it) or is enabled; a `SET_VRING_KICK` on a ring that is
-//!   still ready stores the new fd and never watches it. User-Mode Linux reloading
-//!   `virtio_balloon` does exactly that (it never stops rings, and without
-//!   `VHOST_USER_F_PROTOCOL_FEATURES` never enables them by message): the reloaded driver's
-//!   kicks went unseen. After forwarding such a `SET_VRING_KICK` the relay sends the daemon
-//!   the message that makes the library register the ring's current kick fd again:
-//!   `SET_FEATURES` with the features last acked (no bit 30: it enables every ring, vhost-user
-//!   spec "Ring states"), or, with bit 30 acked and the ring enabled, `SET_VRING_ENABLE` 0
-//!   *before* forwarding the new fd and 1 after it: disabling unregisters the ring's current
-//!   (old) fd, so a kick on the old fd, which the frontend may keep open, no longer reaches a
-//!   worker that would then block reading the new, empty one. None asks for a reply. The
-//!   upstream fix: `docs/upstream/0003-watch-a-replaced-kick-fd.patch`.
+//! - **Rings the library keeps running when the frontend set up or gave up the device without
+//!   stopping them.** `vhost-user-backend` 0.24 stops a ring (stops watching its kick fd,
+//!   forgets its kick and call fds, so the next `SET_VRING_KICK` starts it again) only on
+//!   `GET_VRING_BASE`. Four frontend sequences leave a ring running in it that must not run:
+//!   1. a kick fd replaced on a started ring (User-Mode Linux reloading `virtio_balloon`: it
+//!      never stops rings, and without `VHOST_USER_F_PROTOCOL_FEATURES` never enables them by
+//!      message): the library stores the new fd and never watches it, while the old fd, which
+//!      the frontend may keep open, stays watched (a kick on it makes the worker read the
+//!      ring's new, empty fd and block);
+//!   2. a ring set up again (`SET_VRING_BASE`) while it runs: a new driver whose frontend
+//!      stopped no ring (User-Mode Linux's reload; `RingHooks::ring_base`), whose rings are set
+//!      up again one by one; a ring it does not set up again (a driver with fewer queues) is
+//!      the old driver's, in memory no longer its;
+//!   3. `RESET_DEVICE`: the library disables the rings, but the next `SET_FEATURES` without
+//!      bit 30 enables every ring again (vhost-user spec "Ring states"), with the old driver's
+//!      addresses and indexes, and processes them at once;
+//!   4. `RESET_OWNER`: the library stops nothing.
+//!
+//!   In each case the relay stops the ring itself, the way the spec's frontend would have:
+//!   it sends the daemon `GET_VRING_BASE` for it (before forwarding the message in cases 1
+//!   and 2, after it in 3 and 4) and keeps the reply from the frontend (the outbound thread
+//!   drops as many `GET_VRING_BASE` replies as the relay asked for: the daemon answers in
+//!   order, and the frontend waits for the reply to each of its own `GET_VRING_BASE` before
+//!   it sends more). A ring stopped ahead of a message that sets it up again (1, 2) gets its
+//!   current call fd back (`SET_VRING_CALL` with a duplicate the relay keeps), so nothing the
+//!   frontend set is lost; the next `SET_VRING_KICK` then starts the ring through the
+//!   library's own path, which watches only the new fd. Only rings below the daemon's ring
+//!   count are stopped (`GET_VRING_BASE` on another index ends the connection). The upstream
+//!   fix: `docs/upstream/0003-watch-a-replaced-kick-fd.patch`.
 //! - **Whether the frontend runs the device** (some ring started and enabled): a config change
 //!   is sent only then (`channel.rs`).
+
+use std::os::fd::OwnedFd;
 
 use vhost::vhost_user::message::{FrontendReq, VhostUserVirtioFeatures};
 
 use super::message::{header, Message};
 
 /// Rings the relay follows (vhost-user allows 8 bits of ring index in `SET_VRING_KICK`).
-const MAX_RINGS: usize = 256;
+pub(crate) const MAX_RINGS: usize = 256;
 /// `SET_VRING_KICK` / `SET_VRING_CALL` payload: ring index in bits 0-7, "no fd" in bit 8.
 const INDEX_MASK: u64 = 0xff;
 const NOFD: u64 = 0x100;
@@ -33,39 +51,57 @@ const VERSION_1: u32 = 0x1;
 /// What the frontend told the daemon about its rings.
 #[derive(Debug)]
 pub(crate) struct Rings {
+    /// Rings the daemon has (indexes at or above it are never stopped by the relay).
+    limit: usize,
     started: [bool; MAX_RINGS],
     enabled: [bool; MAX_RINGS],
+    /// A duplicate of each ring's current call fd (given back after the relay stops it).
+    calls: Vec<Option<OwnedFd>>,
     /// The last `SET_FEATURES` value since the last reset (`None`: none since).
     features: Option<u64>,
-}
-
-impl Default for Rings {
-    fn default() -> Self {
-        Rings {
-            started: [false; MAX_RINGS],
-            enabled: [false; MAX_RINGS],
-            features: None,
-        }
-    }
 }
 
 /// A ring-level event the daemon's device must see before the message goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RingEvent {
-    /// `SET_VRING_BASE`: ring `queue` starts at available index `base`.
-    Base { queue: u32, base: u32 },
+    /// `SET_VRING_BASE`: ring `queue` starts at available index `base`; `running`: it was
+    /// set up again without being stopped.
+    Base {
+        queue: u32,
+        base: u32,
+        running: bool,
+    },
     /// `RESET_OWNER` (which `vhost-user-backend` does not pass to its backend).
     ResetOwner,
 }
 
 impl Rings {
+    /// Rings of a daemon with `limit` rings (at most [`MAX_RINGS`] are followed).
+    pub(crate) fn new(limit: usize) -> Rings {
+        Rings {
+            limit: limit.min(MAX_RINGS),
+            started: [false; MAX_RINGS],
+            enabled: [false; MAX_RINGS],
+            calls: (0..MAX_RINGS).map(|_| None).collect(),
+            features: None,
+        }
+    }
+
     /// Notes a frontend request before it is forwarded; returns the ring event, if any.
     pub(crate) fn before(&mut self, msg: &Message) -> Option<RingEvent> {
+        if msg.is_reply() {
+            return None;
+        }
         let code = FrontendReq::try_from(msg.request()).ok()?;
         match code {
             FrontendReq::SET_VRING_BASE => {
                 let (queue, base) = state(msg)?;
-                Some(RingEvent::Base { queue, base })
+                let running = self.started.get(queue as usize).copied().unwrap_or(false);
+                Some(RingEvent::Base {
+                    queue,
+                    base,
+                    running,
+                })
             }
             FrontendReq::GET_VRING_BASE => {
                 // The ring stops (vhost-user spec: "stop ring upon receiving GET_VRING_BASE").
@@ -75,44 +111,53 @@ impl Rings {
                 }
                 None
             }
-            FrontendReq::RESET_OWNER => {
-                self.reset();
-                Some(RingEvent::ResetOwner)
-            }
-            FrontendReq::RESET_DEVICE => {
-                self.reset();
+            FrontendReq::SET_VRING_CALL => {
+                if let Some((queue, fd)) = ring_fd(msg) {
+                    // Without a duplicate the ring just gets no call fd back after a stop.
+                    self.calls[queue] = fd.and_then(|fd| fd.try_clone().ok());
+                }
                 None
             }
+            FrontendReq::RESET_OWNER => Some(RingEvent::ResetOwner),
             _ => None,
         }
     }
 
-    /// The messages the daemon must get right before `msg` is forwarded: `SET_VRING_ENABLE` 0
-    /// for a started, enabled ring whose kick fd `msg` replaces (bit 30 acked; see the module
-    /// docs). Call it before [`Rings::after`] for the same message.
-    pub(crate) fn ahead(&self, msg: &Message) -> Vec<Message> {
+    /// The messages the daemon must get right before `msg` is forwarded: a started ring whose
+    /// kick fd `msg` replaces is stopped (case 1 of the module docs). Call it before
+    /// [`Rings::after`] for the same message.
+    pub(crate) fn ahead(&mut self, msg: &Message) -> Vec<Message> {
         match replaced_kick(msg) {
-            Some(queue) if self.started[queue] && self.protocol_enabled(queue) => {
+            Some(queue) if self.started[queue] => {
                 tracing::debug!(
                     queue,
-                    "kick fd of an enabled ring replaced: disabling it first"
+                    "kick fd of a started ring replaced: stopping it first"
                 );
-                vec![enable(queue, false)]
+                self.stop(queue, true)
             }
             _ => Vec::new(),
         }
     }
 
-    /// Whether bit 30 was acked and ring `queue` enabled by message.
-    fn protocol_enabled(&self, queue: usize) -> bool {
-        self.features
-            .is_some_and(|f| f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0)
-            && self.enabled[queue]
+    /// Stops every started ring (case 2: a new driver; `keep` is the ring being set up, which
+    /// keeps its call fd).
+    pub(crate) fn stop_all(&mut self, keep: Option<usize>) -> Vec<Message> {
+        let started: Vec<usize> = (0..self.limit).filter(|&q| self.started[q]).collect();
+        if !started.is_empty() {
+            tracing::debug!(?started, "stopping the rings the frontend left running");
+        }
+        started
+            .into_iter()
+            .flat_map(|q| self.stop(q, Some(q) == keep))
+            .collect()
     }
 
     /// Notes a frontend request that was forwarded; returns the messages the daemon must get
-    /// right after it (see the module docs).
+    /// right after it (cases 3 and 4 of the module docs).
     pub(crate) fn after(&mut self, msg: &Message) -> Vec<Message> {
+        if msg.is_reply() {
+            return Vec::new();
+        }
         let Ok(code) = FrontendReq::try_from(msg.request()) else {
             return Vec::new();
         };
@@ -136,15 +181,16 @@ impl Rings {
                 Vec::new()
             }
             FrontendReq::SET_VRING_KICK => {
-                let Some(queue) = replaced_kick(msg) else {
-                    // Polling mode or a broken message: the library stores no fd to watch.
-                    return Vec::new();
-                };
-                let was_started = std::mem::replace(&mut self.started[queue], true);
-                if !was_started {
-                    return Vec::new();
+                // Polling mode or a broken message: the library stores no fd to watch.
+                if let Some(queue) = replaced_kick(msg).filter(|&q| q < self.limit) {
+                    self.started[queue] = true;
                 }
-                self.rewatch(queue)
+                Vec::new()
+            }
+            FrontendReq::RESET_OWNER | FrontendReq::RESET_DEVICE => {
+                self.enabled = [false; MAX_RINGS];
+                self.features = None;
+                self.stop_all(None)
             }
             _ => Vec::new(),
         }
@@ -160,59 +206,70 @@ impl Rings {
                 .any(|(&s, &e)| s && e)
     }
 
-    fn reset(&mut self) {
-        self.enabled = [false; MAX_RINGS];
-        self.features = None;
-    }
-
-    /// The messages that make `vhost-user-backend` watch ring `queue`'s current kick fd.
-    fn rewatch(&self, queue: usize) -> Vec<Message> {
-        let Some(features) = self.features else {
-            // No features since the last reset: the frontend's own SET_FEATURES will do it.
-            return Vec::new();
-        };
-        if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-            tracing::debug!(
-                queue,
-                "kick fd of a started ring replaced: SET_FEATURES again"
-            );
-            vec![Message {
-                header: header(u32::from(FrontendReq::SET_FEATURES), VERSION_1, 8),
-                payload: features.to_le_bytes().to_vec(),
-                fds: Vec::new(),
-            }]
-        } else if self.enabled[queue] {
-            tracing::debug!(
-                queue,
-                "kick fd of an enabled ring replaced: enabling it again"
-            );
-            vec![enable(queue, true)]
-        } else {
-            // A disabled ring: its SET_VRING_ENABLE 1 will register the new fd.
-            Vec::new()
+    /// `GET_VRING_BASE` for ring `queue`, and its call fd again if `keep_call`.
+    fn stop(&mut self, queue: usize, keep_call: bool) -> Vec<Message> {
+        self.started[queue] = false;
+        let mut out = vec![get_vring_base(queue)];
+        let call = self.calls[queue]
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok());
+        match call {
+            Some(fd) if keep_call => out.push(Message {
+                header: header(u32::from(FrontendReq::SET_VRING_CALL), VERSION_1, 8),
+                payload: (queue as u64).to_le_bytes().to_vec(),
+                fds: vec![fd],
+            }),
+            _ => self.calls[queue] = None,
         }
+        out
+    }
+}
+
+/// Whether `msg` is one of the relay's own `GET_VRING_BASE` requests' replies' kind.
+pub(crate) fn is_ring_base_reply(msg: &Message) -> bool {
+    msg.is_reply() && msg.request() == u32::from(FrontendReq::GET_VRING_BASE)
+}
+
+/// How many of `msgs` are `GET_VRING_BASE` requests (each gets a reply the frontend must not
+/// see).
+pub(crate) fn ring_base_requests(msgs: &[Message]) -> u32 {
+    msgs.iter()
+        .filter(|m| !m.is_reply() && m.request() == u32::from(FrontendReq::GET_VRING_BASE))
+        .count() as u32
+}
+
+/// The ring and descriptor of a `SET_VRING_CALL` / `SET_VRING_KICK` (`None`: "no fd").
+fn ring_fd(msg: &Message) -> Option<(usize, Option<&OwnedFd>)> {
+    if msg.payload.len() != 8 {
+        return None;
+    }
+    let word = u64::from_le_bytes(msg.payload[..8].try_into().expect("8 bytes"));
+    let queue = (word & INDEX_MASK) as usize;
+    if word & NOFD != 0 {
+        return Some((queue, None));
+    }
+    match msg.fds.as_slice() {
+        [fd] => Some((queue, Some(fd))),
+        _ => None,
     }
 }
 
 /// The ring whose kick fd `msg` sets, if it is a `SET_VRING_KICK` that carries one.
 fn replaced_kick(msg: &Message) -> Option<usize> {
-    if msg.is_reply()
-        || msg.request() != u32::from(FrontendReq::SET_VRING_KICK)
-        || msg.payload.len() != 8
-        || msg.fds.len() != 1
-    {
+    if msg.is_reply() || msg.request() != u32::from(FrontendReq::SET_VRING_KICK) {
         return None;
     }
-    let word = u64::from_le_bytes(msg.payload[..8].try_into().expect("8 bytes"));
-    (word & NOFD == 0).then_some((word & INDEX_MASK) as usize)
+    match ring_fd(msg)? {
+        (queue, Some(_)) => Some(queue),
+        (_, None) => None,
+    }
 }
 
-/// `SET_VRING_ENABLE` for ring `queue`, no reply wanted.
-fn enable(queue: usize, on: bool) -> Message {
-    let mut payload = (queue as u32).to_le_bytes().to_vec();
-    payload.extend_from_slice(&u32::from(on).to_le_bytes());
+/// `GET_VRING_BASE` for ring `queue` (answered whatever the flags say).
+fn get_vring_base(queue: usize) -> Message {
+    let payload = [(queue as u32).to_le_bytes(), 0u32.to_le_bytes()].concat();
     Message {
-        header: header(u32::from(FrontendReq::SET_VRING_ENABLE), VERSION_1, 8),
+        header: header(u32::from(FrontendReq::GET_VRING_BASE), VERSION_1, 8),
         payload,
         fds: Vec::new(),
     }
@@ -230,7 +287,6 @@ fn state(msg: &Message) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
     fn msg(code: FrontendReq, payload: Vec<u8>, fds: usize) -> Message {
@@ -247,72 +303,123 @@ mod tests {
         [a.to_le_bytes(), b.to_le_bytes()].concat()
     }
 
-    /// The messages around a forwarded `SET_VRING_KICK` for `queue`: those sent ahead of it,
-    /// then those after it.
-    fn kick(rings: &mut Rings, queue: u64) -> Vec<Message> {
+    fn features(r: &mut Rings, bits: u64) {
+        r.after(&msg(
+            FrontendReq::SET_FEATURES,
+            bits.to_le_bytes().to_vec(),
+            0,
+        ));
+    }
+
+    /// The requests the relay sends around a forwarded `SET_VRING_KICK` for `queue`, as
+    /// (request, payload, descriptors).
+    fn kick(rings: &mut Rings, queue: u64) -> Vec<(u32, Vec<u8>, usize)> {
         let m = msg(FrontendReq::SET_VRING_KICK, queue.to_le_bytes().to_vec(), 1);
         rings.before(&m);
         let mut all = rings.ahead(&m);
         all.extend(rings.after(&m));
-        all
+        all.into_iter()
+            .map(|m| (m.request(), m.payload.clone(), m.fds.len()))
+            .collect()
+    }
+
+    const GET_BASE: u32 = 11;
+    const CALL: u32 = 13;
+
+    #[test]
+    fn a_second_kick_fd_stops_the_ring_first_and_gives_its_call_fd_back() {
+        for bit30 in [0, VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()] {
+            let mut r = Rings::new(4);
+            features(&mut r, 1 << 32 | bit30);
+            r.before(&msg(
+                FrontendReq::SET_VRING_CALL,
+                2u64.to_le_bytes().to_vec(),
+                1,
+            ));
+            assert!(
+                kick(&mut r, 2).is_empty(),
+                "the first kick fd is the library's job"
+            );
+            assert_eq!(
+                r.running(),
+                bit30 == 0,
+                "enabled by SET_FEATURES without bit 30"
+            );
+            assert_eq!(
+                kick(&mut r, 2),
+                [
+                    (GET_BASE, pair(2, 0), 0),
+                    (CALL, 2u64.to_le_bytes().to_vec(), 1)
+                ]
+            );
+            // After the frontend's GET_VRING_BASE the ring is stopped: nothing to do.
+            r.before(&msg(FrontendReq::GET_VRING_BASE, pair(2, 0), 0));
+            assert!(!r.running());
+            assert!(kick(&mut r, 2).is_empty());
+        }
     }
 
     #[test]
-    fn a_second_kick_fd_without_bit_30_resends_the_features() {
-        let mut r = Rings::default();
-        let features = 1u64 << 32;
-        r.after(&msg(
-            FrontendReq::SET_FEATURES,
-            features.to_le_bytes().to_vec(),
-            0,
-        ));
-        assert!(
-            kick(&mut r, 2).is_empty(),
-            "the first kick fd is the library's job"
-        );
-        assert!(r.running());
-        let injected = kick(&mut r, 2);
-        assert_eq!(injected.len(), 1);
-        assert_eq!(injected[0].request(), u32::from(FrontendReq::SET_FEATURES));
-        assert_eq!(injected[0].payload, features.to_le_bytes());
-        // After GET_VRING_BASE the ring is stopped: the library registers the next fd itself.
-        r.before(&msg(FrontendReq::GET_VRING_BASE, pair(2, 0), 0));
-        assert!(!r.running());
-        assert!(kick(&mut r, 2).is_empty());
-    }
-
-    #[test]
-    fn with_bit_30_an_enabled_ring_is_re_enabled_and_a_disabled_one_left() {
-        let mut r = Rings::default();
-        let features = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        r.after(&msg(
-            FrontendReq::SET_FEATURES,
-            features.to_le_bytes().to_vec(),
-            0,
-        ));
-        kick(&mut r, 0);
-        assert!(!r.running(), "started but not enabled");
-        assert!(
-            kick(&mut r, 0).is_empty(),
-            "a disabled ring waits for its ENABLE"
-        );
-        r.after(&msg(FrontendReq::SET_VRING_ENABLE, pair(0, 1), 0));
-        assert!(r.running());
-        let injected = kick(&mut r, 0);
-        let enables: Vec<_> = injected.iter().map(|m| m.payload.clone()).collect();
-        assert_eq!(enables, [pair(0, 0), pair(0, 1)]);
-        // A reset: nothing runs, nothing is injected until features come again.
-        r.before(&msg(FrontendReq::RESET_DEVICE, Vec::new(), 0));
-        assert!(!r.running());
-        assert!(kick(&mut r, 0).is_empty());
+    fn resets_stop_every_started_ring_and_a_new_driver_keeps_the_set_up_ring_call() {
+        for reset in [FrontendReq::RESET_DEVICE, FrontendReq::RESET_OWNER] {
+            let mut r = Rings::new(4);
+            features(&mut r, 1 << 32);
+            for q in [0u64, 3, 9] {
+                r.before(&msg(
+                    FrontendReq::SET_VRING_CALL,
+                    q.to_le_bytes().to_vec(),
+                    1,
+                ));
+                kick(&mut r, q);
+            }
+            assert!(r.running());
+            let sent = r.after(&msg(reset, Vec::new(), 0));
+            let asked: Vec<_> = sent
+                .iter()
+                .map(|m| (m.request(), m.payload.clone()))
+                .collect();
+            assert_eq!(
+                asked,
+                [(GET_BASE, pair(0, 0)), (GET_BASE, pair(3, 0))],
+                "9 >= limit"
+            );
+            assert_eq!(ring_base_requests(&sent), 2);
+            assert!(!r.running());
+            assert!(
+                r.after(&msg(reset, Vec::new(), 0)).is_empty(),
+                "nothing left"
+            );
+        }
+        let mut r = Rings::new(4);
+        features(&mut r, 1 << 32);
+        for q in [0u64, 1] {
+            r.before(&msg(
+                FrontendReq::SET_VRING_CALL,
+                q.to_le_bytes().to_vec(),
+                1,
+            ));
+            kick(&mut r, q);
+        }
+        let sent = r.stop_all(Some(0));
+        let asked: Vec<_> = sent.iter().map(|m| (m.request(), m.fds.len())).collect();
+        assert_eq!(asked, [(GET_BASE, 0), (CALL, 1), (GET_BASE, 0)]);
     }
 
     #[test]
     fn ring_events_come_from_set_vring_base_and_reset_owner() {
-        let mut r = Rings::default();
+        let mut r = Rings::new(4);
+        let base = |r: &mut Rings| r.before(&msg(FrontendReq::SET_VRING_BASE, pair(3, 0), 0));
+        let event = |running| RingEvent::Base {
+            queue: 3,
+            base: 0,
+            running,
+        };
+        assert_eq!(base(&mut r), Some(event(false)));
+        kick(&mut r, 3);
         assert_eq!(
-            r.before(&msg(FrontendReq::SET_VRING_BASE, pair(3, 0), 0)),
-            Some(RingEvent::Base { queue: 3, base: 0 })
+            base(&mut r),
+            Some(event(true)),
+            "set up again while it runs"
         );
         assert_eq!(
             r.before(&msg(FrontendReq::RESET_OWNER, Vec::new(), 0)),
