@@ -377,14 +377,24 @@ where
     }
 
     /// Handles what the device signalled: a config change (new target: inflate or deflate
-    /// toward it) and a stats request. Waits at most `timeout` for something to happen.
+    /// toward it) and a stats request. Waits at most `timeout` for something to happen, holding
+    /// `zone` all along: [`BalloonDriver::wait_events`] then [`BalloonDriver::service`] is the
+    /// same without holding it while waiting.
     pub fn poll<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         &mut self,
         zone: &mut Zone<S>,
         timeout: Duration,
     ) -> Result<(), BalloonError<T::Error>> {
+        self.wait_events(timeout)?;
+        self.service(zone)
+    }
+
+    /// Waits at most `timeout` for the device to signal and records what it signalled, without
+    /// touching the allocator: a multi-CPU guest waits here while its CPUs allocate, then takes
+    /// the zone for [`BalloonDriver::service`]. Returns whether `service` has work.
+    pub fn wait_events(&mut self, timeout: Duration) -> Result<bool, BalloonError<T::Error>> {
         if self.dead {
-            return Ok(());
+            return Ok(false);
         }
         let events = match self.transport.wait(Some(timeout)) {
             Ok(e) => e,
@@ -392,6 +402,25 @@ where
         };
         self.pending_calls |= events.calls;
         self.pending_config |= events.config_changed;
+        Ok(self.has_work())
+    }
+
+    /// Whether an event recorded by [`BalloonDriver::wait_events`] waits for
+    /// [`BalloonDriver::service`]: a config change, or a stats request.
+    pub fn has_work(&self) -> bool {
+        let stats = self.index(QueueRole::Stats).map_or(0, |i| 1u64 << i);
+        !self.dead && (self.pending_config || self.pending_calls & stats != 0)
+    }
+
+    /// Handles the events recorded by [`BalloonDriver::wait_events`] (and by waits inside
+    /// inflate and deflate): a config change, then a stats request. Does not wait.
+    pub fn service<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
+        &mut self,
+        zone: &mut Zone<S>,
+    ) -> Result<(), BalloonError<T::Error>> {
+        if self.dead {
+            return Ok(());
+        }
         if self.pending_config {
             self.pending_config = false;
             self.stats.config_changes += 1;

@@ -214,3 +214,27 @@ fn a_silent_device_times_out_on_the_drivers_clock() {
     assert_eq!(pass.pages_reported, 0);
     assert!(pass.pages_failed > 0);
 }
+
+#[test]
+fn waiting_for_events_needs_no_zone_and_service_handles_what_arrived() {
+    let (mem, mut zone) = guest();
+    let mut device = Double::new(features(&[VERSION_1]), Answer::WholeBuffer, &mem);
+    device.num_pages = 4;
+    let (_, clock) = ticking_clock();
+    let opts = DriverOptions::default();
+    let mut driver = BalloonDriver::new(device, mem.clone(), clock, &mut zone, opts).unwrap();
+
+    // The target read at probe waits for service: the wait reports it and inflates nothing
+    // (it has no zone to inflate from).
+    assert!(driver.wait_events(Duration::ZERO).unwrap());
+    assert!(driver.has_work());
+    assert_eq!(driver.balloon_pages(), 0);
+    driver.service(&mut zone).unwrap();
+    assert_eq!(driver.balloon_pages(), 4);
+    assert_eq!(driver.transport().actual, Some(4));
+    // Nothing new: no work, and a service call changes nothing.
+    assert!(!driver.wait_events(Duration::ZERO).unwrap());
+    assert!(!driver.has_work());
+    driver.service(&mut zone).unwrap();
+    assert_eq!(driver.balloon_pages(), 4);
+}

@@ -239,21 +239,10 @@ impl Guest {
         let Some(balloon) = self.balloon.as_mut() else {
             return Ok(ReportPass::default());
         };
-        if Arc::strong_count(&self.zone) == 1 {
-            // No vCPU handle is out: nobody waits for the zone lock.
-            balloon.poll(&mut *self.zone.lock(), timeout)?;
-        } else {
-            // vCPUs allocate meanwhile: wait in short slices without the zone lock (the
-            // driver's poll waits for the device while it holds the zone).
-            let deadline = Instant::now() + timeout;
-            loop {
-                balloon.poll(&mut *self.zone.lock(), Duration::ZERO)?;
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
-            }
+        // Wait without the zone lock, so vCPUs allocate meanwhile; take it only to service
+        // what arrived.
+        if balloon.wait_events(timeout)? {
+            balloon.service(&mut *self.zone.lock())?;
         }
         let now = self.boot.elapsed().as_millis() as u64;
         Ok(self.zone.report_pass(now, balloon))

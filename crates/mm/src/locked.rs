@@ -188,18 +188,17 @@ where
                 pcp.events.refills += 1;
                 pcp.events.zone_locks += 1;
                 let (high, batch) = self.cache.limits(slot);
+                let mut buf = [(0u32, FrameFlags::empty()); PCP_CAPACITY];
                 let mut zone = self.zone.lock();
-                for _ in 0..batch {
-                    let Some((idx, content)) = zone.take(order, zero) else {
-                        break;
-                    };
+                let n = zone.take_bulk(order, zero, &mut buf[..batch]);
+                for &(idx, content) in &buf[..n] {
                     // The zone may serve the other kind, whose list may be full.
                     if pcp.len(slot, content) >= high {
                         let back = zone.give_back(self.pfn(idx), order, content);
                         debug_assert!(back.is_ok(), "the block was just taken");
-                        break;
+                    } else {
+                        pcp.push(slot, idx, content);
                     }
-                    pcp.push(slot, idx, content);
                 }
                 drop(zone);
                 got = pcp.pop(slot, &preference);

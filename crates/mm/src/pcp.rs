@@ -17,7 +17,8 @@
 //!   zone keeps `Reported` for them, a cache would lose it.
 //! - **bounded size**: a list that grows past its `high` mark gives its `batch` oldest blocks
 //!   back to the zone; an empty list refills `batch` blocks from the zone in one lock round
-//!   trip ([`CacheConfig`]). An allocation the zone cannot serve drains every cache and retries
+//!   trip ([`CacheConfig`]), splitting a larger free block once into as many of them as it
+//!   can use rather than once per block. An allocation the zone cannot serve drains every cache and retries
 //!   before it fails (Linux's `drain_all_pages` before OOM).
 //! - **never hidden from reporting**: a free into a cache asks for a reporting pass, because the
 //!   cache hides from the zone whether the block would merge into a candidate. A pass first

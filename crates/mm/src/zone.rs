@@ -257,6 +257,43 @@ impl<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>> Zone<S> {
         Some((idx, content))
     }
 
+    /// Takes up to `out.len()` free blocks of `order` as [`Zone::take`] does, for a per-CPU
+    /// cache refill, splitting each larger block once instead of once per block: a block of
+    /// order `o` that the refill can use whole is carved into its `1 << (o - order)` blocks
+    /// directly, and only the part the refill cannot use goes back to the free lists (Linux's
+    /// `rmqueue_bulk` takes one block per `__rmqueue` call, each split linking the upper
+    /// halves, which the next calls unlink again). Every block keeps the content of the block
+    /// it came from. Returns how many blocks `out` received.
+    pub(crate) fn take_bulk(
+        &mut self,
+        order: u8,
+        zero: bool,
+        out: &mut [(u32, FrameFlags)],
+    ) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some((idx, from)) = self.pick(order, zero) else {
+                break;
+            };
+            let content = self.unlink(idx);
+            // The largest order at or below `from` whose blocks of `order` the refill uses up.
+            let want = (out.len() - n).ilog2() as u8;
+            let keep = from.min(order + want);
+            self.split(idx, from, keep, content);
+            let meta = self.meta.as_mut();
+            for piece in 0..1u32 << (keep - order) {
+                let head = idx + (piece << order);
+                let m = &mut meta[head as usize];
+                m.flags = FrameFlags::PRESENT.union(FrameFlags::ALLOCATED);
+                m.order = order;
+                out[n] = (head, content);
+                n += 1;
+            }
+            self.counts.allocated += 1 << keep;
+        }
+        n
+    }
+
     /// Gives a block marked allocated (by [`Zone::take`]) back to the free lists with
     /// `content`, merging it with its free buddies: a free, or a per-CPU cache drain. Refused,
     /// changing nothing, if no allocated block of `order` starts at `pfn`.
