@@ -14,10 +14,12 @@ mod idt;
 mod libc;
 mod mem;
 mod paging;
+mod pci;
 mod port;
 mod power;
 mod pvh;
 mod serial;
+mod virtio_pci;
 
 use prezero_mm::Config;
 
@@ -50,6 +52,21 @@ extern "C" fn kmain(start_info: u32) -> ! {
     );
     let v = alloc::vec![7u8; 100_000];
     println!("prezero-kernel: heap ok {} boot->here {} us", v.len(), (clock::rdtsc() - t0) / (khz / 1000).max(1));
+    for a in pci::scan() {
+        let (v, d) = a.ids();
+        println!("prezero-kernel: pci {:02x}.{} {v:04x}:{d:04x}", a.device, a.function);
+    }
+    match virtio_pci::VirtioPci::find(5, 0x1002) {
+        Ok(Some(mut dev)) => {
+            println!("prezero-kernel: balloon at {:?} features {:#x}", dev.address(), dev.device_features());
+            let f = dev.negotiate(dev.device_features()).unwrap_or_else(|e| { println!("{e}"); fail("neg") });
+            let mut b = [0u8; 8];
+            dev.read_config(0, &mut b).unwrap();
+            println!("prezero-kernel: negotiated {f:#x} config {b:?}");
+        }
+        Ok(None) => println!("prezero-kernel: no balloon"),
+        Err(e) => println!("prezero-kernel: {e}"),
+    }
     power::exit(0)
 }
 
