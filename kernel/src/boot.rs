@@ -31,6 +31,9 @@ global_asm!(
 boot_pml4: .skip 4096
 boot_pdpt: .skip 4096
 boot_pd:   .skip 4 * 4096
+    .balign 8
+    .global boot_tsc
+boot_tsc: .skip 8
     .balign 16
 boot_stack: .skip 65536
 boot_stack_top:
@@ -54,6 +57,9 @@ boot_gdt_ptr:
 pvh_start:
     cli
     cld
+    rdtsc
+    mov dword ptr [boot_tsc], eax
+    mov dword ptr [boot_tsc + 4], edx
     mov esi, ebx
     mov esp, offset boot_stack_top
 
@@ -120,3 +126,13 @@ long_mode:
 "#,
     note_type = const XEN_ELFNOTE_PHYS32_ENTRY,
 );
+
+extern "C" {
+    static boot_tsc: u64;
+}
+
+/// The TSC when the CPU entered `pvh_start`.
+pub fn entry_tsc() -> u64 {
+    // SAFETY: written once by the boot stub before any Rust code ran.
+    unsafe { core::ptr::addr_of!(boot_tsc).read_volatile() }
+}

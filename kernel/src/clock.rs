@@ -39,10 +39,7 @@ pub fn now_ns() -> u64 {
     (rdtsc() as u128 * 1_000_000 / khz as u128) as u64
 }
 
-/// Busy-waits `us` microseconds.
-pub fn delay_us(us: u64) {
-    let end = now_ns() + us * 1000;
-    while now_ns() < end {
-        core::hint::spin_loop();
-    }
+/// Converts TSC ticks to microseconds.
+pub fn tsc_to_us(ticks: u64) -> u64 {
+    (ticks as u128 * 1000 / TSC_KHZ.load(Ordering::Relaxed).max(1) as u128) as u64
 }

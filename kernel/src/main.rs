@@ -8,16 +8,19 @@
 extern crate alloc;
 
 mod boot;
+mod cmdline;
 mod clock;
 mod heap;
 mod idt;
 mod libc;
 mod mem;
 mod paging;
+mod physmem;
 mod pci;
 mod port;
 mod power;
 mod pvh;
+mod run;
 mod serial;
 mod virtio_pci;
 
@@ -26,6 +29,7 @@ use prezero_mm::Config;
 #[no_mangle]
 extern "C" fn kmain(start_info: u32) -> ! {
     let t0 = clock::rdtsc();
+    let boot_tsc = boot::entry_tsc();
     serial::init();
     idt::init();
     println!("prezero-kernel: kmain");
@@ -50,23 +54,25 @@ extern "C" fn kmain(start_info: u32) -> ! {
         layout.meta.0,
         layout.meta.1
     );
-    let v = alloc::vec![7u8; 100_000];
-    println!("prezero-kernel: heap ok {} boot->here {} us", v.len(), (clock::rdtsc() - t0) / (khz / 1000).max(1));
-    for a in pci::scan() {
-        let (v, d) = a.ids();
-        println!("prezero-kernel: pci {:02x}.{} {v:04x}:{d:04x}", a.device, a.function);
-    }
-    match virtio_pci::VirtioPci::find(5, 0x1002) {
-        Ok(Some(mut dev)) => {
-            println!("prezero-kernel: balloon at {:?} features {:#x}", dev.address(), dev.device_features());
-            let f = dev.negotiate(dev.device_features()).unwrap_or_else(|e| { println!("{e}"); fail("neg") });
-            let mut b = [0u8; 8];
-            dev.read_config(0, &mut b).unwrap();
-            println!("prezero-kernel: negotiated {f:#x} config {b:?}");
+    heap::init(HEAP_AT_BOOT).unwrap_or_else(|e| fail(e));
+    let cmdline = info.cmdline();
+    mem::CHECK_KNOWN_ZERO.store(cmdline::flag(cmdline, "check"), core::sync::atomic::Ordering::Relaxed);
+    println!("PREZERO event=boot kmain_us={}", clock::tsc_to_us(t0 - boot_tsc));
+    let memory = physmem::PhysMemory { end: layout.ram_end };
+    let result = match cmdline::get(cmdline, "scenario").unwrap_or("balloon") {
+        "boot" => Ok(()),
+        "balloon" => run::run(cmdline, memory),
+        "fault" => {
+            // SAFETY: deliberately reads unmapped memory to show the exception path.
+            unsafe { core::ptr::read_volatile(0x7f00_dead_0000 as *const u64) };
+            Ok(())
         }
-        Ok(None) => println!("prezero-kernel: no balloon"),
-        Err(e) => println!("prezero-kernel: {e}"),
+        _ => Err("unknown prezero.scenario (boot, balloon, fault)"),
+    };
+    if let Err(e) = result {
+        fail(e);
     }
+    println!("PREZERO event=done us={}", clock::tsc_to_us(clock::rdtsc() - boot_tsc));
     power::exit(0)
 }
 
@@ -75,6 +81,10 @@ fn fail(what: &str) -> ! {
     println!("prezero-kernel: FAIL {what}");
     power::exit(2)
 }
+
+/// The heap's first grant from the zone: enough that the driver never grows it while it holds
+/// the zone (a 512 MiB balloon's page list is 1 MiB).
+const HEAP_AT_BOOT: u64 = 16 << 20;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

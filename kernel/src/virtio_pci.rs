@@ -9,14 +9,20 @@
 //! - Initialization (3.1.1) checks that `FEATURES_OK` sticks after the feature write: a device
 //!   that refuses the driver's features is an error, not a half-working device.
 //! - No interrupts: MSI-X stays off, so the device raises INTx and sets the ISR bits (4.1.4.5),
-//!   which [`VirtioPci::poll_events`] reads (reading clears them). The config generation
-//!   (4.1.4.3) also flags a config change, and [`VirtioPci::read_config`] retries until it
+//!   which `VirtioPci::poll_events` reads (reading clears them). The config generation
+//!   (4.1.4.3) also flags a config change, and `read_config` retries until it
 //!   reads the same generation before and after: with a vhost-user device every config read is
 //!   a round trip to the daemon (`GET_CONFIG`), so the driver reads config only on a change.
 
 use core::ptr::{read_volatile, write_volatile};
 
+use core::time::Duration;
+
+use prezero_driver::{Events, RingLayout, VirtioTransport};
+
+use crate::clock;
 use crate::pci::Address;
+use crate::physmem::PhysMemory;
 
 /// The virtio PCI vendor id.
 pub const VENDOR: u16 = 0x1af4;
@@ -219,74 +225,6 @@ impl VirtioPci {
         self.w8(DEVICE_STATUS, s);
     }
 
-    /// Every feature bit the device offers.
-    pub fn device_features(&self) -> u64 {
-        self.offered
-    }
-
-    /// Writes `driver_features & offered`, sets `FEATURES_OK` and checks it stuck.
-    pub fn negotiate(&mut self, driver_features: u64) -> Result<u64, PciError> {
-        if self.negotiated.is_some() {
-            return Err(PciError::Order("negotiate after negotiation"));
-        }
-        let features = driver_features & self.offered;
-        for half in 0..2u32 {
-            self.w32(DRIVER_FEATURE_SELECT, half);
-            self.w32(DRIVER_FEATURE, (features >> (32 * half)) as u32);
-        }
-        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        if self.status() & FEATURES_OK == 0 {
-            self.set_status(ACKNOWLEDGE | DRIVER | FAILED);
-            return Err(PciError::FeaturesRefused(features));
-        }
-        self.negotiated = Some(features);
-        Ok(features)
-    }
-
-    /// Points queue `index` at the ring and enables it (4.1.5.1.3).
-    pub fn setup_queue(&mut self, index: u16, ring: &prezero_virtq::RingLayout) -> Result<(), PciError> {
-        if self.negotiated.is_none() {
-            return Err(PciError::Order("setup_queue before negotiate"));
-        }
-        if index >= self.num_queues || index as usize >= MAX_QUEUES {
-            return Err(PciError::NoSuchQueue(index, self.num_queues));
-        }
-        self.w16(QUEUE_SELECT, index);
-        let max = self.r16(QUEUE_SIZE);
-        if ring.size > max {
-            return Err(PciError::QueueTooLarge { index, size: ring.size, max });
-        }
-        self.w16(QUEUE_SIZE, ring.size);
-        self.w64(QUEUE_DESC, ring.desc);
-        self.w64(QUEUE_DRIVER, ring.avail);
-        self.w64(QUEUE_DEVICE, ring.used);
-        self.notify_offsets[index as usize] = self.r16(QUEUE_NOTIFY_OFF);
-        self.w16(QUEUE_ENABLE, 1);
-        self.enabled |= 1 << index;
-        Ok(())
-    }
-
-    /// Sets `DRIVER_OK`.
-    pub fn driver_ok(&mut self) -> Result<(), PciError> {
-        if self.negotiated.is_none() {
-            return Err(PciError::Order("driver_ok before negotiate"));
-        }
-        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-        Ok(())
-    }
-
-    /// Notifies queue `index` (4.1.4.4: a 16-bit write of the queue index at its notify
-    /// address).
-    pub fn kick(&self, index: u16) -> Result<(), PciError> {
-        if index as usize >= MAX_QUEUES || self.enabled & (1 << index) == 0 {
-            return Err(PciError::NoSuchQueue(index, self.num_queues));
-        }
-        let at = self.notify + self.notify_offsets[index as usize] as u64 * self.notify_multiplier as u64;
-        // SAFETY: inside the mapped notify structure.
-        unsafe { write_volatile(at as *mut u16, index) };
-        Ok(())
-    }
-
     /// Reads the ISR (clearing it) and the config generation once.
     pub fn poll_events(&self) -> Result<Polled, PciError> {
         // SAFETY: the mapped ISR byte.
@@ -299,64 +237,6 @@ impl VirtioPci {
         let config_changed = isr & 2 != 0 || generation != self.generation.get();
         self.generation.set(generation);
         Ok(Polled { calls: if isr & 1 != 0 { self.enabled } else { 0 }, config_changed })
-    }
-
-    /// Reads device config at `offset` (natural-width accesses where aligned), repeating
-    /// until the config generation is the same before and after (4.1.4.3.1).
-    pub fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), PciError> {
-        self.config_range(offset, buf.len())?;
-        loop {
-            let before = self.r8(CONFIG_GENERATION);
-            let mut at = 0;
-            while at < buf.len() {
-                let a = self.device + offset as u64 + at as u64;
-                let left = buf.len() - at;
-                // SAFETY: inside the mapped device config structure (checked above).
-                let n = unsafe {
-                    if left >= 4 && a % 4 == 0 {
-                        buf[at..at + 4].copy_from_slice(&read_volatile(a as *const u32).to_le_bytes());
-                        4
-                    } else if left >= 2 && a % 2 == 0 {
-                        buf[at..at + 2].copy_from_slice(&read_volatile(a as *const u16).to_le_bytes());
-                        2
-                    } else {
-                        buf[at] = read_volatile(a as *const u8);
-                        1
-                    }
-                };
-                at += n;
-            }
-            let after = self.r8(CONFIG_GENERATION);
-            if before == after {
-                self.generation.set(after);
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes device config at `offset` (natural-width accesses where aligned).
-    pub fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), PciError> {
-        self.config_range(offset, data.len())?;
-        let mut at = 0;
-        while at < data.len() {
-            let a = self.device + offset as u64 + at as u64;
-            let left = data.len() - at;
-            // SAFETY: inside the mapped device config structure (checked above).
-            let n = unsafe {
-                if left >= 4 && a % 4 == 0 {
-                    write_volatile(a as *mut u32, u32::from_le_bytes(data[at..at + 4].try_into().unwrap()));
-                    4
-                } else if left >= 2 && a % 2 == 0 {
-                    write_volatile(a as *mut u16, u16::from_le_bytes([data[at], data[at + 1]]));
-                    2
-                } else {
-                    write_volatile(a as *mut u8, data[at]);
-                    1
-                }
-            };
-            at += n;
-        }
-        Ok(())
     }
 
     fn config_range(&self, offset: u32, len: usize) -> Result<(), PciError> {
@@ -394,5 +274,157 @@ impl VirtioPci {
         // 64-bit fields are written as two 32-bit halves, low first (4.1.3.1).
         self.w32(off, v as u32);
         self.w32(off + 4, (v >> 32) as u32);
+    }
+}
+
+/// The balloon driver's view of the device.
+impl VirtioTransport for VirtioPci {
+    type Error = PciError;
+    type Memory = PhysMemory;
+
+    /// Every feature bit the device offers.
+    fn device_features(&self) -> u64 {
+        self.offered
+    }
+
+    /// Writes `driver_features & offered`, sets `FEATURES_OK` and checks it stuck.
+    fn negotiate(&mut self, driver_features: u64) -> Result<u64, Self::Error> {
+        if self.negotiated.is_some() {
+            return Err(PciError::Order("negotiate after negotiation"));
+        }
+        let features = driver_features & self.offered;
+        for half in 0..2u32 {
+            self.w32(DRIVER_FEATURE_SELECT, half);
+            self.w32(DRIVER_FEATURE, (features >> (32 * half)) as u32);
+        }
+        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        if self.status() & FEATURES_OK == 0 {
+            self.set_status(ACKNOWLEDGE | DRIVER | FAILED);
+            return Err(PciError::FeaturesRefused(features));
+        }
+        self.negotiated = Some(features);
+        Ok(features)
+    }
+
+    /// Points queue `index` at the ring and enables it (4.1.5.1.3).
+    fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), Self::Error> {
+        if self.negotiated.is_none() {
+            return Err(PciError::Order("setup_queue before negotiate"));
+        }
+        if index >= self.num_queues || index as usize >= MAX_QUEUES {
+            return Err(PciError::NoSuchQueue(index, self.num_queues));
+        }
+        self.w16(QUEUE_SELECT, index);
+        let max = self.r16(QUEUE_SIZE);
+        if ring.size > max {
+            return Err(PciError::QueueTooLarge { index, size: ring.size, max });
+        }
+        self.w16(QUEUE_SIZE, ring.size);
+        self.w64(QUEUE_DESC, ring.desc);
+        self.w64(QUEUE_DRIVER, ring.avail);
+        self.w64(QUEUE_DEVICE, ring.used);
+        self.notify_offsets[index as usize] = self.r16(QUEUE_NOTIFY_OFF);
+        self.w16(QUEUE_ENABLE, 1);
+        self.enabled |= 1 << index;
+        Ok(())
+    }
+
+    /// Sets `DRIVER_OK`.
+    fn driver_ok(&mut self) -> Result<(), Self::Error> {
+        if self.negotiated.is_none() {
+            return Err(PciError::Order("driver_ok before negotiate"));
+        }
+        self.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        Ok(())
+    }
+
+    /// Notifies queue `index` (4.1.4.4: a 16-bit write of the queue index at its notify
+    /// address).
+    fn kick(&self, index: u16) -> Result<(), Self::Error> {
+        if index as usize >= MAX_QUEUES || self.enabled & (1 << index) == 0 {
+            return Err(PciError::NoSuchQueue(index, self.num_queues));
+        }
+        let at = self.notify + self.notify_offsets[index as usize] as u64 * self.notify_multiplier as u64;
+        // SAFETY: inside the mapped notify structure.
+        unsafe { write_volatile(at as *mut u16, index) };
+        Ok(())
+    }
+
+    /// Reads device config at `offset` (natural-width accesses where aligned), repeating
+    /// until the config generation is the same before and after (4.1.4.3.1).
+    fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error> {
+        self.config_range(offset, buf.len())?;
+        loop {
+            let before = self.r8(CONFIG_GENERATION);
+            let mut at = 0;
+            while at < buf.len() {
+                let a = self.device + offset as u64 + at as u64;
+                let left = buf.len() - at;
+                // SAFETY: inside the mapped device config structure (checked above).
+                let n = unsafe {
+                    if left >= 4 && a % 4 == 0 {
+                        buf[at..at + 4].copy_from_slice(&read_volatile(a as *const u32).to_le_bytes());
+                        4
+                    } else if left >= 2 && a % 2 == 0 {
+                        buf[at..at + 2].copy_from_slice(&read_volatile(a as *const u16).to_le_bytes());
+                        2
+                    } else {
+                        buf[at] = read_volatile(a as *const u8);
+                        1
+                    }
+                };
+                at += n;
+            }
+            let after = self.r8(CONFIG_GENERATION);
+            if before == after {
+                self.generation.set(after);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes device config at `offset` (natural-width accesses where aligned).
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), Self::Error> {
+        self.config_range(offset, data.len())?;
+        let mut at = 0;
+        while at < data.len() {
+            let a = self.device + offset as u64 + at as u64;
+            let left = data.len() - at;
+            // SAFETY: inside the mapped device config structure (checked above).
+            let n = unsafe {
+                if left >= 4 && a % 4 == 0 {
+                    write_volatile(a as *mut u32, u32::from_le_bytes(data[at..at + 4].try_into().unwrap()));
+                    4
+                } else if left >= 2 && a % 2 == 0 {
+                    write_volatile(a as *mut u16, u16::from_le_bytes([data[at], data[at + 1]]));
+                    2
+                } else {
+                    write_volatile(a as *mut u8, data[at]);
+                    1
+                }
+            };
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn set_memory(&mut self, _memory: &PhysMemory) -> Result<(), Self::Error> {
+        Ok(()) // the device addresses guest-physical memory itself
+    }
+
+    /// Polls the ISR and the config generation until something happened or `timeout` passed
+    /// (the TSC clock; no interrupts).
+    fn wait(&self, timeout: Option<Duration>) -> Result<Events, Self::Error> {
+        let deadline = timeout.map(|t| clock::now_ns().saturating_add(t.as_nanos() as u64));
+        loop {
+            let p = self.poll_events()?;
+            if p.calls != 0 || p.config_changed {
+                return Ok(Events { calls: p.calls, config_changed: p.config_changed });
+            }
+            if deadline.is_some_and(|d| clock::now_ns() >= d) {
+                return Ok(Events::default());
+            }
+            core::hint::spin_loop();
+        }
     }
 }

@@ -1,0 +1,194 @@
+//! The balloon run: the shared driver (`prezero-driver`) over virtio-pci, driven by the kernel's
+//! zone, each step printed as a `PREZERO event=NAME key=value ...` line, the format the harness
+//! parses for its Linux guests too.
+//!
+//! 1. `negotiated`: the driver's features, and what the zone believes (bits 6/7 through the
+//!    trust gate).
+//! 2. `freed`: `prezero.mib` MiB taken in 2 MiB blocks, written (so the host backs them), freed.
+//! 3. `reported`: the zone's reporting engine flushed through the driver (one chain per block;
+//!    the device's used lengths say which it zeroed).
+//! 4. With `prezero.wait=SECONDS`: `ready`, then the driver follows the device's target
+//!    (`prezero balloon set`, or QEMU's `balloon` command) and answers stats requests, printing
+//!    `balloon actual=PAGES` on each change, until `prezero.cycles` inflate/deflate cycles came
+//!    back to 0 (default 1). The kernel touches no memory meanwhile, so the host can measure
+//!    what reporting gave back. Deflated pages are taken back with ZERO at once.
+//! 5. `zero-alloc`: the workload's amount allocated with ZERO: blocks the device zeroed skip
+//!    zeroing (with `prezero.check=1` each is read back and must be zero); against a device
+//!    without bits 6/7 nothing may skip.
+//! 6. `stats`: the driver's and the zone's counters.
+
+use core::time::Duration;
+
+use prezero_driver::{BalloonDriver, DriverOptions};
+use prezero_mm::{AllocFlags, FreeHint, Pfn, FRAME_SIZE, PAGEBLOCK_ORDER};
+
+use crate::cmdline;
+use crate::mem::{self, with_zone, Phys};
+use crate::physmem::PhysMemory;
+use crate::virtio_pci::VirtioPci;
+use crate::{clock, println};
+
+/// The driver as this kernel instantiates it.
+type Driver = BalloonDriver<VirtioPci, PhysMemory, fn() -> Duration>;
+
+fn now() -> Duration {
+    Duration::from_nanos(clock::now_ns())
+}
+
+const BLOCK: u64 = FRAME_SIZE << PAGEBLOCK_ORDER;
+
+/// Runs the scenario the command line names; `Err` is the failure line.
+pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
+    let mib = cmdline::number(cmdline, "mib", 64).map_err(|_| "prezero.mib is not a number")?;
+    let wait = cmdline::number(cmdline, "wait", 0).map_err(|_| "prezero.wait is not a number")?;
+    let cycles = cmdline::number(cmdline, "cycles", 1).map_err(|_| "prezero.cycles is not a number")?;
+    let opts = DriverOptions {
+        confidential: cmdline::flag(cmdline, "confidential"),
+        ..DriverOptions::default()
+    };
+    let dev = VirtioPci::find(5, 0x1002)
+        .map_err(|e| {
+            println!("prezero-kernel: virtio-pci: {e}");
+            "the balloon device could not be set up"
+        })?
+        .ok_or("no virtio-balloon on PCI bus 0 (add -device virtio-balloon-pci or vhost-user-test-device-pci,virtio-id=5)")?;
+    let address = dev.address();
+    let mut driver: Driver = with_zone(|z| BalloonDriver::new(dev, memory, now as fn() -> Duration, z, opts))
+        .map_err(|e| {
+            println!("prezero-kernel: driver: {e}");
+            "the balloon driver did not start"
+        })?;
+    let (init, trusted) = with_zone(|z| {
+        let d = z.device_init();
+        (d, z.config().trusts_device_zeroing(d.reported))
+    });
+    println!(
+        "PREZERO event=negotiated pci={:02x}.{} features={:#x} init_reported={} init_on_inflate={} trusted={}",
+        address.device,
+        address.function,
+        driver.features().bits(),
+        init.reported,
+        init.on_inflate,
+        trusted
+    );
+
+    let blocks = (mib << 20) / BLOCK;
+    let taken = take_blocks(blocks, AllocFlags::NONE)?;
+    for &pfn in &taken {
+        // SAFETY: a 2 MiB block just allocated, identity mapped.
+        unsafe { core::ptr::write_bytes(pfn.addr() as *mut u8, 0x5a, BLOCK as usize) };
+    }
+    give_back(&taken);
+    println!("PREZERO event=freed mib={mib}");
+
+    let t = clock::now_ns();
+    let pass = with_zone(|z| z.report_flush(&mut driver));
+    println!(
+        "PREZERO event=reported requests={} pages={} zeroed={} failed={} us={}",
+        pass.requests,
+        pass.pages_reported,
+        pass.pages_zeroed,
+        pass.pages_failed,
+        (clock::now_ns() - t) / 1000
+    );
+
+
+    if wait > 0 {
+        follow_target(&mut driver, Duration::from_secs(wait), cycles)?;
+    }
+    let before = with_zone(|z| *z.stat());
+    let taken = take_blocks(blocks, AllocFlags::ZERO)?;
+    let after = with_zone(|z| *z.stat());
+    give_back(&taken);
+    println!(
+        "PREZERO event=zero-alloc blocks={} hits={} skipped_pages={} zeroed_pages={} checked={}",
+        taken.len(),
+        after.zero_alloc_hits - before.zero_alloc_hits,
+        after.pages_zero_skipped - before.pages_zero_skipped,
+        after.pages_zeroed - before.pages_zeroed,
+        mem::CHECK_KNOWN_ZERO.load(core::sync::atomic::Ordering::Relaxed)
+    );
+    with_zone(|z| z.report_flush(&mut driver));
+    let s = driver.stats();
+    let v = with_zone(|z| *z.stat());
+    println!(
+        "PREZERO event=stats report_requests={} inflate_requests={} deflate_requests={} pages_inflated={} pages_inflated_zeroed={} pages_deflated={} stats_updates={} config_changes={} pages_reported={} pages_reported_zeroed={} pages_zero_skipped={} pages_deflated_zeroed={}",
+        s.report_requests,
+        s.inflate_requests,
+        s.deflate_requests,
+        s.pages_inflated,
+        s.pages_inflated_zeroed,
+        s.pages_deflated,
+        s.stats_updates,
+        s.config_changes,
+        v.pages_reported,
+        v.pages_reported_zeroed,
+        v.pages_zero_skipped,
+        v.pages_deflated_zeroed
+    );
+    Ok(())
+}
+
+/// Follows the device's target until `cycles` inflations came back to 0, within `limit`;
+/// free page reporting runs on the zone's own pacing meanwhile.
+fn follow_target(driver: &mut Driver, limit: Duration, cycles: u64) -> Result<(), &'static str> {
+    println!("PREZERO event=ready");
+    let deadline = now() + limit;
+    let (mut last, mut done, mut inflated) = (0usize, 0u64, false);
+    while done < cycles {
+        if now() >= deadline {
+            return Err("timed out following the balloon target");
+        }
+        with_zone(|z| driver.poll(z, Duration::from_millis(100))).map_err(|e| {
+            println!("prezero-kernel: driver: {e}");
+            "the balloon driver failed"
+        })?;
+        let pages = driver.balloon_pages();
+        if pages != last {
+            println!("PREZERO event=balloon actual={pages}");
+            // Deflated pages come back known-zero when the device zeroed them on inflate:
+            // take them with ZERO so the known-zero check sees them.
+            if pages < last {
+                let got = take_pages(last - pages)?;
+                give_back_pages(&got);
+            }
+            inflated |= pages > 0;
+            if inflated && pages == 0 {
+                done += 1;
+                inflated = false;
+            }
+            last = pages;
+        }
+        let ms = clock::now_ns() / 1_000_000;
+        with_zone(|z| z.report_pass(ms, driver));
+    }
+    Ok(())
+}
+
+fn take_blocks(n: u64, flags: AllocFlags) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
+    (0..n)
+        .map(|_| mem::alloc(PAGEBLOCK_ORDER, flags).map(|a| a.pfn).ok_or("out of memory for the workload"))
+        .collect()
+}
+
+fn give_back(blocks: &[Pfn]) {
+    with_zone(|z| {
+        for &pfn in blocks {
+            z.free(pfn, PAGEBLOCK_ORDER, FreeHint::None, &mut Phys).expect("a block this run allocated");
+        }
+    });
+}
+
+fn take_pages(n: usize) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
+    (0..n)
+        .map(|_| mem::alloc(0, AllocFlags::ZERO).map(|a| a.pfn).ok_or("out of memory after a deflate"))
+        .collect()
+}
+
+fn give_back_pages(pages: &[Pfn]) {
+    with_zone(|z| {
+        for &pfn in pages {
+            z.free(pfn, 0, FreeHint::None, &mut Phys).expect("a page this run allocated");
+        }
+    });
+}
