@@ -1,13 +1,13 @@
 //! Every way the guest can fail, one enum per layer: [`RamError`] (guest RAM), [`QueueError`]
 //! (the split ring), [`TransportError`] (the vhost-user frontend), [`BalloonError`] (the balloon
-//! driver, over any transport's error) and [`GuestError`] (the guest as a whole).
+//! driver of `prezero-driver`, over any transport's error) and [`GuestError`] (the guest as a
+//! whole).
 //!
 //! Messages name the problem and, where there is one, the fix: these errors reach a person at a
 //! terminal through `prezero demo` / `prezero bench`, and "Disconnected" alone tells them nothing.
 
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use prezero_mm::{AllocError, FreeError};
 
@@ -89,6 +89,7 @@ pub enum RamError {
     },
 }
 
+pub use prezero_driver::BalloonError;
 pub use prezero_virtq::QueueError;
 
 /// Failures of the vhost-user frontend transport.
@@ -202,34 +203,6 @@ pub enum TransportError {
     Ram(#[from] RamError),
 }
 
-/// Failures of the balloon driver over a transport whose errors are `E`.
-#[derive(Debug, thiserror::Error)]
-pub enum BalloonError<E = TransportError> {
-    /// The transport failed (the daemon died, the socket is gone, ...).
-    #[error(transparent)]
-    Transport(E),
-    /// A virtqueue operation failed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The guest has no memory left for the driver's rings and buffers.
-    #[error("not enough guest memory for the balloon driver's rings and buffers")]
-    NoMemory,
-    /// An earlier failure made the driver stop using the device.
-    #[error("the balloon device is gone")]
-    DeviceGone,
-    /// The device did not answer a request in time; the driver stops using it.
-    #[error("the balloon device did not answer a {queue} request within {after:?}")]
-    Timeout {
-        /// The queue, named as [`QueueRole::name`](prezero_balloon::QueueRole::name) names it.
-        queue: &'static str,
-        /// How long the driver waited.
-        after: Duration,
-    },
-    /// The device returned a chain the driver never gave it.
-    #[error("the balloon device returned an unexpected chain on the {0} queue")]
-    Protocol(&'static str),
-}
-
 /// Failures of the guest as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -238,7 +211,7 @@ pub enum GuestError {
     Ram(#[from] RamError),
     /// The balloon driver failed.
     #[error(transparent)]
-    Balloon(#[from] BalloonError),
+    Balloon(#[from] BalloonError<TransportError>),
     /// An allocation failed.
     #[error(transparent)]
     Alloc(#[from] AllocError),

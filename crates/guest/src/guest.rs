@@ -7,10 +7,12 @@
 //! when it is due, like Linux's delayed work, while other threads allocate and free through
 //! [`Vcpu`] handles. The device is called with no allocator lock held.
 
-use crate::balloon::{self, BalloonDriver, DriverOptions, ReportCapacity};
+use crate::balloon::{self, DriverOptions, ReportCapacity};
+use crate::clock::InstantClock;
 use crate::error::{BalloonError, GuestError};
 use crate::ram::{GuestRam, RamFrames};
 use crate::vhost_user::VhostUserTransport;
+use crate::BalloonDriver;
 use prezero_mm::{
     AllocError, AllocFlags, Allocation, CacheConfig, Config, CpuCache, FrameMeta, FreeHint,
     LockedZone, Pfn, ReportPass, Zone, FRAME_SIZE,
@@ -143,6 +145,7 @@ impl Guest {
         self.balloon = Some(BalloonDriver::new(
             transport,
             self.ram.clone(),
+            InstantClock::new(),
             &mut *self.zone.lock(),
             opts,
         )?);

@@ -44,8 +44,8 @@ use vmm_sys_util::poll::{EpollContext, EpollEvents, PollEvents, WatchingEvents};
 use crate::backend_channel::BackendChannel;
 use crate::error::{RamError, TransportError};
 use crate::ram::GuestRam;
-use crate::transport::{Events, VirtioTransport, MAX_QUEUES};
 use crate::{RingLayout, SplitQueue};
+use prezero_driver::{Events, VirtioTransport, MAX_QUEUES};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user transport bit in the virtio feature word.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();

@@ -18,7 +18,9 @@ use prezero_balloon::features::{
 use prezero_device::DeviceOptions;
 use prezero_guest::balloon::DRIVER_FEATURES;
 use prezero_guest::ram::RamFrames;
-use prezero_guest::{BalloonDriver, BalloonError, DriverOptions, GuestRam, ReportCapacity};
+use prezero_guest::{
+    BalloonDriver, BalloonError, DriverOptions, GuestRam, InstantClock, ReportCapacity,
+};
 use prezero_mm::{AllocFlags, Config, FrameMeta, Pfn, Zone, FRAME_SIZE, PAGEBLOCK_ORDER};
 
 const RAM: u64 = 64 << 20;
@@ -59,7 +61,8 @@ fn rig_with(balloon_features: Features, opts: DriverOptions) -> Rig {
         balloon_features,
         ..DeviceOptions::default()
     });
-    let driver = BalloonDriver::new(transport, ram.clone(), &mut zone, opts).unwrap();
+    let driver =
+        BalloonDriver::new(transport, ram.clone(), InstantClock::new(), &mut zone, opts).unwrap();
     Rig {
         ram,
         zone,

@@ -1,7 +1,7 @@
-//! The guest's virtio-balloon driver, after Linux `drivers/virtio/virtio_balloon.c`.
+//! The virtio-balloon driver, after Linux `drivers/virtio/virtio_balloon.c`.
 //!
 //! It negotiates features (and applies the trust gate of the upstream driver's `validate()`,
-//! see [`driver_features`]), lays its queues out in guest RAM, reports free blocks for the
+//! see [`driver_features`]), lays its queues out in guest memory, reports free blocks for the
 //! allocator (one chain per block, so each block gets its own "zeroed" answer through the used
 //! length; up to the reporting ring's size per request), inflates and deflates toward the
 //! device's target (with the `DEVICE_INIT_ON_INFLATE` bitmap when negotiated, read by
@@ -30,28 +30,34 @@
 //!
 //! The driver owns no memory policy: every call that allocates or frees guest pages takes the
 //! [`Zone`] (over any frame metadata storage) and does it there, so the allocator stays the
-//! single owner of guest memory. It knows its device only through [`VirtioTransport`]: the
-//! vhost-user frontend in a process guest, an in-process device in tests.
+//! single owner of guest memory. It knows its device only through [`VirtioTransport`] (the
+//! vhost-user frontend in a process guest, virtio-pci in a kernel, an in-process device in
+//! tests), guest memory only through [`QueueMemory`] (the rings, its PFN array, bitmap and stats
+//! pages, and the zeroing or poisoning of the frames it takes from and gives back to the zone),
+//! and time only through [`Clock`] (request timeouts).
 //!
 //! A transport failure while waiting or kicking, or a request the device leaves unanswered
 //! for [`REQUEST_TIMEOUT`], marks the device dead: the driver then does nothing, reports fail
 //! (the blocks go back unreported) and deflate-on-OOM gives nothing back.
 
+use alloc::vec;
+use alloc::vec::Vec;
+use core::borrow::Borrow;
+use core::time::Duration;
+
+use crate::clock::Clock;
 use crate::error::BalloonError;
-use crate::ram::{GuestRam, RamFrames};
 use crate::transport::VirtioTransport;
-use crate::{Buffer, SplitQueue};
 use prezero_balloon::config::{ACTUAL_OFFSET, NUM_PAGES_OFFSET, POISON_VAL_OFFSET};
 use prezero_balloon::features::{self, Features};
 use prezero_balloon::pfn::{bitmap_len, bitmap_test, BALLOON_PAGE_SIZE, PFN_SIZE};
 use prezero_balloon::stats::{encode_entry, STAT_ENTRY_SIZE};
 use prezero_balloon::{QueueRole, QueueRoles, StatTag};
 use prezero_mm::{
-    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, ReportBlock, ReportOutcome, ReportSink, Zone,
-    FRAME_SIZE,
+    AllocFlags, DeviceInit, FrameMeta, FreeHint, Pfn, PhysMem, ReportBlock, ReportOutcome,
+    ReportSink, Zone, FRAME_SIZE,
 };
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use prezero_virtq::{Buffer, QueueMemory, SplitQueue};
 
 /// PFNs per inflate or deflate request (Linux `VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
 pub const PFNS_PER_REQUEST: usize = 256;
@@ -79,7 +85,7 @@ pub fn max_queues() -> u16 {
 }
 
 /// 4 KiB balloon pages per guest frame: how many PFNs (and bitmap bits) one guest page takes.
-/// The Rust guest's frames are balloon pages, so its PFN arrays list frames; [`zeroed_pages`]
+/// `prezero-mm` frames are balloon pages, so its PFN arrays list frames; [`zeroed_pages`]
 /// takes the ratio as a parameter for guests with larger pages (Linux on arm64 with 64 KiB).
 const BALLOON_PAGES_PER_FRAME: usize = (FRAME_SIZE / BALLOON_PAGE_SIZE) as usize;
 const _: () = assert!(BALLOON_PAGES_PER_FRAME == 1, "PFN arrays list frames");
@@ -191,13 +197,35 @@ pub struct DriverStats {
     pub oom_deflated_pages: u64,
 }
 
-/// The virtio-balloon driver over transport `T`.
-pub struct BalloonDriver<T> {
+/// The zone's view of the driver's memory ([`PhysMem`]): how `prezero-mm` zeroes or poisons the
+/// frames of a block the driver takes or gives back, through the same memory the rings use.
+struct Frames<'a, M>(&'a M);
+
+impl<M: QueueMemory> PhysMem for Frames<'_, M> {
+    fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
+        // The zone only fills blocks it owns, and it spans memory the driver was given.
+        self.0
+            .fill(pfn.addr(), frames * FRAME_SIZE, byte)
+            .expect("the zone fills only frames inside the driver's memory");
+    }
+}
+
+/// The virtio-balloon driver over transport `T`, guest memory `M` and clock `C`.
+///
+/// - `T`: the device ([`VirtioTransport`]).
+/// - `M`: guest memory addressed by guest-physical address ([`QueueMemory`]), cloned into each
+///   queue (so a handle: `Arc<GuestRam>` in the process guest, a `Copy` identity map in a
+///   kernel); it must cover the zone's frames. It is what the transport's
+///   [`set_memory`](VirtioTransport::set_memory) gets, through `Borrow` (every type borrows as
+///   itself).
+/// - `C`: a monotonic [`Clock`] for request timeouts.
+pub struct BalloonDriver<T, M, C> {
     transport: T,
-    ram: Arc<GuestRam>,
+    memory: M,
+    clock: C,
     features: Features,
     roles: QueueRoles,
-    queues: Vec<Option<SplitQueue<usize>>>,
+    queues: Vec<Option<SplitQueue<usize, M>>>,
     /// One driver-owned page: PFN array at 0, inflate bitmap after it.
     pfn_page: u64,
     /// One driver-owned page for the stats buffer.
@@ -212,13 +240,21 @@ pub struct BalloonDriver<T> {
     report_capacity: usize,
 }
 
-impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
+impl<T, M, C> BalloonDriver<T, M, C>
+where
+    T: VirtioTransport,
+    M: QueueMemory + Clone + Borrow<T::Memory>,
+    C: Clock,
+{
     /// Negotiates over `transport` (fresh: nothing negotiated yet, driving at least
-    /// [`max_queues`] queues), shares `ram`, and starts the queues. Ring and buffer memory
-    /// comes from `zone` and stays allocated for the driver's life.
+    /// [`max_queues`] queues), shares `memory` with the device, and starts the queues. Ring and
+    /// buffer memory comes from `zone` (whose frames `memory` must cover) and stays allocated
+    /// for the driver's life; `clock` times the requests. If the device offers `STATS_VQ`, the
+    /// first stats buffer is queued before this returns.
     pub fn new<S: AsRef<[FrameMeta]> + AsMut<[FrameMeta]>>(
         mut transport: T,
-        ram: Arc<GuestRam>,
+        memory: M,
+        clock: C,
         zone: &mut Zone<S>,
         opts: DriverOptions,
     ) -> Result<Self, BalloonError<T::Error>> {
@@ -238,10 +274,10 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
                 .map_err(BalloonError::Transport)?;
         }
         transport
-            .set_memory(&ram)
+            .set_memory(memory.borrow())
             .map_err(BalloonError::Transport)?;
 
-        let mut mem = RamFrames(&ram);
+        let mut mem = Frames(&memory);
         let mut page = |zone: &mut Zone<S>, bytes: u64| -> Result<u64, BalloonError<T::Error>> {
             let order = bytes
                 .div_ceil(FRAME_SIZE)
@@ -252,15 +288,16 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
                 .map_err(|_| BalloonError::NoMemory)?;
             Ok(a.pfn.addr())
         };
-        let ring = SplitQueue::<usize>::memory_requirement(QUEUE_SIZE)?;
+        let ring = SplitQueue::<usize, M>::memory_requirement(QUEUE_SIZE)?;
         let event_idx = acked.has(features::RING_EVENT_IDX);
-        let mut queues: Vec<Option<SplitQueue<usize>>> = (0..roles.count()).map(|_| None).collect();
+        let mut queues: Vec<Option<SplitQueue<usize, M>>> =
+            (0..roles.count()).map(|_| None).collect();
         for (index, role) in roles.iter().enumerate() {
             if role == QueueRole::FreePageHint {
                 continue;
             }
             let gpa = page(zone, ring.bytes)?;
-            let q = SplitQueue::new(ram.clone(), QUEUE_SIZE, gpa, event_idx)?;
+            let q = SplitQueue::new(memory.clone(), QUEUE_SIZE, gpa, event_idx)?;
             transport
                 .setup_queue(index as u16, &q.layout())
                 .map_err(BalloonError::Transport)?;
@@ -275,7 +312,8 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         transport.driver_ok().map_err(BalloonError::Transport)?;
         let mut driver = BalloonDriver {
             transport,
-            ram,
+            memory,
+            clock,
             features: acked,
             roles,
             queues,
@@ -332,7 +370,7 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         self.roles.index(role).map(|i| i as u16)
     }
 
-    fn queue(&mut self, role: QueueRole) -> Option<(u16, &mut SplitQueue<usize>)> {
+    fn queue(&mut self, role: QueueRole) -> Option<(u16, &mut SplitQueue<usize, M>)> {
         let i = self.roles.index(role)?;
         self.queues[i].as_mut().map(|q| (i as u16, q))
     }
@@ -427,7 +465,7 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         zone: &mut Zone<S>,
         n: usize,
     ) -> Result<usize, BalloonError<T::Error>> {
-        let mut mem = RamFrames(&self.ram);
+        let mut mem = Frames(&self.memory);
         let mut frames = Vec::with_capacity(n);
         for _ in 0..n {
             match zone.alloc(0, AllocFlags::NONE, &mut mem) {
@@ -444,9 +482,9 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         let used = self.send_pfns(QueueRole::Inflate, &pfns, with_bitmap.then_some(bitmap))?;
         let mut bits = vec![0u8; bitmap_len(pfns.len())];
         if with_bitmap {
-            self.ram
+            self.memory
                 .read(bitmap, &mut bits)
-                .expect("driver page inside RAM");
+                .expect("the driver's own page is inside its memory");
         }
         let used = if with_bitmap { used } else { 0 };
         let balloon = &mut self.balloon;
@@ -488,7 +526,7 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
             self.balloon.extend(pages);
             return Err(e);
         }
-        let mut mem = RamFrames(&self.ram);
+        let mut mem = Frames(&self.memory);
         for p in &pages {
             let hint = FreeHint::Deflated {
                 device_zeroed: p.device_zeroed,
@@ -526,9 +564,9 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         for pfn in pfns {
             bytes.extend_from_slice(&pfn.to_le_bytes());
         }
-        self.ram
+        self.memory
             .write(self.pfn_page, &bytes)
-            .expect("driver page inside RAM");
+            .expect("the driver's own page is inside its memory");
         let mut chain = vec![Buffer::readable(self.pfn_page, bytes.len() as u32)];
         if let Some(gpa) = bitmap {
             chain.push(Buffer::writable(gpa, bitmap_len(pfns.len()) as u32));
@@ -559,7 +597,7 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         }
         let mut lens = vec![None; chains.len()];
         let mut left = chains.len();
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = self.clock.now() + REQUEST_TIMEOUT;
         while left > 0 {
             let (_, q) = self.queue(role).expect("queue exists");
             while let Some(used) = q.pop_used()? {
@@ -573,7 +611,7 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
             if left == 0 {
                 break;
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= deadline {
                 // A device that keeps the buffers may still write them later: stop using it.
                 self.dead = true;
@@ -619,9 +657,9 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
         for (tag, value) in entries {
             buf.extend_from_slice(&encode_entry(tag.raw(), value));
         }
-        self.ram
+        self.memory
             .write(self.stats_page, &buf)
-            .expect("driver page inside RAM");
+            .expect("the driver's own page is inside its memory");
         let stats_page = self.stats_page;
         let Some((index, q)) = self.queue(QueueRole::Stats) else {
             return Ok(());
@@ -639,7 +677,12 @@ impl<T: VirtioTransport<Memory = GuestRam>> BalloonDriver<T> {
 
 /// The driver as the allocator's reporting device: each block is its own chain, so the device
 /// answers "zeroed" per block through the used length.
-impl<T: VirtioTransport<Memory = GuestRam>> ReportSink for BalloonDriver<T> {
+impl<T, M, C> ReportSink for BalloonDriver<T, M, C>
+where
+    T: VirtioTransport,
+    M: QueueMemory + Clone + Borrow<T::Memory>,
+    C: Clock,
+{
     fn capacity(&self) -> usize {
         self.report_capacity
     }

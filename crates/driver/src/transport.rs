@@ -3,15 +3,15 @@
 //! A driver negotiates features, lays split virtqueues out in guest memory, tells the device
 //! where they are, kicks, waits for calls and reads or writes the device's config space
 //! (virtio 1.x, 3.1 "Device Initialization"). How each of those reaches the device is the
-//! transport's business: [`VhostUserTransport`](crate::VhostUserTransport) sends vhost-user
-//! messages over a Unix socket and turns kicks and calls into eventfds; a virtio-pci transport
-//! in a `no_std` kernel writes capability registers and takes MSI-X interrupts. The balloon
-//! driver ([`BalloonDriver`](crate::BalloonDriver)) is written against [`VirtioTransport`]
-//! only, so it runs unchanged over either, and over an in-process test double.
+//! transport's business: the Rust guest's vhost-user frontend (`prezero_guest::VhostUserTransport`)
+//! sends vhost-user messages over a Unix socket and turns kicks and calls into eventfds; a
+//! virtio-pci transport in a `no_std` kernel writes capability registers and polls its ISR or
+//! takes MSI-X interrupts. The balloon driver ([`BalloonDriver`](crate::BalloonDriver)) is
+//! written against [`VirtioTransport`] only, so it runs unchanged over either, and over an
+//! in-process test double.
 //!
-//! So this file names no std-only type: addresses are guest-physical `u64`s, a ring is its
-//! [`RingLayout`], time is [`core::time::Duration`]. (The error bound is `std::error::Error`
-//! because the workspace's minimum Rust predates `core::error::Error`; it is the same trait.)
+//! So this file names no host type: addresses are guest-physical `u64`s, a ring is its
+//! [`RingLayout`], time is [`core::time::Duration`], errors are [`core::error::Error`].
 //!
 //! # What an implementation must guarantee
 //!
@@ -38,25 +38,29 @@
 //!
 //! # A driver over any transport
 //!
+//! Generic over the memory the rings live in ([`QueueMemory`](prezero_virtq::QueueMemory):
+//! the process guest's memfd RAM, a kernel's identity-mapped physical memory):
+//!
 //! ```
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use prezero_guest::{Buffer, GuestRam, SplitQueue, VirtioTransport};
+//! use core::time::Duration;
+//! use prezero_driver::{Buffer, QueueMemory, SplitQueue, VirtioTransport};
 //!
 //! const VIRTIO_F_VERSION_1: u64 = 1 << prezero_balloon::features::VERSION_1;
 //!
-//! /// Hands the device one 4 MiB block to write (or discard) and waits for it back.
-//! fn one_request<T: VirtioTransport<Memory = GuestRam>>(
+//! /// Hands the device one 4 MiB block to write (or discard) and waits for it back; returns
+//! /// how many bytes the device wrote.
+//! fn one_request<T: VirtioTransport, M: QueueMemory>(
 //!     device: &mut T,
-//!     ram: &Arc<GuestRam>,
-//! ) -> Result<(), Box<dyn std::error::Error>> {
+//!     shared: &T::Memory,
+//!     ring_memory: M,
+//! ) -> Result<u32, Box<dyn core::error::Error>> {
 //!     device.negotiate(VIRTIO_F_VERSION_1 | (device.device_features() & 0x7f))?;
-//!     device.set_memory(ram)?;
+//!     device.set_memory(shared)?;
 //!     // Ring memory comes from the guest's page allocator: any gpa with this size and alignment.
-//!     let need = SplitQueue::<u64>::memory_requirement(128)?;
+//!     let need = SplitQueue::<u64, M>::memory_requirement(128)?;
 //!     let ring_gpa = 0x10_0000;
 //!     assert_eq!(ring_gpa % need.align, 0);
-//!     let mut queue = SplitQueue::new(ram.clone(), 128, ring_gpa, false)?;
+//!     let mut queue = SplitQueue::new(ring_memory, 128, ring_gpa, false)?;
 //!     device.setup_queue(0, &queue.layout())?;
 //!     device.driver_ok()?;
 //!
@@ -72,8 +76,8 @@
 //!         }
 //!         if events.called(0) {
 //!             if let Some(used) = queue.pop_used()? {
-//!                 println!("chain {} used {} of {} bytes", used.token, used.len, used.writable_len);
-//!                 return Ok(());
+//!                 assert_eq!((used.token, used.writable_len), (42, 4 << 20));
+//!                 return Ok(used.len);
 //!             }
 //!         }
 //!     }
@@ -117,11 +121,11 @@ impl Events {
 /// guarantees an implementation gives.
 pub trait VirtioTransport {
     /// How the transport fails.
-    type Error: std::error::Error + 'static;
+    type Error: core::error::Error + 'static;
 
     /// What [`set_memory`](Self::set_memory) shares with the device: the guest RAM for a
-    /// transport whose device maps it (vhost-user), `()` for one whose device already sees
-    /// guest-physical memory (virtio-pci in a VM).
+    /// transport whose device maps it (vhost-user), `()` (or the memory type itself) for one
+    /// whose device already sees guest-physical memory (virtio-pci in a VM).
     type Memory: ?Sized;
 
     /// Virtio feature bits the device offers (transport-reserved bits removed).
