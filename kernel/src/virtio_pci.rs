@@ -307,6 +307,14 @@ impl VirtioTransport for VirtioPci {
     }
 
     /// Points queue `index` at the ring and enables it (4.1.5.1.3).
+    fn max_queue_size(&mut self, index: u16) -> Result<Option<u16>, Self::Error> {
+        if index >= self.num_queues || index as usize >= MAX_QUEUES {
+            return Err(PciError::NoSuchQueue(index, self.num_queues));
+        }
+        self.w16(QUEUE_SELECT, index);
+        Ok(Some(self.r16(QUEUE_SIZE)))
+    }
+
     fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), Self::Error> {
         if self.negotiated.is_none() {
             return Err(PciError::Order("setup_queue before negotiate"));
