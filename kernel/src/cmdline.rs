@@ -4,7 +4,9 @@
 /// The value of `prezero.<key>=` on `cmdline`, if given.
 pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_ascii_whitespace().find_map(|w| {
-        w.strip_prefix("prezero.")?.strip_prefix(key)?.strip_prefix('=')
+        w.strip_prefix("prezero.")?
+            .strip_prefix(key)?
+            .strip_prefix('=')
     })
 }
 

@@ -8,15 +8,15 @@
 extern crate alloc;
 
 mod boot;
-mod cmdline;
 mod clock;
+mod cmdline;
 mod heap;
 mod idt;
 mod libc;
 mod mem;
 mod paging;
-mod physmem;
 mod pci;
+mod physmem;
 mod port;
 mod power;
 mod pvh;
@@ -39,9 +39,18 @@ extern "C" fn kmain(start_info: u32) -> ! {
         Err(e) => fail(e),
     };
     let khz = clock::calibrate();
-    println!("prezero-kernel: tsc {} kHz, cmdline \"{}\"", khz, info.cmdline());
+    println!(
+        "prezero-kernel: tsc {} kHz, cmdline \"{}\"",
+        khz,
+        info.cmdline()
+    );
     for r in info.regions() {
-        println!("prezero-kernel: e820 {:#014x}-{:#014x} type {}", r.start, r.start + r.len, r.kind);
+        println!(
+            "prezero-kernel: e820 {:#014x}-{:#014x} type {}",
+            r.start,
+            r.start + r.len,
+            r.kind
+        );
     }
     let layout = mem::init(&info, Config::default()).unwrap_or_else(|e| fail(e));
     paging::init(layout.ram_end).unwrap_or_else(|e| fail(e));
@@ -56,9 +65,17 @@ extern "C" fn kmain(start_info: u32) -> ! {
     );
     heap::init(HEAP_AT_BOOT).unwrap_or_else(|e| fail(e));
     let cmdline = info.cmdline();
-    mem::CHECK_KNOWN_ZERO.store(cmdline::flag(cmdline, "check"), core::sync::atomic::Ordering::Relaxed);
-    println!("PREZERO event=boot kmain_us={}", clock::tsc_to_us(t0 - boot_tsc));
-    let memory = physmem::PhysMemory { end: layout.ram_end };
+    mem::CHECK_KNOWN_ZERO.store(
+        cmdline::flag(cmdline, "check"),
+        core::sync::atomic::Ordering::Relaxed,
+    );
+    println!(
+        "PREZERO event=boot kmain_us={}",
+        clock::tsc_to_us(t0 - boot_tsc)
+    );
+    let memory = physmem::PhysMemory {
+        end: layout.ram_end,
+    };
     let result = match cmdline::get(cmdline, "scenario").unwrap_or("balloon") {
         "boot" => Ok(()),
         "balloon" => run::run(cmdline, memory),
@@ -72,7 +89,10 @@ extern "C" fn kmain(start_info: u32) -> ! {
     if let Err(e) = result {
         fail(e);
     }
-    println!("PREZERO event=done us={}", clock::tsc_to_us(clock::rdtsc() - boot_tsc));
+    println!(
+        "PREZERO event=done us={}",
+        clock::tsc_to_us(clock::rdtsc() - boot_tsc)
+    );
     power::exit(0)
 }
 

@@ -29,7 +29,9 @@ pub struct Phys;
 impl PhysMem for Phys {
     fn fill(&mut self, pfn: Pfn, frames: u64, byte: u8) {
         // SAFETY: the zone only fills blocks it owns, which are identity-mapped RAM.
-        unsafe { core::ptr::write_bytes(pfn.addr() as *mut u8, byte, (frames * FRAME_SIZE) as usize) };
+        unsafe {
+            core::ptr::write_bytes(pfn.addr() as *mut u8, byte, (frames * FRAME_SIZE) as usize)
+        };
     }
 }
 
@@ -49,15 +51,30 @@ pub struct Layout {
 /// The kernel image's physical extent.
 pub fn image() -> (u64, u64) {
     // SAFETY: linker-script symbols; only their addresses are taken.
-    unsafe { (&__kernel_start as *const u8 as u64, &__kernel_end as *const u8 as u64) }
+    unsafe {
+        (
+            &__kernel_start as *const u8 as u64,
+            &__kernel_end as *const u8 as u64,
+        )
+    }
 }
 
 /// Builds the zone over the RAM of `info`'s memory map.
 pub fn init(info: &BootInfo, cfg: Config) -> Result<Layout, &'static str> {
-    let ram = || info.regions().iter().filter(|r| r.kind == E820_RAM && r.len > 0);
-    let ram_end = ram().map(|r| r.start + r.len).max().ok_or("no RAM in the memory map")?;
+    let ram = || {
+        info.regions()
+            .iter()
+            .filter(|r| r.kind == E820_RAM && r.len > 0)
+    };
+    let ram_end = ram()
+        .map(|r| r.start + r.len)
+        .max()
+        .ok_or("no RAM in the memory map")?;
     let frames = ram_end / FRAME_SIZE;
-    let meta_len = align_up(frames * core::mem::size_of::<FrameMeta>() as u64, FRAME_SIZE);
+    let meta_len = align_up(
+        frames * core::mem::size_of::<FrameMeta>() as u64,
+        FRAME_SIZE,
+    );
     let image = image();
     let meta_start = ram()
         .map(|r| (align_up(r.start.max(image.1), FRAME_SIZE), r.start + r.len))
@@ -72,7 +89,10 @@ pub fn init(info: &BootInfo, cfg: Config) -> Result<Layout, &'static str> {
     let reserved = [(0, MIB), image, (meta_start, meta_start + meta_len)];
     let mut managed = 0;
     for r in ram() {
-        let mut pieces = [(align_up(r.start, FRAME_SIZE), (r.start + r.len) & !(FRAME_SIZE - 1)); 4];
+        let mut pieces = [(
+            align_up(r.start, FRAME_SIZE),
+            (r.start + r.len) & !(FRAME_SIZE - 1),
+        ); 4];
         let mut n = 1;
         for &(rs, re) in &reserved {
             let mut next = [(0, 0); 4];
@@ -95,7 +115,12 @@ pub fn init(info: &BootInfo, cfg: Config) -> Result<Layout, &'static str> {
         }
     }
     *ZONE.lock() = Some(zone);
-    Ok(Layout { ram_end, managed, image, meta: (meta_start, meta_start + meta_len) })
+    Ok(Layout {
+        ram_end,
+        managed,
+        image,
+        meta: (meta_start, meta_start + meta_len),
+    })
 }
 
 /// Runs `f` on the zone.
@@ -103,7 +128,10 @@ pub fn init(info: &BootInfo, cfg: Config) -> Result<Layout, &'static str> {
 /// # Panics
 /// Before [`init`].
 pub fn with_zone<R>(f: impl FnOnce(&mut KernelZone) -> R) -> R {
-    f(ZONE.lock().as_mut().expect("the zone is built first thing in kmain"))
+    f(ZONE
+        .lock()
+        .as_mut()
+        .expect("the zone is built first thing in kmain"))
 }
 
 /// Allocates `1 << order` frames; with `flags` ZERO they read as zero, and when
@@ -118,7 +146,8 @@ pub fn alloc(order: u8, flags: AllocFlags) -> Option<Allocation> {
 
 /// Whether every allocation served as known-zero is read back to check it (the debug mode
 /// that fails the run on a wrong "zeroed").
-pub static CHECK_KNOWN_ZERO: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static CHECK_KNOWN_ZERO: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// Fails the run unless `frames` frames from `pfn` read as zero.
 pub fn verify_zero(pfn: Pfn, frames: u64) {

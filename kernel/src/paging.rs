@@ -44,7 +44,9 @@ fn map(pml4: u64, start: u64, end: u64, flags: u64) -> Result<(), &'static str> 
             };
         }
         // SAFETY: as above; a 2 MiB leaf.
-        unsafe { entry(t, (va >> 21) & 511).write_volatile(va | PRESENT | WRITABLE | HUGE | flags) };
+        unsafe {
+            entry(t, (va >> 21) & 511).write_volatile(va | PRESENT | WRITABLE | HUGE | flags)
+        };
         va += PAGE_2M;
     }
     Ok(())

@@ -56,7 +56,11 @@ impl Address {
     /// The capabilities: `(id, offset in config space)`, following the list from 0x34.
     pub fn capabilities(self) -> impl Iterator<Item = (u8, u8)> {
         // Status bit 4: the capability list exists.
-        let mut next = if self.read16(0x06) & 0x10 != 0 { self.read8(0x34) & 0xfc } else { 0 };
+        let mut next = if self.read16(0x06) & 0x10 != 0 {
+            self.read8(0x34) & 0xfc
+        } else {
+            0
+        };
         let mut budget = 48; // a looping list ends here (at most 48 in 192 bytes)
         core::iter::from_fn(move || {
             if next == 0 || budget == 0 {
@@ -90,7 +94,13 @@ impl Address {
 /// Every function present on bus 0.
 pub fn scan() -> impl Iterator<Item = Address> {
     (0..32u8).flat_map(|device| {
-        let multi = Address { device, function: 0 }.read8(0x0e) & 0x80 != 0;
+        let multi = Address {
+            device,
+            function: 0,
+        }
+        .read8(0x0e)
+            & 0x80
+            != 0;
         let functions = if multi { 8 } else { 1 };
         (0..functions)
             .map(move |function| Address { device, function })

@@ -41,7 +41,8 @@ const BLOCK: u64 = FRAME_SIZE << PAGEBLOCK_ORDER;
 pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
     let mib = cmdline::number(cmdline, "mib", 64).map_err(|_| "prezero.mib is not a number")?;
     let wait = cmdline::number(cmdline, "wait", 0).map_err(|_| "prezero.wait is not a number")?;
-    let cycles = cmdline::number(cmdline, "cycles", 1).map_err(|_| "prezero.cycles is not a number")?;
+    let cycles =
+        cmdline::number(cmdline, "cycles", 1).map_err(|_| "prezero.cycles is not a number")?;
     let opts = DriverOptions {
         confidential: cmdline::flag(cmdline, "confidential"),
         ..DriverOptions::default()
@@ -53,11 +54,13 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
         })?
         .ok_or("no virtio-balloon on PCI bus 0 (add -device virtio-balloon-pci or vhost-user-test-device-pci,virtio-id=5)")?;
     let address = dev.address();
-    let mut driver: Driver = with_zone(|z| BalloonDriver::new(dev, memory, now as fn() -> Duration, z, opts))
-        .map_err(|e| {
-            println!("prezero-kernel: driver: {e}");
-            "the balloon driver did not start"
-        })?;
+    let mut driver: Driver =
+        with_zone(|z| BalloonDriver::new(dev, memory, now as fn() -> Duration, z, opts)).map_err(
+            |e| {
+                println!("prezero-kernel: driver: {e}");
+                "the balloon driver did not start"
+            },
+        )?;
     let (init, trusted) = with_zone(|z| {
         let d = z.device_init();
         (d, z.config().trusts_device_zeroing(d.reported))
@@ -91,7 +94,6 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
         pass.pages_failed,
         (clock::now_ns() - t) / 1000
     );
-
 
     if wait > 0 {
         follow_target(&mut driver, Duration::from_secs(wait), cycles)?;
@@ -167,28 +169,38 @@ fn follow_target(driver: &mut Driver, limit: Duration, cycles: u64) -> Result<()
 
 fn take_blocks(n: u64, flags: AllocFlags) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
     (0..n)
-        .map(|_| mem::alloc(PAGEBLOCK_ORDER, flags).map(|a| a.pfn).ok_or("out of memory for the workload"))
+        .map(|_| {
+            mem::alloc(PAGEBLOCK_ORDER, flags)
+                .map(|a| a.pfn)
+                .ok_or("out of memory for the workload")
+        })
         .collect()
 }
 
 fn give_back(blocks: &[Pfn]) {
     with_zone(|z| {
         for &pfn in blocks {
-            z.free(pfn, PAGEBLOCK_ORDER, FreeHint::None, &mut Phys).expect("a block this run allocated");
+            z.free(pfn, PAGEBLOCK_ORDER, FreeHint::None, &mut Phys)
+                .expect("a block this run allocated");
         }
     });
 }
 
 fn take_pages(n: usize) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
     (0..n)
-        .map(|_| mem::alloc(0, AllocFlags::ZERO).map(|a| a.pfn).ok_or("out of memory after a deflate"))
+        .map(|_| {
+            mem::alloc(0, AllocFlags::ZERO)
+                .map(|a| a.pfn)
+                .ok_or("out of memory after a deflate")
+        })
         .collect()
 }
 
 fn give_back_pages(pages: &[Pfn]) {
     with_zone(|z| {
         for &pfn in pages {
-            z.free(pfn, 0, FreeHint::None, &mut Phys).expect("a page this run allocated");
+            z.free(pfn, 0, FreeHint::None, &mut Phys)
+                .expect("a page this run allocated");
         }
     });
 }

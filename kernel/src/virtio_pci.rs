@@ -162,7 +162,9 @@ impl VirtioPci {
             if found[cfg_type as usize].is_some() {
                 continue; // the first of each type is the preferred one (4.1.4)
             }
-            let Some(base) = address.memory_bar(bar) else { continue };
+            let Some(base) = address.memory_bar(bar) else {
+                continue;
+            };
             crate::paging::map_mmio(base + offset as u64, length as u64).map_err(PciError::Map)?;
             found[cfg_type as usize] = Some((base + offset as u64, length, bar));
             if cfg_type == CFG_NOTIFY {
@@ -236,12 +238,19 @@ impl VirtioPci {
         }
         let config_changed = isr & 2 != 0 || generation != self.generation.get();
         self.generation.set(generation);
-        Ok(Polled { calls: if isr & 1 != 0 { self.enabled } else { 0 }, config_changed })
+        Ok(Polled {
+            calls: if isr & 1 != 0 { self.enabled } else { 0 },
+            config_changed,
+        })
     }
 
     fn config_range(&self, offset: u32, len: usize) -> Result<(), PciError> {
         if offset as u64 + len as u64 > self.device_len as u64 {
-            return Err(PciError::ConfigRange { offset, len, size: self.device_len });
+            return Err(PciError::ConfigRange {
+                offset,
+                len,
+                size: self.device_len,
+            });
         }
         Ok(())
     }
@@ -325,7 +334,11 @@ impl VirtioTransport for VirtioPci {
         self.w16(QUEUE_SELECT, index);
         let max = self.r16(QUEUE_SIZE);
         if ring.size > max {
-            return Err(PciError::QueueTooLarge { index, size: ring.size, max });
+            return Err(PciError::QueueTooLarge {
+                index,
+                size: ring.size,
+                max,
+            });
         }
         self.w16(QUEUE_SIZE, ring.size);
         self.w64(QUEUE_DESC, ring.desc);
@@ -352,7 +365,8 @@ impl VirtioTransport for VirtioPci {
         if index as usize >= MAX_QUEUES || self.enabled & (1 << index) == 0 {
             return Err(PciError::NoSuchQueue(index, self.num_queues));
         }
-        let at = self.notify + self.notify_offsets[index as usize] as u64 * self.notify_multiplier as u64;
+        let at = self.notify
+            + self.notify_offsets[index as usize] as u64 * self.notify_multiplier as u64;
         // SAFETY: inside the mapped notify structure.
         unsafe { write_volatile(at as *mut u16, index) };
         Ok(())
@@ -371,10 +385,12 @@ impl VirtioTransport for VirtioPci {
                 // SAFETY: inside the mapped device config structure (checked above).
                 let n = unsafe {
                     if left >= 4 && a % 4 == 0 {
-                        buf[at..at + 4].copy_from_slice(&read_volatile(a as *const u32).to_le_bytes());
+                        buf[at..at + 4]
+                            .copy_from_slice(&read_volatile(a as *const u32).to_le_bytes());
                         4
                     } else if left >= 2 && a % 2 == 0 {
-                        buf[at..at + 2].copy_from_slice(&read_volatile(a as *const u16).to_le_bytes());
+                        buf[at..at + 2]
+                            .copy_from_slice(&read_volatile(a as *const u16).to_le_bytes());
                         2
                     } else {
                         buf[at] = read_volatile(a as *const u8);
@@ -401,7 +417,10 @@ impl VirtioTransport for VirtioPci {
             // SAFETY: inside the mapped device config structure (checked above).
             let n = unsafe {
                 if left >= 4 && a % 4 == 0 {
-                    write_volatile(a as *mut u32, u32::from_le_bytes(data[at..at + 4].try_into().unwrap()));
+                    write_volatile(
+                        a as *mut u32,
+                        u32::from_le_bytes(data[at..at + 4].try_into().unwrap()),
+                    );
                     4
                 } else if left >= 2 && a % 2 == 0 {
                     write_volatile(a as *mut u16, u16::from_le_bytes([data[at], data[at + 1]]));
@@ -427,7 +446,10 @@ impl VirtioTransport for VirtioPci {
         loop {
             let p = self.poll_events()?;
             if p.calls != 0 || p.config_changed {
-                return Ok(Events { calls: p.calls, config_changed: p.config_changed });
+                return Ok(Events {
+                    calls: p.calls,
+                    config_changed: p.config_changed,
+                });
             }
             if deadline.is_some_and(|d| clock::now_ns() >= d) {
                 return Ok(Events::default());
