@@ -39,6 +39,11 @@ pub fn now_ns() -> u64 {
     (rdtsc() as u128 * 1_000_000 / khz as u128) as u64
 }
 
+/// Converts TSC ticks to nanoseconds.
+pub fn tsc_to_ns(ticks: u64) -> u64 {
+    (ticks as u128 * 1_000_000 / TSC_KHZ.load(Ordering::Relaxed).max(1) as u128) as u64
+}
+
 /// Converts TSC ticks to microseconds.
 pub fn tsc_to_us(ticks: u64) -> u64 {
     (ticks as u128 * 1000 / TSC_KHZ.load(Ordering::Relaxed).max(1) as u128) as u64

@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+mod balloon;
 mod boot;
 mod clock;
 mod cmdline;
@@ -21,6 +22,7 @@ mod port;
 mod power;
 mod pvh;
 mod run;
+mod seed;
 mod serial;
 mod virtio_pci;
 
@@ -79,12 +81,13 @@ extern "C" fn kmain(start_info: u32) -> ! {
     let result = match cmdline::get(cmdline, "scenario").unwrap_or("balloon") {
         "boot" => Ok(()),
         "balloon" => run::run(cmdline, memory),
+        "seed" => seed::run(cmdline, memory),
         "fault" => {
             // SAFETY: deliberately reads unmapped memory to show the exception path.
             unsafe { core::ptr::read_volatile(0x7f00_dead_0000 as *const u64) };
             Ok(())
         }
-        _ => Err("unknown prezero.scenario (boot, balloon, fault)"),
+        _ => Err("unknown prezero.scenario (boot, balloon, seed, fault)"),
     };
     if let Err(e) = result {
         fail(e);

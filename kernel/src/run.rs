@@ -19,21 +19,14 @@
 
 use core::time::Duration;
 
-use prezero_driver::{BalloonDriver, DriverOptions};
+use prezero_driver::DriverOptions;
 use prezero_mm::{AllocFlags, FreeHint, Pfn, FRAME_SIZE, PAGEBLOCK_ORDER};
 
+use crate::balloon::{self, now, Driver};
 use crate::cmdline;
 use crate::mem::{self, with_zone, Phys};
 use crate::physmem::PhysMemory;
-use crate::virtio_pci::VirtioPci;
 use crate::{clock, println};
-
-/// The driver as this kernel instantiates it.
-type Driver = BalloonDriver<VirtioPci, PhysMemory, fn() -> Duration>;
-
-fn now() -> Duration {
-    Duration::from_nanos(clock::now_ns())
-}
 
 const BLOCK: u64 = FRAME_SIZE << PAGEBLOCK_ORDER;
 
@@ -47,33 +40,7 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
         confidential: cmdline::flag(cmdline, "confidential"),
         ..DriverOptions::default()
     };
-    let dev = VirtioPci::find(5, 0x1002)
-        .map_err(|e| {
-            println!("prezero-kernel: virtio-pci: {e}");
-            "the balloon device could not be set up"
-        })?
-        .ok_or("no virtio-balloon on PCI bus 0 (add -device virtio-balloon-pci or vhost-user-test-device-pci,virtio-id=5)")?;
-    let address = dev.address();
-    let mut driver: Driver =
-        with_zone(|z| BalloonDriver::new(dev, memory, now as fn() -> Duration, z, opts)).map_err(
-            |e| {
-                println!("prezero-kernel: driver: {e}");
-                "the balloon driver did not start"
-            },
-        )?;
-    let (init, trusted) = with_zone(|z| {
-        let d = z.device_init();
-        (d, z.config().trusts_device_zeroing(d.reported))
-    });
-    println!(
-        "PREZERO event=negotiated pci={:02x}.{} features={:#x} init_reported={} init_on_inflate={} trusted={}",
-        address.device,
-        address.function,
-        driver.features().bits(),
-        init.reported,
-        init.on_inflate,
-        trusted
-    );
+    let mut driver = balloon::start(memory, opts)?;
 
     let blocks = (mib << 20) / BLOCK;
     let taken = take_blocks(blocks, AllocFlags::NONE)?;
