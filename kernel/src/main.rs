@@ -1,7 +1,40 @@
 //! # prezero-kernel
 //!
-//! A small x86-64 kernel that QEMU boots (PVH): every physical frame comes from a
-//! `prezero-mm` zone, and the virtio-balloon driver runs over virtio-pci.
+//! A small x86-64 kernel that QEMU boots (PVH, `-kernel`): every physical frame of the VM
+//! comes from a `prezero-mm` zone, and the virtio-balloon driver of the Rust guest
+//! (`prezero-driver`, the same code) runs over virtio-pci against QEMU's own balloon or
+//! `prezero serve` behind `vhost-user-test-device-pci`. Built by `scripts/kernel-build.sh` with
+//! the installed stable toolchain and the host target's precompiled `core`/`alloc` (no
+//! `rustup target add`, no nightly); booted by `harness/linux/src/kernel_vm.rs`, tested by
+//! `harness/linux/tests/kernel_qemu.rs`, measured by `prezero bench seed-table --vm`.
+//!
+//! | file | job |
+//! |---|---|
+//! | `boot.rs` | PVH note, 32-bit stub: identity map of 4 GiB (2 MiB pages), PAE, SSE, long mode |
+//! | `pvh.rs` | the start info: memory map (e820 types) and command line, copied out |
+//! | `mem.rs` | the zone over the RAM of the map (holes, first MiB, image, metadata kept out) |
+//! | `paging.rs` | the kernel's page tables from zone frames; device registers mapped uncached |
+//! | `heap.rs` | the `alloc` heap: a buddy heap fed with 4 MiB zone blocks |
+//! | `clock.rs` | TSC calibrated against the PIT |
+//! | `idt.rs` | the 32 CPU exceptions: print what faulted, fail the run |
+//! | `serial.rs`, `port.rs` | COM1 console, port I/O |
+//! | `power.rs` | ACPI power-off (success) or `isa-debug-exit` (failure code) |
+//! | `pci.rs` | configuration space (0xCF8/0xCFC), bus-0 scan, capabilities, BARs |
+//! | `virtio_pci.rs` | the virtio-pci modern transport: `prezero-driver`'s `VirtioTransport` |
+//! | `physmem.rs` | identity-mapped RAM as `prezero-virtq`'s `QueueMemory` |
+//! | `balloon.rs` | the shared driver started over the transport |
+//! | `run.rs`, `seed.rs` | the scenarios: the balloon run, the seed measurement |
+//! | `cmdline.rs` | `prezero.KEY=VALUE` words of the command line |
+//! | `libc.rs` | `memcpy` & co., which the precompiled `core` calls |
+//!
+//! Memory layout: the image at 1 MiB, then the zone's metadata (12 bytes per frame), all the
+//! rest of RAM in the zone. One CPU, interrupts off, devices polled. Each result is a
+//! `PREZERO event=NAME key=value` line on COM1 (the harness's format for its Linux guests).
+//!
+//! Command line: `prezero.scenario=` `balloon` (default, `run.rs`), `seed` (`seed.rs`), `boot`
+//! (to `kmain` and off), `fault` (a page fault, to show the exception path);
+//! `prezero.check=1` reads back every block the zone serves as known-zero and fails the run
+//! (exit code 4) on a non-zero byte.
 #![no_std]
 #![no_main]
 

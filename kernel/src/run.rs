@@ -11,7 +11,9 @@
 //!    (`prezero balloon set`, or QEMU's `balloon` command) and answers stats requests, printing
 //!    `balloon actual=PAGES` on each change, until `prezero.cycles` inflate/deflate cycles came
 //!    back to 0 (default 1). The kernel touches no memory meanwhile, so the host can measure
-//!    what reporting gave back. Deflated pages are taken back with ZERO at once.
+//!    what reporting gave back. Deflated pages are taken back with ZERO at once. With
+//!    `prezero.oom_mib=N`, right after the first inflation the kernel allocates N MiB in 4 KiB
+//!    pages, deflating on OOM whenever memory runs out (`oom mib= deflated= balloon=`).
 //! 5. `zero-alloc`: the workload's amount allocated with ZERO: blocks the device zeroed skip
 //!    zeroing (with `prezero.check=1` each is read back and must be zero); against a device
 //!    without bits 6/7 nothing may skip.
@@ -36,6 +38,8 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
     let wait = cmdline::number(cmdline, "wait", 0).map_err(|_| "prezero.wait is not a number")?;
     let cycles =
         cmdline::number(cmdline, "cycles", 1).map_err(|_| "prezero.cycles is not a number")?;
+    let oom_mib =
+        cmdline::number(cmdline, "oom_mib", 0).map_err(|_| "prezero.oom_mib is not a number")?;
     let opts = DriverOptions {
         confidential: cmdline::flag(cmdline, "confidential"),
         ..DriverOptions::default()
@@ -63,7 +67,10 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
     );
 
     if wait > 0 {
-        follow_target(&mut driver, Duration::from_secs(wait), cycles)?;
+        follow_target(&mut driver, Duration::from_secs(wait), cycles, oom_mib)?;
+        // What the balloon cycle freed (deflated pages, the OOM workload) is dirty or reported
+        // piecemeal: report it all, as the zone's pacing would a little later.
+        with_zone(|z| z.report_flush(&mut driver));
     }
     let before = with_zone(|z| *z.stat());
     let taken = take_blocks(blocks, AllocFlags::ZERO)?;
@@ -99,8 +106,15 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
 }
 
 /// Follows the device's target until `cycles` inflations came back to 0, within `limit`;
-/// free page reporting runs on the zone's own pacing meanwhile.
-fn follow_target(driver: &mut Driver, limit: Duration, cycles: u64) -> Result<(), &'static str> {
+/// free page reporting runs on the zone's own pacing meanwhile. With `oom_mib`, the first
+/// inflation is followed by an allocation of that much memory that deflate-on-OOM must make
+/// room for.
+fn follow_target(
+    driver: &mut Driver,
+    limit: Duration,
+    cycles: u64,
+    mut oom_mib: u64,
+) -> Result<(), &'static str> {
     println!("PREZERO event=ready");
     let deadline = now() + limit;
     let (mut last, mut done, mut inflated) = (0usize, 0u64, false);
@@ -122,6 +136,13 @@ fn follow_target(driver: &mut Driver, limit: Duration, cycles: u64) -> Result<()
                 give_back_pages(&got);
             }
             inflated |= pages > 0;
+            if pages > last && oom_mib > 0 {
+                // `poll` inflated all the way to the target (or as far as memory allowed).
+                last = pages;
+                out_of_memory(driver, oom_mib)?;
+                oom_mib = 0;
+                continue;
+            }
             if inflated && pages == 0 {
                 done += 1;
                 inflated = false;
@@ -131,6 +152,36 @@ fn follow_target(driver: &mut Driver, limit: Duration, cycles: u64) -> Result<()
         let ms = clock::now_ns() / 1_000_000;
         with_zone(|z| z.report_pass(ms, driver));
     }
+    Ok(())
+}
+
+/// Takes `mib` MiB of 4 KiB pages while the balloon holds most of memory: each allocation
+/// that fails asks the driver to deflate on OOM (256 pages, Linux's
+/// `OOM_VBALLOON_DEFAULT_PAGES`) and retries, as Linux's OOM notifier does. Prints
+/// `oom mib= deflated=`, then frees the pages.
+fn out_of_memory(driver: &mut Driver, mib: u64) -> Result<(), &'static str> {
+    let pages = (mib << 20) / FRAME_SIZE;
+    let mut held = alloc::vec::Vec::with_capacity(pages as usize);
+    let mut deflated = 0;
+    while (held.len() as u64) < pages {
+        if let Some(a) = mem::alloc(0, AllocFlags::NONE) {
+            held.push(a.pfn);
+            continue;
+        }
+        let n = with_zone(|z| driver.deflate_on_oom(z)).map_err(|e| {
+            println!("prezero-kernel: driver: {e}");
+            "deflate on OOM failed"
+        })?;
+        if n == 0 {
+            return Err("out of memory, and the balloon gave nothing back");
+        }
+        deflated += n;
+    }
+    give_back_pages(&held);
+    println!(
+        "PREZERO event=oom mib={mib} deflated={deflated} balloon={}",
+        driver.balloon_pages()
+    );
     Ok(())
 }
 

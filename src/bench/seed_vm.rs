@@ -76,9 +76,8 @@ impl VmRuns {
 /// Boots the kernel once per mode and gathers its runs.
 pub fn measure(o: &VmOptions, progress: &mut Progress) -> Result<VmRuns> {
     let cache = default_cache_dir();
-    let qemu = find_qemu(&cache).context(
-        "no QEMU >= 10.2 with vhost-user-test-device-pci: run scripts/qemu-setup.sh",
-    )?;
+    let qemu = find_qemu(&cache)
+        .context("no QEMU >= 10.2 with vhost-user-test-device-pci: run scripts/qemu-setup.sh")?;
     progress.step("building the kernel (scripts/kernel-build.sh)");
     let kernel = match &o.kernel {
         Some(k) => k.clone(),
@@ -126,7 +125,10 @@ pub fn measure(o: &VmOptions, progress: &mut Progress) -> Result<VmRuns> {
         let tail = vm.console().tail(20);
         vm.shutdown();
         if KernelExit::from_code(out.exit_code) != KernelExit::Success {
-            bail!("the {mode} VM failed (QEMU exit {:?}):\n{tail}", out.exit_code);
+            bail!(
+                "the {mode} VM failed (QEMU exit {:?}):\n{tail}",
+                out.exit_code
+            );
         }
         for e in out.events_named("seed-run") {
             let r = runs
@@ -142,7 +144,9 @@ pub fn measure(o: &VmOptions, progress: &mut Progress) -> Result<VmRuns> {
     daemon.kill();
     for g in GRANULARITIES {
         for m in MODES {
-            let n = runs.get(&(g.to_owned(), m.to_owned())).map_or(0, |r| r.total_ms.len());
+            let n = runs
+                .get(&(g.to_owned(), m.to_owned()))
+                .map_or(0, |r| r.total_ms.len());
             if n != o.repeats {
                 bail!("the {m} VM printed {n} of {} {g} runs", o.repeats);
             }

@@ -244,7 +244,11 @@ fn rings_and_report_batches_fit_the_devices_queue_sizes() {
         let mut r = rig_sized(offered(), DriverOptions::default(), &[64, 100, 128, max]);
         let pass = r.zone.report_flush(&mut r.driver);
         let m = r.host.with_device(|d| d.metrics());
-        assert!(m.reporting_buffers > per_request, "{} blocks", m.reporting_buffers);
+        assert!(
+            m.reporting_buffers > per_request,
+            "{} blocks",
+            m.reporting_buffers
+        );
         assert_eq!(pass.requests, m.reporting_buffers.div_ceil(per_request));
         assert_eq!(pass.pages_zeroed, pass.pages_reported);
         // Inflate and deflate still work on the smaller rings.

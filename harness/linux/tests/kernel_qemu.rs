@@ -24,8 +24,14 @@ const MIB: u64 = 1 << 20;
 const MEM_MIB: u64 = 512;
 /// What the kernel writes, frees and reports (`prezero.mib`).
 const WORKLOAD_MIB: u64 = 64;
-/// The balloon of each run: 16384 pages of 4 KiB.
+/// The balloon QEMU's monitor asks for: 16384 pages of 4 KiB.
 const BALLOON_MIB: u64 = 64;
+/// The balloon asked of the kernel through `prezero serve`: most of its free memory, so that
+/// `prezero.oom_mib` more must come from deflate-on-OOM.
+const BIG_BALLOON_MIB: u64 = 448;
+/// What the kernel allocates right after that inflation.
+const OOM_MIB: u64 = 64;
+const PAGE: u64 = 4096;
 
 struct Env {
     qemu: PathBuf,
@@ -110,7 +116,8 @@ fn wait_balloon(vm: &mut GuestProcess, pages: u64) {
     let want = pages.to_string();
     vm.console()
         .wait_for(&format!("balloon actual={pages}"), GUARD, |l| {
-            Event::parse(&l.text).is_some_and(|e| e.name == "balloon" && e.get("actual") == Some(&want))
+            Event::parse(&l.text)
+                .is_some_and(|e| e.name == "balloon" && e.get("actual") == Some(&want))
         })
         .unwrap();
 }
@@ -139,14 +146,16 @@ fn print_timing(out: &prezero_linux_harness::vm::RunOutcome, label: &str) {
 
 /// Against `prezero serve`: bits 6 and 7 negotiated and believed, reporting punches QEMU's
 /// memfd and every block comes back zeroed, a target set through the control socket is met and
-/// `actual` reaches the daemon, stats are answered, the deflated pages and the reported blocks
-/// are served known-zero and read zero (the kernel checks each one).
+/// `actual` reaches the daemon, an allocation past the remaining memory deflates on OOM (and
+/// `actual` follows), stats are answered, the deflated pages and the reported blocks are served
+/// known-zero and read zero (the kernel checks each one).
 #[test]
 fn kernel_balloon_against_prezero_serve() {
     let Some(e) = env() else { return };
     let _serial = one_at_a_time();
     let d = Daemon::start(&e.cache, "kernel", &[]);
-    let append = balloon_run();
+    let mut append = balloon_run();
+    append.push(format!("prezero.oom_mib={OOM_MIB}"));
     let append: Vec<&str> = append.iter().map(String::as_str).collect();
     let mut vm = config(e, QemuBalloon::vhost_user(d.socket()), &append)
         .boot()
@@ -155,27 +164,44 @@ fn kernel_balloon_against_prezero_serve() {
 
     let negotiated = event(&mut vm, "negotiated");
     let status = d.status();
-    let features = u64::from_str_radix(negotiated.get("features").unwrap().trim_start_matches("0x"), 16).unwrap();
+    let features = u64::from_str_radix(
+        negotiated.get("features").unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
     assert_eq!(Some(features), status["negotiated_features"].as_u64());
     for key in ["init_reported", "init_on_inflate", "trusted"] {
         assert_eq!(negotiated.get(key), Some("true"), "{negotiated:?}");
     }
     let reported = event(&mut vm, "reported");
-    assert!(num(&reported, "pages") * 4096 > WORKLOAD_MIB * MIB, "{reported:?}");
+    assert!(
+        num(&reported, "pages") * PAGE > WORKLOAD_MIB * MIB,
+        "{reported:?}"
+    );
     assert_eq!(num(&reported, "zeroed"), num(&reported, "pages"));
     assert_eq!(num(&reported, "failed"), 0);
     event(&mut vm, "ready");
     let low = assert_reporting_punched(&mut probe);
-    assert!(d.counter("reported_bytes") >= num(&reported, "pages") * 4096);
+    assert!(d.counter("reported_bytes") >= num(&reported, "pages") * PAGE);
 
-    d.set(&format!("{BALLOON_MIB}M"));
-    wait_balloon(&mut vm, BALLOON_MIB * MIB / 4096);
-    d.wait_actual(BALLOON_MIB * MIB);
+    let inflated = BIG_BALLOON_MIB * MIB / PAGE;
+    d.set(&format!("{BIG_BALLOON_MIB}M"));
+    wait_balloon(&mut vm, inflated);
+    let oom = event(&mut vm, "oom");
+    let deflated = num(&oom, "deflated");
+    assert!(deflated > 0, "{oom:?}");
+    assert_eq!(num(&oom, "balloon"), inflated - deflated);
+    d.wait_actual((inflated - deflated) * PAGE);
+    eprintln!("deflate-on-OOM: {deflated} of {inflated} pages for {OOM_MIB} MiB");
     let stats = d.balloon(&["stats"]);
     let values = &stats["stats"]["values"];
-    let (free, total) = (values["free_memory"].as_u64(), values["total_memory"].as_u64());
+    let (free, total) = (
+        values["free_memory"].as_u64(),
+        values["total_memory"].as_u64(),
+    );
     assert!(
-        free.is_some_and(|f| f > 0) && total.is_some_and(|t| t <= MEM_MIB * MIB - BALLOON_MIB * MIB),
+        free.is_some_and(|f| f > 0)
+            && total.is_some_and(|t| t <= MEM_MIB * MIB - (inflated - deflated) * PAGE),
         "stats from the kernel (total without the balloon): {stats}"
     );
     d.set("0");
@@ -187,11 +213,15 @@ fn kernel_balloon_against_prezero_serve() {
     let blocks = num(zero, "blocks");
     assert_eq!(blocks, WORKLOAD_MIB / 2);
     assert_eq!(zero.get("checked"), Some("true"));
-    assert!(num(zero, "skipped_pages") > 0, "nothing was served known-zero: {zero:?}");
+    assert!(
+        num(zero, "skipped_pages") > 0,
+        "nothing was served known-zero: {zero:?}"
+    );
     let s = out.event("stats").unwrap();
-    assert_eq!(num(s, "pages_inflated"), BALLOON_MIB * MIB / 4096);
-    assert_eq!(num(s, "pages_inflated_zeroed"), num(s, "pages_inflated"));
-    assert_eq!(num(s, "pages_deflated_zeroed"), num(s, "pages_inflated"));
+    assert_eq!(num(s, "pages_inflated"), inflated);
+    assert_eq!(num(s, "pages_inflated_zeroed"), inflated);
+    assert_eq!(num(s, "pages_deflated"), inflated);
+    assert_eq!(num(s, "pages_deflated_zeroed"), inflated);
     assert!(num(s, "stats_updates") >= 2, "{s:?}");
     assert_eq!(d.errors(), 0, "device errors: {}", d.device());
     eprintln!("memfd after reporting: {low:.1} MiB");
@@ -223,14 +253,21 @@ fn kernel_balloon_against_qemus_own_device() {
         assert_eq!(negotiated.get(key), Some("false"), "{negotiated:?}");
     }
     let reported = event(&mut vm, "reported");
-    assert!(num(&reported, "pages") * 4096 > WORKLOAD_MIB * MIB, "{reported:?}");
-    assert_eq!(num(&reported, "zeroed"), 0, "QEMU's device never says it zeroed");
+    assert!(
+        num(&reported, "pages") * PAGE > WORKLOAD_MIB * MIB,
+        "{reported:?}"
+    );
+    assert_eq!(
+        num(&reported, "zeroed"),
+        0,
+        "QEMU's device never says it zeroed"
+    );
     event(&mut vm, "ready");
     let low = assert_reporting_punched(&mut probe);
 
     // QEMU's `balloon` takes the guest size it should be left with.
     monitor_command(&monitor, &format!("balloon {}", MEM_MIB - BALLOON_MIB)).unwrap();
-    wait_balloon(&mut vm, BALLOON_MIB * MIB / 4096);
+    wait_balloon(&mut vm, BALLOON_MIB * MIB / PAGE);
     monitor_command(&monitor, &format!("balloon {MEM_MIB}")).unwrap();
     wait_balloon(&mut vm, 0);
 
@@ -265,4 +302,3 @@ fn kernel_exception_fails_the_run() {
         vm.console().tail(10)
     );
 }
-

@@ -147,8 +147,13 @@ impl VirtioTransport for InProcess {
 
     fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), InProcessError> {
         let mut s = self.state()?;
-        if s.max_sizes.get(usize::from(index)).is_some_and(|&m| ring.size > m) {
-            return Err(InProcessError::Sequence("a ring larger than the queue's maximum"));
+        if s.max_sizes
+            .get(usize::from(index))
+            .is_some_and(|&m| ring.size > m)
+        {
+            return Err(InProcessError::Sequence(
+                "a ring larger than the queue's maximum",
+            ));
         }
         if s.mem.is_none() {
             return Err(InProcessError::Sequence("set_memory before setup_queue"));
