@@ -32,7 +32,8 @@
 //! `PREZERO event=NAME key=value` line on COM1 (the harness's format for its Linux guests).
 //!
 //! Command line: `prezero.scenario=` `balloon` (default, `run.rs`), `seed` (`seed.rs`), `boot`
-//! (to `kmain` and off), `fault` (a page fault, to show the exception path);
+//! (to `kmain` and off), `fault` (a page fault, to show the exception path), `lying-device`
+//! (the known-zero check's own test: a fake reporting sink claims dirty blocks zeroed);
 //! `prezero.check=1` reads back every block the zone serves as known-zero and fails the run
 //! (exit code 4) on a non-zero byte.
 #![no_std]
@@ -115,12 +116,13 @@ extern "C" fn kmain(start_info: u32) -> ! {
         "boot" => Ok(()),
         "balloon" => run::run(cmdline, memory),
         "seed" => seed::run(cmdline, memory),
+        "lying-device" => run::lying_device(),
         "fault" => {
             // SAFETY: deliberately reads unmapped memory to show the exception path.
             unsafe { core::ptr::read_volatile(0x7f00_dead_0000 as *const u64) };
             Ok(())
         }
-        _ => Err("unknown prezero.scenario (boot, balloon, seed, fault)"),
+        _ => Err("unknown prezero.scenario (boot, balloon, seed, lying-device, fault)"),
     };
     if let Err(e) = result {
         fail(e);

@@ -22,7 +22,10 @@
 use core::time::Duration;
 
 use prezero_driver::DriverOptions;
-use prezero_mm::{AllocFlags, FreeHint, Pfn, FRAME_SIZE, PAGEBLOCK_ORDER};
+use prezero_mm::{
+    AllocFlags, DeviceInit, FreeHint, Pfn, ReportBlock, ReportOutcome, ReportSink, FRAME_SIZE,
+    PAGEBLOCK_ORDER,
+};
 
 use crate::balloon::{self, now, Driver};
 use crate::cmdline;
@@ -183,6 +186,34 @@ fn out_of_memory(driver: &mut Driver, mib: u64) -> Result<(), &'static str> {
         driver.balloon_pages()
     );
     Ok(())
+}
+
+/// The known-zero check's own test (`prezero.scenario=lying-device`): a reporting "device"
+/// that says it zeroed blocks it never touched, after the kernel wrote them. With
+/// `prezero.check=1` the first ZERO allocation that trusts it must fail the run (exit code 4);
+/// returning is the failure.
+pub fn lying_device() -> Result<(), &'static str> {
+    struct Liar;
+    impl ReportSink for Liar {
+        fn report(&mut self, _: &[ReportBlock], outcomes: &mut [ReportOutcome]) {
+            outcomes.fill(ReportOutcome::ReportedZeroed);
+        }
+    }
+    with_zone(|z| {
+        z.set_device_init(DeviceInit {
+            reported: true,
+            on_inflate: false,
+        })
+    });
+    let taken = take_blocks(8, AllocFlags::NONE)?;
+    for &pfn in &taken {
+        // SAFETY: a 2 MiB block just allocated, identity mapped.
+        unsafe { core::ptr::write_bytes(pfn.addr() as *mut u8, 0x5a, BLOCK as usize) };
+    }
+    give_back(&taken);
+    with_zone(|z| z.report_flush(&mut Liar));
+    take_blocks(8, AllocFlags::ZERO)?;
+    Err("a lying device's blocks were served known-zero and the check did not notice")
 }
 
 fn take_blocks(n: u64, flags: AllocFlags) -> Result<alloc::vec::Vec<Pfn>, &'static str> {

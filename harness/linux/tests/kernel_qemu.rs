@@ -302,3 +302,28 @@ fn kernel_exception_fails_the_run() {
         vm.console().tail(10)
     );
 }
+
+/// The known-zero check catches a device that lies: blocks the kernel wrote, "zeroed" by a
+/// fake reporting sink, fail the run at their first ZERO allocation (exit code 4); without
+/// the check they would be handed out dirty.
+#[test]
+fn kernel_known_zero_check_catches_a_lying_device() {
+    let Some(e) = env() else { return };
+    let _serial = one_at_a_time();
+    let own = QemuBalloon::Own {
+        free_page_reporting: false,
+        deflate_on_oom: false,
+    };
+    let mut vm = config(e, own, &["prezero.scenario=lying-device", "prezero.check=1"])
+        .boot()
+        .unwrap();
+    let out = vm.run_to_exit(GUARD).unwrap();
+    vm.shutdown();
+    assert_eq!(
+        KernelExit::from_code(out.exit_code),
+        KernelExit::Failed(4),
+        "{}",
+        vm.console().tail(10)
+    );
+    assert!(out.console_contains("FAIL known-zero block"));
+}
