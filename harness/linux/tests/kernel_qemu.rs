@@ -314,9 +314,13 @@ fn kernel_known_zero_check_catches_a_lying_device() {
         free_page_reporting: false,
         deflate_on_oom: false,
     };
-    let mut vm = config(e, own, &["prezero.scenario=lying-device", "prezero.check=1"])
-        .boot()
-        .unwrap();
+    let mut vm = config(
+        e,
+        own,
+        &["prezero.scenario=lying-device", "prezero.check=1"],
+    )
+    .boot()
+    .unwrap();
     let out = vm.run_to_exit(GUARD).unwrap();
     vm.shutdown();
     assert_eq!(
