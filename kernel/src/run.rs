@@ -50,12 +50,12 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
     let mut driver = balloon::start(memory, opts)?;
 
     let blocks = (mib << 20) / BLOCK;
-    let taken = take_blocks(blocks, AllocFlags::NONE)?;
+    let taken = take(blocks, PAGEBLOCK_ORDER, AllocFlags::NONE)?;
     for &pfn in &taken {
         // SAFETY: a 2 MiB block just allocated, identity mapped.
         unsafe { core::ptr::write_bytes(pfn.addr() as *mut u8, 0x5a, BLOCK as usize) };
     }
-    give_back(&taken);
+    give_back(&taken, PAGEBLOCK_ORDER);
     println!("PREZERO event=freed mib={mib}");
 
     let t = clock::now_ns();
@@ -76,9 +76,9 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
         with_zone(|z| z.report_flush(&mut driver));
     }
     let before = with_zone(|z| *z.stat());
-    let taken = take_blocks(blocks, AllocFlags::ZERO)?;
+    let taken = take(blocks, PAGEBLOCK_ORDER, AllocFlags::ZERO)?;
     let after = with_zone(|z| *z.stat());
-    give_back(&taken);
+    give_back(&taken, PAGEBLOCK_ORDER);
     println!(
         "PREZERO event=zero-alloc blocks={} hits={} skipped_pages={} zeroed_pages={} checked={}",
         taken.len(),
@@ -135,8 +135,8 @@ fn follow_target(
             // Deflated pages come back known-zero when the device zeroed them on inflate:
             // take them with ZERO so the known-zero check sees them.
             if pages < last {
-                let got = take_pages(last - pages)?;
-                give_back_pages(&got);
+                let got = take((last - pages) as u64, 0, AllocFlags::ZERO)?;
+                give_back(&got, 0);
             }
             inflated |= pages > 0;
             if pages > last && oom_mib > 0 {
@@ -180,7 +180,7 @@ fn out_of_memory(driver: &mut Driver, mib: u64) -> Result<(), &'static str> {
         }
         deflated += n;
     }
-    give_back_pages(&held);
+    give_back(&held, 0);
     println!(
         "PREZERO event=oom mib={mib} deflated={deflated} balloon={}",
         driver.balloon_pages()
@@ -205,51 +205,34 @@ pub fn lying_device() -> Result<(), &'static str> {
             on_inflate: false,
         })
     });
-    let taken = take_blocks(8, AllocFlags::NONE)?;
+    let taken = take(8, PAGEBLOCK_ORDER, AllocFlags::NONE)?;
     for &pfn in &taken {
         // SAFETY: a 2 MiB block just allocated, identity mapped.
         unsafe { core::ptr::write_bytes(pfn.addr() as *mut u8, 0x5a, BLOCK as usize) };
     }
-    give_back(&taken);
+    give_back(&taken, PAGEBLOCK_ORDER);
     with_zone(|z| z.report_flush(&mut Liar));
-    take_blocks(8, AllocFlags::ZERO)?;
+    take(8, PAGEBLOCK_ORDER, AllocFlags::ZERO)?;
     Err("a lying device's blocks were served known-zero and the check did not notice")
 }
 
-fn take_blocks(n: u64, flags: AllocFlags) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
+/// Takes `n` blocks of `order`.
+fn take(n: u64, order: u8, flags: AllocFlags) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
     (0..n)
         .map(|_| {
-            mem::alloc(PAGEBLOCK_ORDER, flags)
+            mem::alloc(order, flags)
                 .map(|a| a.pfn)
                 .ok_or("out of memory for the workload")
         })
         .collect()
 }
 
-fn give_back(blocks: &[Pfn]) {
+/// Frees blocks of `order` this run took, dirty.
+fn give_back(blocks: &[Pfn], order: u8) {
     with_zone(|z| {
         for &pfn in blocks {
-            z.free(pfn, PAGEBLOCK_ORDER, FreeHint::None, &mut Phys)
+            z.free(pfn, order, FreeHint::None, &mut Phys)
                 .expect("a block this run allocated");
-        }
-    });
-}
-
-fn take_pages(n: usize) -> Result<alloc::vec::Vec<Pfn>, &'static str> {
-    (0..n)
-        .map(|_| {
-            mem::alloc(0, AllocFlags::ZERO)
-                .map(|a| a.pfn)
-                .ok_or("out of memory after a deflate")
-        })
-        .collect()
-}
-
-fn give_back_pages(pages: &[Pfn]) {
-    with_zone(|z| {
-        for &pfn in pages {
-            z.free(pfn, 0, FreeHint::None, &mut Phys)
-                .expect("a page this run allocated");
         }
     });
 }

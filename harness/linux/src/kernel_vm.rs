@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::error::{io_err, Error, Result};
-use crate::qemu::{Accel, QemuBalloon};
+use crate::qemu::{monitor_args, Accel, QemuBalloon};
 use crate::vm::GuestProcess;
 
 /// The repository root (the harness is `harness/linux` in it).
@@ -123,10 +123,7 @@ impl KernelVmConfig {
         .map(String::from)
         .into();
         if let Some(m) = &self.monitor {
-            args.extend([
-                "-monitor".into(),
-                format!("unix:{},server=on,wait=off", m.display()),
-            ]);
+            args.extend(monitor_args(m));
         }
         args.extend([
             "-kernel".into(),
