@@ -14,6 +14,14 @@
 //!   reads the same generation before and after: with a vhost-user device every config read is
 //!   a round trip to the daemon (`GET_CONFIG`), so the driver reads config only on a change.
 
+//!
+//! Why not `virtio-drivers` (rcore-os): its `PciTransport` implements that crate's own
+//! `Transport` trait for its own `VirtQueue` and `Hal` (DMA allocation and address
+//! translation), and its initialization does not check that `FEATURES_OK` stuck; the balloon
+//! driver here already has its ring (`prezero-virtq`) and needs only the register accesses
+//! below, under `prezero-driver`'s `VirtioTransport`. (Why its ring does not fit either:
+//! `crates/virtq/src/lib.rs`.)
+
 use core::ptr::{read_volatile, write_volatile};
 
 use core::time::Duration;
