@@ -13,7 +13,6 @@
 //!   (4.1.4.3) also flags a config change, and `read_config` retries until it
 //!   reads the same generation before and after: with a vhost-user device every config read is
 //!   a round trip to the daemon (`GET_CONFIG`), so the driver reads config only on a change.
-
 //!
 //! Why not `virtio-drivers` (rcore-os): its `PciTransport` implements that crate's own
 //! `Transport` trait for its own `VirtQueue` and `Hal` (DMA allocation and address
@@ -23,7 +22,6 @@
 //! `crates/virtq/src/lib.rs`.)
 
 use core::ptr::{read_volatile, write_volatile};
-
 use core::time::Duration;
 
 use prezero_driver::{Events, RingLayout, VirtioTransport};
