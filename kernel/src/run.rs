@@ -91,7 +91,7 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
     let s = driver.stats();
     let v = with_zone(|z| *z.stat());
     println!(
-        "PREZERO event=stats report_requests={} inflate_requests={} deflate_requests={} pages_inflated={} pages_inflated_zeroed={} pages_deflated={} stats_updates={} config_changes={} pages_reported={} pages_reported_zeroed={} pages_zero_skipped={} pages_deflated_zeroed={}",
+        "PREZERO event=stats report_requests={} inflate_requests={} deflate_requests={} pages_inflated={} pages_inflated_zeroed={} pages_deflated={} stats_updates={} config_changes={} config_reads={} pages_reported={} pages_reported_zeroed={} pages_zero_skipped={} pages_deflated_zeroed={}",
         s.report_requests,
         s.inflate_requests,
         s.deflate_requests,
@@ -100,6 +100,7 @@ pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
         s.pages_deflated,
         s.stats_updates,
         s.config_changes,
+        driver.transport().config_reads(),
         v.pages_reported,
         v.pages_reported_zeroed,
         v.pages_zero_skipped,

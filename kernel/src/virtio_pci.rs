@@ -132,6 +132,7 @@ pub struct VirtioPci {
     notify_offsets: [u16; MAX_QUEUES],
     enabled: u64,
     generation: core::cell::Cell<u8>,
+    config_reads: u64,
 }
 
 impl VirtioPci {
@@ -196,6 +197,7 @@ impl VirtioPci {
             notify_offsets: [0; MAX_QUEUES],
             enabled: 0,
             generation: core::cell::Cell::new(0),
+            config_reads: 0,
         };
         dev.reset();
         dev.set_status(ACKNOWLEDGE);
@@ -207,6 +209,12 @@ impl VirtioPci {
         dev.num_queues = dev.r16(NUM_QUEUES);
         dev.generation.set(dev.r8(CONFIG_GENERATION));
         Ok(dev)
+    }
+
+    /// Passes over the device config `read_config` made (a retry after a generation change
+    /// counts again): each is one `GET_CONFIG` round trip to a vhost-user daemon.
+    pub fn config_reads(&self) -> u64 {
+        self.config_reads
     }
 
     /// Where the device sits on the bus.
@@ -383,6 +391,7 @@ impl VirtioTransport for VirtioPci {
     fn read_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Self::Error> {
         self.config_range(offset, buf.len())?;
         loop {
+            self.config_reads += 1;
             let before = self.r8(CONFIG_GENERATION);
             let mut at = 0;
             while at < buf.len() {

@@ -223,6 +223,17 @@ fn kernel_balloon_against_prezero_serve() {
     assert_eq!(num(s, "pages_deflated"), inflated);
     assert_eq!(num(s, "pages_deflated_zeroed"), inflated);
     assert!(num(s, "stats_updates") >= 2, "{s:?}");
+    // Config is read only when the transport saw it change (each read is a GET_CONFIG round
+    // trip to the daemon): one `num_pages` read per change, not one per poll.
+    assert!(
+        num(s, "config_reads") <= 2 * num(s, "config_changes") + 2,
+        "{s:?}"
+    );
+    eprintln!(
+        "config reads {} for {} config changes",
+        num(s, "config_reads"),
+        num(s, "config_changes")
+    );
     assert_eq!(d.errors(), 0, "device errors: {}", d.device());
     eprintln!("memfd after reporting: {low:.1} MiB");
     print_timing(&out, "prezero serve");
