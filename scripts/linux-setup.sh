@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # linux-setup.sh: install what prezero's Linux-guest harness (harness/linux) needs.
 #
-#   scripts/linux-setup.sh [--peer] [--cache DIR]
+#   scripts/linux-setup.sh [--peer] [--uml7] [--uml7-suite SUITE] [--cache DIR]
 #
 # Always: the apt packages `user-mode-linux` (the UML kernel /usr/bin/linux.uml and its
 # modules under /usr/lib/uml/modules), `busybox-static` and `cpio`.
@@ -11,6 +11,17 @@
 # DIR/cloud-kernel/<package>/ (DIR defaults to $PREZERO_LINUX_CACHE, else
 # $CARGO_TARGET_DIR/prezero-linux, else <repo>/target/prezero-linux).
 #
+# With --uml7 (the newest stock driver: `prezero linux --kernel 7`, tests/linux_uml7.rs): Debian's
+# prebuilt `user-mode-linux` 7.x from a newer suite (SUITE, default forky: Debian 12 has 6.1,
+# trixie 6.12, forky and sid 7.2) with its libc closure, unpacked into DIR/uml7/prefix, never
+# into the system: apt runs with a private configuration (its own sources list, lists, cache and
+# an empty dpkg status file, as scripts/qemu-setup.sh does) and `dpkg-deb -x` unpacks each
+# package. The binary needs glibc >= 2.38 (Debian 12 has 2.36), so `patchelf` (apt, installed if
+# missing) points its interpreter and rpath at the prefix's own loader and glibc; its modules
+# (virtio_balloon.ko of the same build) stay in DIR/uml7/prefix/usr/lib/uml/modules/<release>.
+# A 40 MB download (192 MB unpacked), 15-35 s once; 0.1 s when cached. Prints `uml7=PATH`
+# (the patched linux.uml).
+#
 # Installing packages needs root; without root, missing packages are an error that names the
 # command to run. Fetching the cloud kernel needs no root. Nothing fetched here is committed.
 # The Rust harness (prezero_linux_harness::setup) runs this same script, embedded, when root.
@@ -18,14 +29,19 @@
 set -euo pipefail
 
 peer=0
+uml7=0
+uml7_suite="forky"
 cache=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --peer) peer=1 ;;
+        --uml7) uml7=1 ;;
+        --uml7-suite) uml7_suite="$2"; shift ;;
+        --uml7-suite=*) uml7_suite="${1#--uml7-suite=}" ;;
         --cache) cache="$2"; shift ;;
         --cache=*) cache="${1#--cache=}" ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-        *) echo "linux-setup: unknown argument '$1' (use --peer, --cache DIR)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        *) echo "linux-setup: unknown argument '$1' (use --peer, --uml7, --uml7-suite SUITE, --cache DIR)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -55,6 +71,7 @@ is_installed() {
 }
 
 pkgs=(user-mode-linux busybox-static cpio)
+[ "$uml7" = 1 ] && pkgs+=(patchelf)
 missing=()
 for p in "${pkgs[@]}"; do
     is_installed "$p" || missing+=("$p")
@@ -99,5 +116,62 @@ if [ "$peer" = 1 ]; then
         mv "$tmp/root" "$dest"
     fi
     echo "cloud-kernel=$(ls "$dest"/boot/vmlinuz-* | head -n1)"
+fi
+if [ "$uml7" = 1 ]; then
+    root="$cache/uml7"
+    prefix="$root/prefix"
+    linux="$prefix/usr/bin/linux.uml"
+    lib="$prefix/usr/lib/x86_64-linux-gnu"
+    # Cached: the same suite, and the patched binary still runs.
+    if ! { [ -f "$root/.complete" ] && [ "$(cat "$root/.complete")" = "$uml7_suite" ] \
+        && "$linux" --version >/dev/null 2>&1; }; then
+        echo "linux-setup: fetching user-mode-linux from Debian $uml7_suite into $prefix" >&2
+        rm -rf "$root"
+        apt_dir="$root/apt"
+        mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" \
+            "$apt_dir/etc/sources.list.d" "$apt_dir/etc/preferences.d" \
+            "$apt_dir/etc/trusted.gpg.d" "$prefix"
+        : >"$apt_dir/status"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+            "http://deb.debian.org/debian $uml7_suite main" >"$apt_dir/etc/sources.list"
+        apt_private=(
+            -o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists"
+            -o "Dir::State::status=$apt_dir/status" -o "Dir::Cache=$apt_dir"
+            -o "Dir::Cache::Archives=$apt_dir/archives"
+            -o "Dir::Etc::SourceList=$apt_dir/etc/sources.list"
+            -o "Dir::Etc::SourceParts=$apt_dir/etc/sources.list.d"
+            -o "Dir::Etc::Preferences=$apt_dir/etc/preferences"
+            -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
+            -o "Dir::Etc::TrustedParts=$apt_dir/etc/trusted.gpg.d"
+            -o "APT::Architecture=amd64" -o "APT::Architectures=amd64"
+            -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root"
+        )
+        apt-get -q "${apt_private[@]}" update >&2
+        # The closure from an empty status: user-mode-linux, libc6, libgcc-s1 and their bases.
+        apt-get -q -y "${apt_private[@]}" --no-install-recommends -d install user-mode-linux >&2
+        for deb in "$apt_dir"/archives/*.deb; do
+            dpkg-deb -x "$deb" "$prefix"
+        done
+        rm -rf "$apt_dir"
+        [ -x "$lib/ld-linux-x86-64.so.2" ] && [ -f "$linux" ] || {
+            echo "linux-setup: the unpacked prefix lacks its loader or linux.uml; fix: rm -rf $root and retry" >&2
+            exit 1
+        }
+        # Absolute paths: the cache must not move after this (a moved cache is fetched again,
+        # since the check above then fails).
+        patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --set-rpath "$lib" "$linux"
+        if ! release="$("$linux" --version 2>/dev/null)" || [ -z "$release" ]; then
+            echo "linux-setup: the patched $linux does not run; fix: rm -rf $root and retry" >&2
+            exit 1
+        fi
+        if ! ls "$prefix/usr/lib/uml/modules/$release/kernel/drivers/virtio/"virtio_balloon.ko* \
+            >/dev/null 2>&1; then
+            echo "linux-setup: $uml7_suite's user-mode-linux $release has no virtio_balloon module" >&2
+            exit 1
+        fi
+        echo "$uml7_suite" >"$root/.complete"
+        echo "linux-setup: user-mode-linux $release from Debian $uml7_suite" >&2
+    fi
+    echo "uml7=$linux"
 fi
 echo "linux-setup: ok" >&2

@@ -7,7 +7,8 @@
 //! embedded in this binary, an `/init` script; kept in the cache directory of
 //! [`default_cache_dir`](prezero_linux_harness::setup::default_cache_dir), never committed), starts `prezero serve` (or uses the running daemon
 //! given by `--socket`), boots UML with `virtio_uml.device=SOCKET:5` and prints the guest's
-//! console as it comes. With `--vmm qemu` it boots Debian's cloud kernel under QEMU >= 10.2
+//! console as it comes (`--kernel 7`: Debian's User-Mode Linux 7.x, fetched into the cache by
+//! `scripts/linux-setup.sh --uml7`, instead of the system's 6.1). With `--vmm qemu` it boots Debian's cloud kernel under QEMU >= 10.2
 //! (`scripts/qemu-setup.sh`; KVM when it boots, else TCG) with guest RAM in a shared memfd and
 //! `vhost-user-test-device-pci,virtio-id=5,num_vqs=5` on the same socket (see
 //! `prezero_linux_harness::qemu`). While it runs, steer the balloon from another terminal with the printed
@@ -32,7 +33,7 @@ use prezero_linux_harness::scratch::ScratchDir;
 use prezero_linux_harness::session::clean_up_started_here;
 use prezero_linux_harness::uml::wait_for_socket_file;
 use prezero_linux_harness::vm::GuestProcess;
-use prezero_linux_harness::{Harness, Scenario, SetupOptions};
+use prezero_linux_harness::{Harness, Scenario, SetupOptions, UmlKernelChoice};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 use std::ops::DerefMut;
@@ -57,6 +58,11 @@ pub struct LinuxArgs {
     /// Debian's cloud kernel and QEMU's generic vhost-user device (`scripts/qemu-setup.sh`).
     #[arg(long, value_enum, default_value_t = Vmm::Uml)]
     vmm: Vmm,
+    /// The User-Mode Linux kernel (`--vmm uml`): 6, the system's `user-mode-linux` (Debian 12:
+    /// 6.1), or 7, Debian's prebuilt 7.x fetched into the cache (`scripts/linux-setup.sh
+    /// --uml7`). 7.x hangs at poweroff with pages still in the balloon: release it first.
+    #[arg(long, value_enum, default_value_t = UmlKernelArg::Six)]
+    kernel: UmlKernelArg,
     /// Guest memory in MiB (UML's `mem=`, QEMU's `-m`). Free page reporting needs more than
     /// ~160 MiB free: Linux reports only while free memory stays above the low watermark plus
     /// 32 x 4 MiB.
@@ -96,6 +102,26 @@ pub enum Vmm {
     Uml,
     /// QEMU with `vhost-user-test-device-pci` (virtio-id 5) on the daemon's socket.
     Qemu,
+}
+
+/// `--kernel`: the UML kernel `prezero linux` boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UmlKernelArg {
+    /// The system's `user-mode-linux` (Debian 12: 6.1).
+    #[value(name = "6")]
+    Six,
+    /// Debian's prebuilt `user-mode-linux` 7.x from the cache.
+    #[value(name = "7")]
+    Seven,
+}
+
+impl From<UmlKernelArg> for UmlKernelChoice {
+    fn from(k: UmlKernelArg) -> UmlKernelChoice {
+        match k {
+            UmlKernelArg::Six => UmlKernelChoice::System,
+            UmlKernelArg::Seven => UmlKernelChoice::Linux7,
+        }
+    }
 }
 
 /// Starts `prezero serve` (this executable) on `socket` and `control`, with `extra` arguments,
@@ -180,18 +206,25 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     let scenario = scenario_of(args)?;
     let _cleanup = crate::interrupt::on_exit(clean_up_started_here);
     let t = Instant::now();
+    if args.vmm == Vmm::Qemu && args.kernel != UmlKernelArg::Six {
+        bail!(
+            "--kernel chooses the User-Mode Linux kernel; QEMU boots Debian's cloud kernel              (leave out --kernel, or use --vmm uml)"
+        );
+    }
     let h = Harness::new(&SetupOptions {
         install: !args.no_install,
         peer: args.vmm == Vmm::Qemu,
+        uml7: args.kernel == UmlKernelArg::Seven,
         ..Default::default()
     })?;
+    let uml_kernel = h.uml_kernel(args.kernel.into())?.clone();
     let (initrd, vmm_name) = match args.vmm {
         Vmm::Uml => (
-            h.uml_initramfs()?,
+            h.uml_initramfs_for(&uml_kernel)?,
             format!(
                 "User-Mode Linux {} ({})",
-                h.tools.uml_release,
-                h.tools.linux_uml.display()
+                uml_kernel.release,
+                uml_kernel.linux.display()
             ),
         ),
         Vmm::Qemu => {
@@ -281,7 +314,7 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
 
     let mut vm: Box<dyn DerefMut<Target = GuestProcess>> = match args.vmm {
         Vmm::Uml => Box::new(
-            h.uml(&initrd)
+            h.uml_on(&uml_kernel, &initrd)
                 .mem_mib(args.mem)
                 .scenario(scenario)
                 .balloon_socket(&socket)

@@ -8,12 +8,12 @@ use super::{median, Rng};
 use buddy_system_allocator::{FrameAllocator, LockedFrameAllocator};
 use prezero_mm::{
     AllocFlags, CacheConfig, Config, CpuCache, DeviceInit, FrameMeta, FreeHint, LockedZone, Pfn,
-    PhysMem, Placement, ReportBlock, ReportOutcome, ReportSink, Zone, MAX_ORDER,
+    PhysMem, Placement, ReportBlock, ReportOutcome, ReportSink, Zone, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 use serde::Serialize;
 use std::hint::black_box;
 use std::sync::Barrier;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Options of the allocator benchmark.
 #[derive(Clone, Debug)]
@@ -88,19 +88,39 @@ pub struct AllocBenchResult {
 /// The multi-CPU comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct SmpResult {
-    /// One row per thread count.
+    /// One row per thread count, each thread churning a working set within its CPU's cache
+    /// (half the cache's `high` mark at the order: 24 order-0 or 4 order-9 blocks), the
+    /// traffic per-CPU caches exist for. The targets apply to these rows.
     pub threads: Vec<ThreadsRow>,
-    /// Today's single-threaded `&mut` zone, order-0 pairs per second (same workload, 1 thread).
+    /// One row per thread count, each thread holding its share of `blocks_per_repeat` blocks
+    /// (2,048 order-0 blocks each at 2 threads), far beyond any cache: every block passes
+    /// through the zone lock, so this is the zone-bound case.
+    pub bulk_threads: Vec<ThreadsRow>,
+    /// Today's single-threaded `&mut` zone, order-0 pairs per second (the `threads` rows'
+    /// workload, 1 thread).
     pub single_zone_order0_ops_s: f64,
+    /// The same in the `bulk_threads` rows' workload.
+    pub bulk_single_zone_order0_ops_s: f64,
     /// `single_zone_order0_ops_s` / our 1-thread order-0 figure: the cost of the locking
     /// (target <= 1.3).
     pub locking_cost_1thread: f64,
+    /// The same for the bulk workload.
+    pub bulk_locking_cost_1thread: f64,
     /// Our order-0 pairs per second at the largest thread count / at 1 thread (target >= 1.6
     /// at 2 threads).
     pub scaling_order0: f64,
+    /// The same for the bulk workload.
+    pub bulk_scaling_order0: f64,
+    /// `scaling_order0` per CPU-second (`ours_order0_cpu_ops_s`), cache set: the scaling had
+    /// each thread a core to itself.
+    pub scaling_order0_cpu: f64,
+    /// The same for the bulk workload.
+    pub bulk_scaling_order0_cpu: f64,
     /// Our order-0 throughput / the locked reference's at the largest thread count (target >= 4
     /// at 2 threads).
     pub vs_reference_order0: f64,
+    /// The same for the bulk workload.
+    pub bulk_vs_reference_order0: f64,
     /// Share of order-0 allocations served by the per-CPU cache (largest thread count).
     pub pcp_hit_rate: f64,
     /// Share of ZERO order-0 allocations served known-zero after a full report, through the
@@ -117,6 +137,10 @@ pub struct SmpResult {
 pub struct ThreadsRow {
     /// Threads, each its own CPU.
     pub threads: usize,
+    /// Blocks each thread allocates, then frees, per round, at order 0.
+    pub working_set_order0: usize,
+    /// The same at order 9.
+    pub working_set_order9: usize,
     /// `LockedZone`, order 0.
     pub ours_order0_ops_s: f64,
     /// `buddy_system_allocator::LockedFrameAllocator`, order 0.
@@ -125,6 +149,19 @@ pub struct ThreadsRow {
     pub ours_order9_ops_s: f64,
     /// `buddy_system_allocator::LockedFrameAllocator`, order 9.
     pub reference_order9_ops_s: f64,
+    /// Zone-lock acquisitions per order-0 allocation or free of ours, counted by the caches
+    /// over every repeat (the reference takes its one lock once per operation).
+    pub ours_order0_zone_locks_per_op: f64,
+    /// The same at order 9.
+    pub ours_order9_zone_locks_per_op: f64,
+    /// Share of our order-0 allocations served by the calling CPU's cache.
+    pub ours_order0_pcp_hit_rate: f64,
+    /// `ours_order0_ops_s` per CPU-second: the sum over threads of each one's pairs over its
+    /// own CPU time, which other jobs on the machine do not change (lock spinning and cache
+    /// misses still count).
+    pub ours_order0_cpu_ops_s: f64,
+    /// The same for the reference.
+    pub reference_order0_cpu_ops_s: f64,
 }
 
 struct NoMem;
@@ -255,9 +292,29 @@ fn hit_rate(o: &AllocBenchOptions, placement: Placement) -> f64 {
         / (s.zero_allocs_order0 - before.zero_allocs_order0) as f64
 }
 
-/// Pairs each thread runs per repeat of the multi-CPU comparison: many batches, so that
+/// Pairs each thread runs per sample of the multi-CPU comparison: many rounds, so that
 /// starting and joining threads is noise.
 const PAIRS_PER_THREAD: usize = 1 << 17;
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): it stops while the thread is
+/// descheduled, and keeps running while it spins on a lock or waits for a cache line.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; this clock exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Time a thread took: on the wall clock, and on its own CPU clock.
+#[derive(Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
 
 /// One thread's share: `rounds` times, allocate `n` blocks, then free them in a fixed shuffled
 /// order (the same pattern as [`time_pairs`], the shuffle done once, outside the timing).
@@ -267,12 +324,12 @@ fn pair_rounds(
     seed: u64,
     mut alloc: impl FnMut() -> usize,
     mut free: impl FnMut(usize),
-) -> std::time::Duration {
+) -> Took {
     let rounds = (PAIRS_PER_THREAD / n).max(1);
     let mut order: Vec<usize> = (0..n).collect();
     Rng(seed).shuffle(&mut order);
     let mut held = vec![0usize; n];
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu_time());
     for _ in 0..rounds {
         for h in held.iter_mut() {
             *h = alloc();
@@ -281,67 +338,87 @@ fn pair_rounds(
             free(black_box(held[i]));
         }
     }
-    start.elapsed()
+    Took {
+        wall: start.elapsed(),
+        cpu: thread_cpu_time() - cpu,
+    }
 }
 
-/// Blocks per batch at `order` with `threads` threads sharing the zone.
-fn thread_batch(o: &AllocBenchOptions, order: u8, threads: usize) -> usize {
-    (batch(o, order) / threads).max(1)
+/// The per-thread working set of the multi-CPU comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WorkingSet {
+    /// Half the CPU cache's `high` mark at the order: a CPU's short-lived blocks (Linux's pcp
+    /// lists serve page faults and frees this way).
+    Cache,
+    /// The thread's share of `blocks_per_repeat`: far beyond any cache, zone-bound.
+    Bulk,
 }
 
-/// `threads` threads started together, each running [`pair_rounds`] on its own CPU;
-/// returns the median over repeats of the total pairs per second (pairs over the slowest
-/// thread's time).
-fn threaded_pairs_per_s(
-    o: &AllocBenchOptions,
-    order: u8,
+impl WorkingSet {
+    /// Blocks per thread per round at `order` with `threads` threads sharing the zone.
+    fn blocks(self, o: &AllocBenchOptions, order: u8, threads: usize) -> usize {
+        match self {
+            WorkingSet::Cache => {
+                let cache = CacheConfig::default();
+                let high = if order == PAGEBLOCK_ORDER {
+                    cache.pageblock_high
+                } else {
+                    cache.high
+                };
+                usize::from(high / 2).max(1)
+            }
+            WorkingSet::Bulk => (batch(o, order) / threads).max(1),
+        }
+    }
+}
+
+/// Total pairs per second of one sample: on the wall clock (all pairs over the slowest
+/// thread's time), and per CPU-second (the sum of each thread's pairs over its own CPU time:
+/// the throughput had each thread a core to itself, which load from other jobs on the machine
+/// does not change).
+#[derive(Clone, Copy)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
+/// `threads` threads, each on its own CPU with its own working set of `n` blocks, released
+/// together by a barrier with each timer started after it.
+fn threaded_sample(
     threads: usize,
+    n: usize,
     alloc: impl Fn(usize) -> usize + Sync,
     free: impl Fn(usize, usize) + Sync,
-) -> f64 {
-    let n = thread_batch(o, order, threads);
-    let pairs = (PAIRS_PER_THREAD / n).max(1) * n * threads;
-    let samples = (0..o.repeats)
-        .map(|_| {
-            let start = Barrier::new(threads);
-            let (alloc, free, start) = (&alloc, &free, &start);
-            let slowest = std::thread::scope(|s| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|t| {
-                        s.spawn(move || {
-                            start.wait();
-                            pair_rounds(n, 0x5eed + t as u64, || alloc(t), |pfn| free(t, pfn))
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().expect("bench thread"))
-                    .max()
-                    .expect("a thread")
-            });
-            pairs as f64 / slowest.as_secs_f64()
-        })
-        .collect();
-    median(samples)
-}
-
-/// Today's `&mut` zone in the same pattern on one thread: pairs per second.
-fn single_zone_ops_s(o: &AllocBenchOptions, order: u8) -> f64 {
-    let z = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
-    let n = thread_batch(o, order, 1);
-    let pairs = (PAIRS_PER_THREAD / n).max(1) * n;
-    let samples = (0..o.repeats)
-        .map(|_| {
-            let (alloc, free) = zone_pair_ops(&z, order);
-            let d = pair_rounds(n, 0x5eed, alloc, free);
-            pairs as f64 / d.as_secs_f64()
-        })
-        .collect();
-    median(samples)
+) -> Rate {
+    let per_thread = (PAIRS_PER_THREAD / n).max(1) * n;
+    let start = Barrier::new(threads);
+    let (alloc, free, start) = (&alloc, &free, &start);
+    let took = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    start.wait();
+                    pair_rounds(n, 0x5eed + t as u64, || alloc(t), |pfn| free(t, pfn))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("bench thread"))
+            .collect::<Vec<_>>()
+    });
+    let slowest = took.iter().map(|t| t.wall).max().expect("a thread");
+    Rate {
+        wall: (per_thread * threads) as f64 / slowest.as_secs_f64(),
+        cpu: took
+            .iter()
+            .map(|t| per_thread as f64 / t.cpu.as_secs_f64())
+            .sum(),
+    }
 }
 
 type Shared = LockedZone<Vec<FrameMeta>, Vec<CpuCache>>;
+type Reference = LockedFrameAllocator<{ MAX_ORDER as usize + 1 }>;
 
 fn shared(frames: usize, placement: Placement, cpus: usize) -> Shared {
     LockedZone::new(
@@ -351,37 +428,150 @@ fn shared(frames: usize, placement: Placement, cpus: usize) -> Shared {
     )
 }
 
-fn ours_ops_s(o: &AllocBenchOptions, order: u8, threads: usize) -> (f64, f64) {
-    let z = shared(o.frames, Placement::Linux, threads);
-    let ops = threaded_pairs_per_s(
-        o,
-        order,
-        threads,
-        |t| {
-            z.alloc(t, order, AllocFlags::NONE, &mut NoMem)
-                .expect("alloc")
-                .pfn
-                .0 as usize
-        },
-        |t, pfn| {
-            z.free(t, Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
-                .expect("free")
-        },
-    );
-    (ops, z.cache_stat().hit_rate())
+/// An allocator under test in the multi-CPU comparison.
+enum Subject {
+    /// `LockedZone`.
+    Ours(Shared),
+    /// `buddy_system_allocator`'s `LockedFrameAllocator`.
+    Reference(Reference),
+    /// Today's `&mut` zone, 1 thread (the caller's).
+    SingleZone(std::cell::RefCell<Zone<Vec<FrameMeta>>>),
 }
 
-fn reference_ops_s(o: &AllocBenchOptions, order: u8, threads: usize) -> f64 {
-    let fa = LockedFrameAllocator::<{ MAX_ORDER as usize + 1 }>::new();
-    fa.lock().add_frame(0, o.frames);
-    let count = 1usize << order;
-    threaded_pairs_per_s(
-        o,
-        order,
-        threads,
-        |_| fa.lock().alloc(count).expect("alloc"),
-        |_, pfn| fa.lock().dealloc(pfn, count),
-    )
+/// One timed configuration; its samples are taken interleaved with every other case's, so a
+/// change in the machine's load (other jobs on these 2 cores) hits all cases alike.
+struct Case {
+    subject: Subject,
+    set: WorkingSet,
+    order: u8,
+    threads: usize,
+    samples: Vec<Rate>,
+}
+
+impl Case {
+    fn new(o: &AllocBenchOptions, subject: Subject, set: WorkingSet, order: u8, t: usize) -> Self {
+        Case {
+            subject,
+            set,
+            order,
+            threads: t,
+            samples: Vec::with_capacity(o.repeats),
+        }
+    }
+
+    fn sample(&mut self, o: &AllocBenchOptions) {
+        let (order, threads) = (self.order, self.threads);
+        let n = self.set.blocks(o, order, threads);
+        let count = 1usize << order;
+        let ops_s = match &self.subject {
+            Subject::Ours(z) => threaded_sample(
+                threads,
+                n,
+                |t| {
+                    z.alloc(t, order, AllocFlags::NONE, &mut NoMem)
+                        .expect("alloc")
+                        .pfn
+                        .0 as usize
+                },
+                |t, pfn| {
+                    z.free(t, Pfn(pfn as u64), order, FreeHint::None, &mut NoMem)
+                        .expect("free")
+                },
+            ),
+            Subject::Reference(fa) => threaded_sample(
+                threads,
+                n,
+                |_| fa.lock().alloc(count).expect("alloc"),
+                |_, pfn| fa.lock().dealloc(pfn, count),
+            ),
+            Subject::SingleZone(z) => {
+                let pairs = ((PAIRS_PER_THREAD / n).max(1) * n) as f64;
+                let (alloc, free) = zone_pair_ops(z, order);
+                let took = pair_rounds(n, 0x5eed, alloc, free);
+                Rate {
+                    wall: pairs / took.wall.as_secs_f64(),
+                    cpu: pairs / took.cpu.as_secs_f64(),
+                }
+            }
+        };
+        self.samples.push(ops_s);
+    }
+
+    /// Median pairs per second on the wall clock.
+    fn median(&self) -> f64 {
+        median(self.samples.iter().map(|r| r.wall).collect())
+    }
+
+    /// Median pairs per CPU-second.
+    fn median_cpu(&self) -> f64 {
+        median(self.samples.iter().map(|r| r.cpu).collect())
+    }
+}
+
+/// The cases of one working set: per thread count, ours and the reference at orders 0 and 9,
+/// and the `&mut` zone at order 0.
+fn cases(o: &AllocBenchOptions, set: WorkingSet) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &t in &o.threads {
+        for order in [0, PAGEBLOCK_ORDER] {
+            let ours = Subject::Ours(shared(o.frames, Placement::Linux, t));
+            cases.push(Case::new(o, ours, set, order, t));
+            let fa = Reference::new();
+            fa.lock().add_frame(0, o.frames);
+            cases.push(Case::new(o, Subject::Reference(fa), set, order, t));
+        }
+    }
+    let single = std::cell::RefCell::new(zone(o.frames, Placement::Linux));
+    cases.push(Case::new(o, Subject::SingleZone(single), set, 0, 1));
+    cases
+}
+
+/// The rows of one working set, from its sampled cases; and the `&mut` zone's figure.
+fn rows(o: &AllocBenchOptions, set: WorkingSet, cases: &[Case]) -> (Vec<ThreadsRow>, f64) {
+    let find = |t: usize, order: u8, ours: bool| {
+        cases
+            .iter()
+            .find(|c| {
+                c.set == set
+                    && c.threads == t
+                    && c.order == order
+                    && matches!(
+                        (&c.subject, ours),
+                        (Subject::Ours(_), true) | (Subject::Reference(_), false)
+                    )
+            })
+            .expect("a case per configuration")
+    };
+    let stat = |c: &Case| match &c.subject {
+        Subject::Ours(z) => z.cache_stat(),
+        _ => unreachable!("only ours has caches"),
+    };
+    let rows = o
+        .threads
+        .iter()
+        .map(|&t| {
+            let (o0, o9) = (find(t, 0, true), find(t, PAGEBLOCK_ORDER, true));
+            ThreadsRow {
+                threads: t,
+                working_set_order0: set.blocks(o, 0, t),
+                working_set_order9: set.blocks(o, PAGEBLOCK_ORDER, t),
+                ours_order0_ops_s: o0.median(),
+                reference_order0_ops_s: find(t, 0, false).median(),
+                ours_order9_ops_s: o9.median(),
+                reference_order9_ops_s: find(t, PAGEBLOCK_ORDER, false).median(),
+                ours_order0_zone_locks_per_op: stat(o0).zone_locks_per_op(),
+                ours_order9_zone_locks_per_op: stat(o9).zone_locks_per_op(),
+                ours_order0_pcp_hit_rate: stat(o0).hit_rate(),
+                ours_order0_cpu_ops_s: o0.median_cpu(),
+                reference_order0_cpu_ops_s: find(t, 0, false).median_cpu(),
+            }
+        })
+        .collect();
+    let single = cases
+        .iter()
+        .find(|c| c.set == set && matches!(c.subject, Subject::SingleZone(_)))
+        .expect("the &mut zone's case");
+    (rows, single.median())
 }
 
 /// [`hit_rate`] through the caches: the same history on CPU 0, a full report, then every
@@ -431,40 +621,52 @@ fn shared_hit_rate(o: &AllocBenchOptions, placement: Placement, threads: usize) 
         / (s.zero_allocs_order0 - before.zero_allocs_order0) as f64
 }
 
-/// The multi-CPU comparison.
+/// The multi-CPU comparison: every case sampled once per repeat, in turn.
 fn run_smp(o: &AllocBenchOptions) -> Option<SmpResult> {
     let most = *o.threads.iter().max()?;
-    let mut pcp_hit_rate = 0.0;
-    let threads: Vec<ThreadsRow> = o
-        .threads
-        .iter()
-        .map(|&t| {
-            let (ours_order0_ops_s, hits) = ours_ops_s(o, 0, t);
-            if t == most {
-                pcp_hit_rate = hits;
-            }
-            ThreadsRow {
-                threads: t,
-                ours_order0_ops_s,
-                reference_order0_ops_s: reference_ops_s(o, 0, t),
-                ours_order9_ops_s: ours_ops_s(o, 9, t).0,
-                reference_order9_ops_s: reference_ops_s(o, 9, t),
-            }
-        })
-        .collect();
-    let single_zone_order0_ops_s = single_zone_ops_s(o, 0);
-    let one = ours_ops_s(o, 0, 1).0;
-    let top = threads.iter().find(|r| r.threads == most)?;
+    let mut all = cases(o, WorkingSet::Cache);
+    all.extend(cases(o, WorkingSet::Bulk));
+    for _ in 0..o.repeats {
+        all.iter_mut().for_each(|c| c.sample(o));
+    }
+    let (threads, single_zone_order0_ops_s) = rows(o, WorkingSet::Cache, &all);
+    let (bulk_threads, bulk_single_zone_order0_ops_s) = rows(o, WorkingSet::Bulk, &all);
+    // Our 1-thread figures (wall, CPU): the 1-thread row, or measured alone if `--threads`
+    // has none.
+    let one = |rows: &[ThreadsRow], set| {
+        rows.iter()
+            .find(|r| r.threads == 1)
+            .map(|r| (r.ours_order0_ops_s, r.ours_order0_cpu_ops_s))
+            .unwrap_or_else(|| {
+                let ours = Subject::Ours(shared(o.frames, Placement::Linux, 1));
+                let mut c = Case::new(o, ours, set, 0, 1);
+                (0..o.repeats).for_each(|_| c.sample(o));
+                (c.median(), c.median_cpu())
+            })
+    };
+    let ((one, one_cpu), (bulk_one, bulk_one_cpu)) = (
+        one(&threads, WorkingSet::Cache),
+        one(&bulk_threads, WorkingSet::Bulk),
+    );
+    let top = threads.iter().find(|r| r.threads == most)?.clone();
+    let bulk_top = bulk_threads.iter().find(|r| r.threads == most)?.clone();
     Some(SmpResult {
         single_zone_order0_ops_s,
+        bulk_single_zone_order0_ops_s,
         locking_cost_1thread: single_zone_order0_ops_s / one,
+        bulk_locking_cost_1thread: bulk_single_zone_order0_ops_s / bulk_one,
         scaling_order0: top.ours_order0_ops_s / one,
+        bulk_scaling_order0: bulk_top.ours_order0_ops_s / bulk_one,
+        scaling_order0_cpu: top.ours_order0_cpu_ops_s / one_cpu,
+        bulk_scaling_order0_cpu: bulk_top.ours_order0_cpu_ops_s / bulk_one_cpu,
         vs_reference_order0: top.ours_order0_ops_s / top.reference_order0_ops_s,
-        pcp_hit_rate,
+        bulk_vs_reference_order0: bulk_top.ours_order0_ops_s / bulk_top.reference_order0_ops_s,
+        pcp_hit_rate: top.ours_order0_pcp_hit_rate,
         zero_hit_rate_default: shared_hit_rate(o, Placement::Linux, most),
         zero_hit_rate_zero_aware: shared_hit_rate(o, Placement::ZeroAware, most),
         cache_bytes_per_cpu: std::mem::size_of::<CpuCache>(),
         threads,
+        bulk_threads,
     })
 }
 
@@ -536,41 +738,83 @@ impl SmpResult {
     /// The multi-CPU table with the targets.
     pub fn table(&self) -> String {
         let ok = |b: bool| if b { "met" } else { "MISSED" };
-        let mut t = format!(
+        let mut t = String::from(
             "\nmulti-CPU: LockedZone (zone lock + per-CPU caches) vs buddy_system_allocator's \
-             LockedFrameAllocator,\nalloc+free pairs per second in total (millions), one CPU per thread\n\n\
-             {:<9}{:>12}{:>12}{:>8}{:>12}{:>12}{:>8}\n",
-            "threads", "ours o0", "ref o0", "ratio", "ours o9", "ref o9", "ratio"
+             LockedFrameAllocator,\nalloc+free pairs per second in total (millions), one CPU \
+             per thread, each its own working set;\nlocks/op: our zone-lock acquisitions per \
+             alloc or free (the reference: 1)\n",
         );
-        for r in &self.threads {
-            t += &format!(
-                "{:<9}{:>12.2}{:>12.2}{:>7.2}x{:>12.2}{:>12.2}{:>7.2}x\n",
+        let header = format!(
+            "{:<9}{:>5}{:>9}{:>9}{:>8}{:>9}{:>6}{:>9}{:>9}{:>8}{:>9}\n",
+            "threads",
+            "set",
+            "ours o0",
+            "ref o0",
+            "ratio",
+            "locks/op",
+            "set",
+            "ours o9",
+            "ref o9",
+            "ratio",
+            "locks/op"
+        );
+        let row = |r: &ThreadsRow| {
+            format!(
+                "{:<9}{:>5}{:>9.2}{:>9.2}{:>7.2}x{:>9.4}{:>6}{:>9.2}{:>9.2}{:>7.2}x{:>9.4}\n",
                 r.threads,
+                r.working_set_order0,
                 r.ours_order0_ops_s / 1e6,
                 r.reference_order0_ops_s / 1e6,
                 r.ours_order0_ops_s / r.reference_order0_ops_s,
+                r.ours_order0_zone_locks_per_op,
+                r.working_set_order9,
                 r.ours_order9_ops_s / 1e6,
                 r.reference_order9_ops_s / 1e6,
                 r.ours_order9_ops_s / r.reference_order9_ops_s,
-            );
-        }
+                r.ours_order9_zone_locks_per_op,
+            )
+        };
+        t += "\nworking set within the CPU cache (set: blocks per thread; the targets):\n";
+        t += &header;
+        self.threads.iter().for_each(|r| t += &row(r));
+        t += "\nbulk working set, beyond any cache (every block passes through the zone lock):\n";
+        t += &header;
+        self.bulk_threads.iter().for_each(|r| t += &row(r));
         let most = self.threads.iter().map(|r| r.threads).max().unwrap_or(1);
         let two = most == 2;
+        let target = |b: bool| if two { ok(b) } else { "n/a" };
         t += &format!(
-            "\nscaling, order 0, {most} threads / 1 thread    {:>6.2}x  (target >= 1.6x at 2 threads: {})\n\
-             ours / locked reference, order 0, {most} threads {:>6.2}x  (target >= 4x at 2 threads: {})\n\
-             cost of the locking, 1 thread: &mut zone {:.2} M/s / ours  {:>6.2}x  (target <= 1.3x: {})\n\
-             per-CPU cache hit rate (order 0, {most} threads)  {:>6.1}%\n\
+            "\n{:<48}{:>10}{:>10}  target\n\
+             {:<48}{:>9.2}x{:>9.2}x  >= 1.6x at 2 threads, cache set ({})\n\
+             {:<48}{:>9.2}x{:>9.2}x  (each thread a core to itself)\n\
+             {:<48}{:>9.2}x{:>9.2}x  >= 4x at 2 threads, cache set ({})\n\
+             {:<48}{:>9.2}x{:>9.2}x  <= 1.3x, cache set ({})\n\
+             {:<48}{:>10.2}{:>10.2}\n\
+             per-CPU cache hit rate (order 0, {most} threads, cache set)  {:>6.1}%\n\
              ZERO order-0 known-zero after a full report, through the caches ({most} threads):\n\
              \x20 Linux placement {:>6.1}%   zero-aware {:>6.1}%\n\
              per-CPU cache: {} bytes per CPU (the 12 bytes per frame are unchanged)\n",
+            "",
+            "cache set",
+            "bulk",
+            format!("scaling, order 0, {most} threads / 1 thread"),
             self.scaling_order0,
-            if two { ok(self.scaling_order0 >= 1.6) } else { "n/a" },
+            self.bulk_scaling_order0,
+            target(self.scaling_order0 >= 1.6),
+            "  the same per CPU-second",
+            self.scaling_order0_cpu,
+            self.bulk_scaling_order0_cpu,
+            format!("ours / locked reference, order 0, {most} threads"),
             self.vs_reference_order0,
-            if two { ok(self.vs_reference_order0 >= 4.0) } else { "n/a" },
-            self.single_zone_order0_ops_s / 1e6,
+            self.bulk_vs_reference_order0,
+            target(self.vs_reference_order0 >= 4.0),
+            "cost of the locking, 1 thread: &mut zone / ours",
             self.locking_cost_1thread,
+            self.bulk_locking_cost_1thread,
             ok(self.locking_cost_1thread <= 1.3),
+            "  &mut zone, order 0, 1 thread (M/s)",
+            self.single_zone_order0_ops_s / 1e6,
+            self.bulk_single_zone_order0_ops_s / 1e6,
             self.pcp_hit_rate * 100.0,
             self.zero_hit_rate_default * 100.0,
             self.zero_hit_rate_zero_aware * 100.0,

@@ -54,13 +54,13 @@
 //! 3. **Used length, inflate** (`prezero_device::inflate`, `write_bitmap`): the bitmap bytes
 //!    written, at most the buffer; a short bitmap is all zeros. QEMU answers `ceil(n / 8)`
 //!    whatever the buffer holds, which can exceed what it wrote.
-//! 4. **Driver rule** (`prezero_guest::balloon`: its `ReportSink` impl and `zeroed_pages`): a
+//! 4. **Driver rule** (`prezero_driver::balloon`: its `ReportSink` impl and `zeroed_pages`): a
 //!    reported block is zeroed only if its own chain's used length equals its buffer length;
 //!    an inflated guest page only if the bits of all its 4 KiB sub-pages are set and below
 //!    `used_len * 8`. Matches the upstream driver, as do the batch (one chain per block, up to
 //!    the reporting ring's size) and freeing deflated pages as known-zero (`FPI_ZEROED`,
 //!    `prezero_mm::FreeHint::Deflated`).
-//! 5. **Trust gate**, twice: at negotiation (`prezero_guest::balloon::driver_features`, the
+//! 5. **Trust gate**, twice: at negotiation (`prezero_driver::balloon::driver_features`, the
 //!    upstream `validate()`: bits 6 and 7 dropped in a confidential guest and with a non-zero
 //!    poison value, bit 6 without `REPORTING`, never `VIRTIO_RING_F_INDIRECT_DESC`) and in the
 //!    allocator (`prezero_mm::Config::trusts_device_zeroing`: "zeroed" is believed only with

@@ -215,8 +215,9 @@ impl<M: QueueMemory> PhysMem for Frames<'_, M> {
 ///
 /// - `T`: the device ([`VirtioTransport`]).
 /// - `M`: guest memory addressed by guest-physical address ([`QueueMemory`]), cloned into each
-///   queue (so a handle: `Arc<GuestRam>` in the process guest, a `Copy` identity map in a
-///   kernel); it must cover the zone's frames. It is what the transport's
+///   queue (so a handle: `Arc<GuestRam>` in the process guest,
+///   [`IdentityMemory`](crate::IdentityMemory) in a kernel); it must cover the zone's frames,
+///   which the zone zeroes or poisons through its `fill`. It is what the transport's
 ///   [`set_memory`](VirtioTransport::set_memory) gets, through `Borrow` (every type borrows as
 ///   itself).
 /// - `C`: a monotonic [`Clock`] for request timeouts.

@@ -1,8 +1,8 @@
 //! The driver's sense of time: a monotonic clock, so a request the device never answers ends
 //! in [`BalloonError::Timeout`](crate::BalloonError::Timeout) instead of a hang.
 //!
-//! The driver only measures intervals (deadline = now + [`REQUEST_TIMEOUT`](crate::balloon::REQUEST_TIMEOUT)),
-//! so the origin is the implementation's choice: a process guest counts from an
+//! The driver only measures intervals (a request's deadline is now + the balloon driver's
+//! `REQUEST_TIMEOUT`), so the origin is the implementation's choice: a process guest counts from an
 //! `std::time::Instant` it took at start, a kernel from boot with its TSC (ticks divided by the
 //! calibrated frequency).
 

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `transport.rs` | [`VirtioTransport`] and [`Events`]: what a driver needs from a transport (features, memory, queues, kicks, calls, config space) |
 //! | `clock.rs` | [`Clock`]: monotonic time for request timeouts |
+//! | `identity.rs` | [`IdentityMemory`]: guest memory in a kernel that identity-maps its RAM (guest-physical = virtual) |
 //! | `balloon.rs` | [`BalloonDriver`]: negotiation and the trust gate, free page reporting with bits 6/7, inflate/deflate with the zeroed bitmap, stats, deflate-on-OOM |
 //! | `error.rs` | [`BalloonError`]: how the driver fails, over any transport's error |
 //!
@@ -13,8 +14,10 @@
 //! memory `M` ([`QueueMemory`], addressed by guest-physical address: the split rings, the
 //! driver's own pages and the zeroing of frames all go through it) and a clock `C`. The page
 //! allocator is a `prezero-mm` [`Zone`](prezero_mm::Zone) over any frame metadata storage,
-//! passed to each call that takes or gives back pages. Nothing here uses `std`: a kernel
-//! depends on this crate as it is.
+//! passed to each call that takes or gives back pages. Nothing here uses `std` (CI checks the
+//! dependency tree): a kernel depends on this crate as it is, and gives it a virtio-pci
+//! [`VirtioTransport`] (with `type Memory = IdentityMemory`, which its `set_memory` ignores),
+//! [`IdentityMemory`] over its RAM, and its TSC as the clock (`|| tsc.now()`).
 //!
 //! ```
 //! # use core::time::Duration;
@@ -54,10 +57,12 @@ extern crate alloc;
 pub mod balloon;
 mod clock;
 mod error;
+mod identity;
 pub mod transport;
 
 pub use balloon::{BalloonDriver, DriverOptions, DriverStats, ReportCapacity};
 pub use clock::Clock;
 pub use error::BalloonError;
+pub use identity::IdentityMemory;
 pub use prezero_virtq::{Buffer, QueueMemory, RingLayout, SplitQueue};
 pub use transport::{Events, VirtioTransport, MAX_QUEUES};

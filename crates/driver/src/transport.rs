@@ -32,7 +32,10 @@
 //!   of a set-up queue. [`wait`](VirtioTransport::wait) returns every call and config change
 //!   that arrived since the last wait (a call may be spurious: the driver pops the used ring to
 //!   see), or [`Events::default`] once the timeout passed; it never loses a call that came
-//!   between two waits.
+//!   between two waits. A transport without interrupts polls: it may report every queue as
+//!   called, and reports a config change when virtio-pci's `config_generation` (or the ISR's
+//!   config bit) moved, not by rereading config space (over vhost-user every config read is a
+//!   `GET_CONFIG` round trip to the daemon).
 //! - **A dead device never hangs the driver.** A device that is gone makes every later call
 //!   fail promptly, waits included; the driver then stops using it.
 //!
@@ -124,8 +127,9 @@ pub trait VirtioTransport {
     type Error: core::error::Error + 'static;
 
     /// What [`set_memory`](Self::set_memory) shares with the device: the guest RAM for a
-    /// transport whose device maps it (vhost-user), `()` (or the memory type itself) for one
-    /// whose device already sees guest-physical memory (virtio-pci in a VM).
+    /// transport whose device maps it (vhost-user); for one whose device already sees
+    /// guest-physical memory (virtio-pci in a VM) anything, ignored: the balloon driver hands
+    /// it its own memory, so make it that type ([`IdentityMemory`](crate::IdentityMemory)).
     type Memory: ?Sized;
 
     /// Virtio feature bits the device offers (transport-reserved bits removed).

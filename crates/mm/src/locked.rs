@@ -75,7 +75,10 @@ enum Drain {
 /// assert_eq!(c.free + c.cached, c.present);
 /// ```
 pub struct LockedZone<S, C, R: RawMutex = SpinLock> {
-    zone: Mutex<R, Zone<S>>,
+    /// On cache lines of its own: every CPU's fast path reads the fields below, and a lock
+    /// word sharing their line would make each zone-lock acquisition anywhere a cache miss
+    /// on every CPU's next allocation (false sharing).
+    zone: LockLines<Mutex<R, Zone<S>>>,
     cpus: C,
     cache: CacheConfig,
     cfg: Config,
@@ -103,7 +106,7 @@ where
         let (base, frames) = zone.span();
         LockedZone {
             cfg: *zone.config(),
-            zone: Mutex::new(zone),
+            zone: LockLines(Mutex::new(zone)),
             cpus,
             cache,
             base: base.0,
@@ -136,7 +139,7 @@ where
     /// Gives the zone back, with every cache drained into it.
     pub fn into_inner(self) -> Zone<S> {
         self.drain_all();
-        self.zone.into_inner()
+        self.zone.0.into_inner()
     }
 
     fn cpu(&self, cpu: usize) -> Option<&Mutex<R, PerCpuPages>> {
@@ -183,6 +186,7 @@ where
                 pcp.events.alloc_hits += 1;
             } else {
                 pcp.events.refills += 1;
+                pcp.events.zone_locks += 1;
                 let (high, batch) = self.cache.limits(slot);
                 let mut zone = self.zone.lock();
                 for _ in 0..batch {
@@ -210,6 +214,8 @@ where
                     mem,
                 ));
             }
+            // The zone had nothing for the refill: the fallback below takes its lock again.
+            pcp.events.zone_locks += 1;
         }
         // (The guard must be gone before the drain below, which takes cache locks first.)
         let taken = self.zone.lock().take(order, zero);
@@ -283,6 +289,7 @@ where
         if len > high {
             let mut buf = [0u32; PCP_CAPACITY];
             let oldest = pcp.take_oldest(slot, kind, batch, &mut buf);
+            pcp.events.zone_locks += 1;
             let mut zone = self.zone.lock();
             for &i in oldest {
                 let ok = zone
@@ -403,7 +410,7 @@ where
             return ReportPass::default();
         }
         let left = self.cache.reporting_drains && self.drain_caches(Drain::Pass);
-        let budget = reporting::budget(&Shared(&self.zone), reporting::capacity(sink));
+        let budget = reporting::budget(&Shared(&self.zone.0), reporting::capacity(sink));
         let pass = self.report_cycle(budget, sink);
         self.zone.lock().reporting = if pass.more || left {
             reporting::Pacing::Requested { since: Some(now) }
@@ -432,7 +439,7 @@ where
             zone.config()
                 .trusts_device_zeroing(zone.device_init().reported)
         };
-        let drained = reporting::cycle(&mut Shared(&self.zone), budget, sink, trusted);
+        let drained = reporting::cycle(&mut Shared(&self.zone.0), budget, sink, trusted);
         self.zone.lock().account(drained);
         drained.pass
     }
@@ -528,6 +535,19 @@ where
             }
             Ok(())
         })
+    }
+}
+
+/// A value alone on its cache lines: 128 bytes, because x86's adjacent-line prefetcher pulls
+/// lines in pairs (the same choice as `crossbeam-utils`' `CachePadded`), and `repr(align)`
+/// also rounds the size up, so nothing follows it on its last line.
+#[repr(align(128))]
+struct LockLines<T>(T);
+
+impl<T> core::ops::Deref for LockLines<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 

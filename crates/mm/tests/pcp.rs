@@ -287,3 +287,59 @@ fn a_double_free_through_a_cache_is_refused_when_it_drains() {
     let c = zone.counts();
     assert_eq!(c.free, c.present);
 }
+
+/// The structural figure behind scaling, which no machine load changes: a CPU takes the zone
+/// lock only to move `batch` blocks, and not at all once its working set sits in its cache.
+/// Two CPUs on two threads: first a working set under `high` (only the first round refills),
+/// then one of 4 x `high` (every block passes through the zone, `batch` per lock).
+#[test]
+fn cpus_take_the_zone_lock_once_per_batch_and_not_on_cache_hits() {
+    let cache = CacheConfig::default();
+    let (high, batch) = (cache.high as usize, cache.batch as usize);
+    let ram = Ram::new(1 << 14, 0);
+    let zone = shared(1 << 14, Config::default(), cache, 2);
+    let rounds = |cpu: usize, set: usize, n: usize| {
+        for _ in 0..n {
+            let held: Vec<Pfn> = (0..set)
+                .map(|_| zone.alloc(cpu, 0, AllocFlags::NONE, &mut &ram).unwrap().pfn)
+                .collect();
+            for pfn in held.into_iter().rev() {
+                zone.free(cpu, pfn, 0, FreeHint::None, &mut &ram).unwrap();
+            }
+        }
+    };
+    let (zone, rounds) = (&zone, &rounds);
+    std::thread::scope(|s| {
+        for cpu in 0..2 {
+            s.spawn(move || {
+                let set = high / 2;
+                rounds(cpu, set, 1000);
+                let (_, first) = zone.cpu_stat(cpu);
+                assert_eq!(first.allocs, 1000 * set as u64);
+                assert_eq!(
+                    first.zone_locks,
+                    set.div_ceil(batch) as u64,
+                    "CPU {cpu}: only the first round's refills take the zone lock"
+                );
+                let n: u64 = 100;
+                rounds(cpu, 4 * high, n as usize);
+                let (_, st) = zone.cpu_stat(cpu);
+                let ops = st.allocs + st.frees - first.allocs - first.frees;
+                let locks = st.zone_locks - first.zone_locks;
+                // One lock per `batch` blocks each way, plus a partial batch per round.
+                let bound = ops / batch as u64 + 2 * n;
+                assert!(
+                    locks <= bound,
+                    "CPU {cpu}: {locks} zone locks for {ops} operations (bound {bound})"
+                );
+                assert!(
+                    locks >= ops / (2 * high as u64),
+                    "the zone served the blocks"
+                );
+            });
+        }
+    });
+    zone.verify().unwrap();
+    let c = zone.counts();
+    assert_eq!(c.free + c.cached, c.present);
+}

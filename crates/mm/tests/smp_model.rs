@@ -251,11 +251,15 @@ fn case(i: u64, cpus: usize, ops: u64) -> u64 {
                 s.spawn(move || total.fetch_add(cpu_stream(zone, world, cpu, ops, seed), Relaxed))
             })
             .collect();
-        for t in streams {
-            t.join().unwrap();
-        }
+        // Every stream joined before the reporter is stopped, whatever they did: a stream that
+        // failed a check must fail the test, not leave the reporter running forever.
+        let streams: Vec<_> = streams.into_iter().map(|t| t.join()).collect();
         stop.store(true, Release);
-        total.fetch_add(rep.join().unwrap(), Relaxed);
+        let reported = rep.join();
+        for r in streams {
+            r.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+        total.fetch_add(reported.unwrap(), Relaxed);
     });
     zone.verify().unwrap();
     conserved(&zone);

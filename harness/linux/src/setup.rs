@@ -2,7 +2,8 @@
 //!
 //! | need | from | used for |
 //! |---|---|---|
-//! | `/usr/bin/linux.uml`, `/usr/lib/uml/modules/<ver>` | apt `user-mode-linux` | the UML guest and its `virtio_balloon.ko` |
+//! | `/usr/bin/linux.uml`, `/usr/lib/uml/modules/<ver>` | apt `user-mode-linux` | the UML guest and its `virtio_balloon.ko` ([`UmlKernelChoice::System`]) |
+//! | UML 7.x (`uml7` only) | Debian forky's prebuilt `user-mode-linux` with its glibc, unpacked into `<cache>/uml7/prefix/` and `patchelf`'d to that glibc by `scripts/linux-setup.sh --uml7` | the newest stock `virtio_uml` and `virtio_balloon` ([`UmlKernelChoice::Linux7`]) |
 //! | a static `busybox` | apt `busybox-static` | the initramfs userland |
 //! | `cpio` | apt `cpio` | cross-checking archives (the harness writes cpio itself) |
 //! | `qemu-system-x86_64` >= 10.2 (peer only) | the system's, else Debian's newest build unpacked into `<cache>/qemu/` by `scripts/qemu-setup.sh` | QEMU with its own balloon and with `prezero serve` behind `vhost-user-test-device-pci` |
@@ -91,6 +92,8 @@ fn cache_dir_for(
 pub struct SetupOptions {
     /// Also the QEMU peer: `qemu-system-x86` and the cloud kernel.
     pub peer: bool,
+    /// Also User-Mode Linux 7.x ([`UmlKernelChoice::Linux7`]), fetched into `<cache>/uml7/`.
+    pub uml7: bool,
     /// Install what is missing (as root), fetch the cloud kernel. `false`: only check.
     pub install: bool,
     /// Cache directory (see [`default_cache_dir`]).
@@ -101,6 +104,7 @@ impl Default for SetupOptions {
     fn default() -> Self {
         SetupOptions {
             peer: false,
+            uml7: false,
             install: true,
             cache_dir: default_cache_dir(),
         }
@@ -120,15 +124,52 @@ pub struct CloudKernel {
     pub modules: PathBuf,
 }
 
+/// Which User-Mode Linux kernel a guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UmlKernelChoice {
+    /// The system's `user-mode-linux` package (`/usr/bin/linux.uml`; Debian 12: 6.1.176).
+    #[default]
+    System,
+    /// Debian's prebuilt `user-mode-linux` 7.x from a newer suite (forky: 7.2.7), run from
+    /// `<cache>/uml7/` (`scripts/linux-setup.sh --uml7`). Its `virtio_uml` negotiates the MQ
+    /// protocol feature and asks for the backend's queue count (`GET_QUEUE_NUM`), which must
+    /// cover the balloon driver's five queue slots.
+    Linux7,
+}
+
+/// One User-Mode Linux kernel: the binary and the modules of the same build.
+#[derive(Debug, Clone)]
+pub struct UmlKernel {
+    /// Which one.
+    pub choice: UmlKernelChoice,
+    /// `linux.uml`.
+    pub linux: PathBuf,
+    /// Kernel release (`linux.uml --version`), e.g. `6.1.176`, `7.2.7`.
+    pub release: String,
+    /// `.../uml/modules/<release>`: `virtio_balloon.ko` must come from here (a module of another
+    /// build is refused: "invalid module format").
+    pub modules: PathBuf,
+}
+
+impl UmlKernel {
+    /// The release's `(major, minor)`, e.g. `(7, 2)`.
+    pub fn version(&self) -> (u32, u32) {
+        let key = version_key(&self.release);
+        let part = |i: usize| {
+            key.get(i)
+                .map_or(0, |&v| u32::try_from(v).unwrap_or(u32::MAX))
+        };
+        (part(0), part(1))
+    }
+}
+
 /// The host tools found.
 #[derive(Debug, Clone)]
 pub struct HostTools {
-    /// `linux.uml`.
-    pub linux_uml: PathBuf,
-    /// UML kernel release (`linux.uml --version`), e.g. `6.1.176`.
-    pub uml_release: String,
-    /// `/usr/lib/uml/modules/<release>`.
-    pub uml_modules: PathBuf,
+    /// The system's User-Mode Linux ([`UmlKernelChoice::System`]).
+    pub uml: UmlKernel,
+    /// User-Mode Linux 7.x ([`UmlKernelChoice::Linux7`]), when set up (`SetupOptions::uml7`).
+    pub uml7: Option<UmlKernel>,
     /// A statically linked busybox.
     pub busybox: PathBuf,
     /// `cpio`.
@@ -141,6 +182,16 @@ pub struct HostTools {
     pub cloud_kernel: Option<CloudKernel>,
     /// The cache directory.
     pub cache_dir: PathBuf,
+}
+
+impl HostTools {
+    /// The UML kernel `choice`, if set up.
+    pub fn uml_kernel(&self, choice: UmlKernelChoice) -> Option<&UmlKernel> {
+        match choice {
+            UmlKernelChoice::System => Some(&self.uml),
+            UmlKernelChoice::Linux7 => self.uml7.as_ref(),
+        }
+    }
 }
 
 /// Whether the process runs as root.
@@ -167,7 +218,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 pub struct Missing {
     /// What is missing.
     pub what: String,
-    /// The apt package that provides it; `None` for the cloud kernel (fetched, not installed).
+    /// The apt package that provides it; `None` for what is fetched into the cache, not
+    /// installed (the cloud kernel, QEMU, UML 7.x).
     pub package: Option<&'static str>,
 }
 
@@ -182,8 +234,7 @@ fn uml_release(linux_uml: &Path) -> Option<String> {
     (!v.is_empty() && !v.contains(char::is_whitespace)).then_some(v)
 }
 
-fn uml_modules_dir(release: Option<&str>) -> Option<PathBuf> {
-    let base = Path::new("/usr/lib/uml/modules");
+fn uml_modules_dir(base: &Path, release: Option<&str>) -> Option<PathBuf> {
     if let Some(r) = release {
         let d = base.join(r);
         if d.is_dir() {
@@ -198,6 +249,54 @@ fn uml_modules_dir(release: Option<&str>) -> Option<PathBuf> {
         .collect();
     dirs.sort();
     dirs.pop()
+}
+
+/// Whether `modules` holds `virtio_balloon.ko` (plain or compressed).
+fn has_balloon_module(modules: &Path) -> bool {
+    [
+        "kernel/drivers/virtio/virtio_balloon.ko",
+        "kernel/drivers/virtio/virtio_balloon.ko.xz",
+    ]
+    .iter()
+    .any(|m| modules.join(m).exists())
+}
+
+/// The UML kernel `linux` with its modules under `modules_base`, if both are there and it runs.
+fn uml_kernel_at(
+    choice: UmlKernelChoice,
+    linux: PathBuf,
+    modules_base: &Path,
+) -> Option<UmlKernel> {
+    let release = uml_release(&linux);
+    let modules =
+        uml_modules_dir(modules_base, release.as_deref()).filter(|d| has_balloon_module(d))?;
+    let release = release.unwrap_or_else(|| {
+        modules
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    Some(UmlKernel {
+        choice,
+        linux,
+        release,
+        modules,
+    })
+}
+
+/// The UML 7.x that `scripts/linux-setup.sh --uml7` unpacked into `<cache>/uml7/`.
+pub fn find_uml7(cache_dir: &Path) -> Option<UmlKernel> {
+    let root = cache_dir.join("uml7");
+    if !root.join(".complete").is_file() {
+        return None;
+    }
+    let prefix = root.join("prefix");
+    uml_kernel_at(
+        UmlKernelChoice::Linux7,
+        prefix.join("usr/bin/linux.uml"),
+        &prefix.join("usr/lib/uml/modules"),
+    )
 }
 
 fn is_static_elf(path: &Path) -> bool {
@@ -274,22 +373,34 @@ pub fn find_qemu(cache_dir: &Path) -> Option<PathBuf> {
 /// Checks everything; returns the tools, or the list of what is missing.
 pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>> {
     let mut missing = Vec::new();
-    let linux_uml = which("linux.uml");
-    let release = linux_uml.as_deref().and_then(uml_release);
-    let uml_modules = uml_modules_dir(release.as_deref()).filter(|d| {
-        [
-            "kernel/drivers/virtio/virtio_balloon.ko",
-            "kernel/drivers/virtio/virtio_balloon.ko.xz",
-        ]
-        .iter()
-        .any(|m| d.join(m).exists())
+    let uml = which("linux.uml").and_then(|linux| {
+        uml_kernel_at(
+            UmlKernelChoice::System,
+            linux,
+            Path::new("/usr/lib/uml/modules"),
+        )
     });
-    if linux_uml.is_none() || uml_modules.is_none() {
+    if uml.is_none() {
         missing.push(Missing {
             what: "User-Mode Linux (linux.uml and its virtio_balloon.ko)".into(),
             package: Some("user-mode-linux"),
         });
     }
+    let uml7 = if opts.uml7 {
+        let found = find_uml7(&opts.cache_dir);
+        if found.is_none() {
+            missing.push(Missing {
+                what: format!(
+                    "User-Mode Linux 7.x under {}/uml7",
+                    opts.cache_dir.display()
+                ),
+                package: None,
+            });
+        }
+        found
+    } else {
+        None
+    };
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
@@ -331,18 +442,9 @@ pub fn check(opts: &SetupOptions) -> std::result::Result<HostTools, Vec<Missing>
     if !missing.is_empty() {
         return Err(missing);
     }
-    let uml_modules = uml_modules.unwrap();
-    let uml_release = release.unwrap_or_else(|| {
-        uml_modules
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
-    });
     Ok(HostTools {
-        linux_uml: linux_uml.unwrap(),
-        uml_release,
-        uml_modules,
+        uml: uml.unwrap(),
+        uml7,
         busybox: busybox.unwrap(),
         cpio: cpio.unwrap(),
         setarch: which("setarch"),
@@ -356,6 +458,9 @@ fn script_args(opts: &SetupOptions) -> Vec<String> {
     let mut args = Vec::new();
     if opts.peer {
         args.push("--peer".to_owned());
+    }
+    if opts.uml7 {
+        args.push("--uml7".to_owned());
     }
     args.push("--cache".to_owned());
     args.push(opts.cache_dir.display().to_string());
@@ -501,6 +606,7 @@ mod tests {
     fn missing_error_names_the_fix() {
         let opts = SetupOptions {
             peer: true,
+            uml7: false,
             install: false,
             cache_dir: "/tmp/x".into(),
         };
@@ -524,6 +630,28 @@ mod tests {
         assert!(SETUP_SCRIPT.starts_with("#!/usr/bin/env bash"));
         assert!(SETUP_SCRIPT.contains("dpkg-deb -x"));
         assert!(QEMU_SETUP_SCRIPT.contains("vhost-user-test-device-pci"));
+    }
+
+    #[test]
+    fn finds_the_unpacked_uml7_only_once_complete() {
+        let scratch = crate::scratch::ScratchDir::temp("u7").unwrap();
+        let dir = scratch.path();
+        let prefix = dir.join("uml7/prefix");
+        let virtio = prefix.join("usr/lib/uml/modules/7.2.7/kernel/drivers/virtio");
+        fs::create_dir_all(&virtio).unwrap();
+        fs::create_dir_all(prefix.join("usr/bin")).unwrap();
+        // Not a runnable kernel: the release then comes from the modules directory.
+        fs::write(prefix.join("usr/bin/linux.uml"), b"").unwrap();
+        fs::write(virtio.join("virtio_balloon.ko"), b"").unwrap();
+        assert!(find_uml7(dir).is_none(), "an unfinished fetch is not used");
+        fs::write(dir.join("uml7/.complete"), b"forky\n").unwrap();
+        let k = find_uml7(dir).unwrap();
+        assert_eq!(k.choice, UmlKernelChoice::Linux7);
+        assert_eq!(k.release, "7.2.7");
+        assert_eq!(k.version(), (7, 2));
+        assert!(k.modules.ends_with("uml/modules/7.2.7"));
+        fs::remove_file(virtio.join("virtio_balloon.ko")).unwrap();
+        assert!(find_uml7(dir).is_none(), "no balloon module, no kernel");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Booting User-Mode Linux (`linux.uml`) with the harness initramfs.
+//! Booting User-Mode Linux (`linux.uml`, either [`UmlKernel`]: the system's 6.1 or Debian's
+//! 7.x) with the harness initramfs (built from the same kernel's modules).
 //!
 //! Command line (see UML-NOTES):
 //!
@@ -23,7 +24,7 @@ use crate::error::{io_err, Error, Result};
 use crate::procs::{find_uml_memory_file, UmlMemoryProbe};
 use crate::scenario::Scenario;
 use crate::scratch::ScratchDir;
-use crate::setup::HostTools;
+use crate::setup::{HostTools, UmlKernel};
 use crate::vm::GuestProcess;
 
 /// virtio device id of the balloon.
@@ -32,9 +33,9 @@ pub const VIRTIO_ID_BALLOON: u32 = 5;
 /// How to boot UML.
 #[derive(Debug, Clone)]
 pub struct UmlConfig {
-    /// `linux.uml`.
-    pub linux: PathBuf,
-    /// The initramfs.
+    /// The kernel (`linux.uml`).
+    pub kernel: UmlKernel,
+    /// The initramfs (with modules of `kernel`'s build).
     pub initrd: PathBuf,
     /// Guest memory in MiB (`mem=`), default 256.
     pub mem_mib: u64,
@@ -51,11 +52,11 @@ pub struct UmlConfig {
 }
 
 impl UmlConfig {
-    /// Defaults from the host tools: 256 MiB, scenario `boot`, no balloon, `setarch -R` when
-    /// available, scratch under `<cache>/run`.
-    pub fn new(tools: &HostTools, initrd: &Path) -> UmlConfig {
+    /// Defaults from the host tools for `kernel`: 256 MiB, scenario `boot`, no balloon,
+    /// `setarch -R` when available, scratch under `<cache>/run`.
+    pub fn new(tools: &HostTools, kernel: &UmlKernel, initrd: &Path) -> UmlConfig {
         UmlConfig {
-            linux: tools.linux_uml.clone(),
+            kernel: kernel.clone(),
             initrd: initrd.to_path_buf(),
             mem_mib: 256,
             scenario: Scenario::boot(),
@@ -98,11 +99,11 @@ impl UmlConfig {
                 args.extend([
                     std::env::consts::ARCH.to_owned(),
                     "-R".to_owned(),
-                    self.linux.display().to_string(),
+                    self.kernel.linux.display().to_string(),
                 ]);
                 setarch.clone()
             }
-            None => self.linux.clone(),
+            None => self.kernel.linux.clone(),
         };
         args.push(format!("mem={}M", self.mem_mib));
         args.push(format!("initrd={}", self.initrd.display()));
@@ -159,7 +160,7 @@ impl Uml {
         let (program, args) = cfg.command(&umid, uml_dir.path())?;
         let mut cmd = Command::new(program);
         cmd.args(&args);
-        if crate::uml_xstate::needed() {
+        if crate::uml_xstate::needed(&cfg.kernel) {
             crate::uml_xstate::apply(&mut cmd).map_err(|e| Error::Io {
                 context: "building the UML xstate seccomp filter".into(),
                 source: std::io::Error::other(e.to_string()),
@@ -223,7 +224,12 @@ mod tests {
     #[test]
     fn command_line() {
         let cfg = UmlConfig {
-            linux: "/usr/bin/linux.uml".into(),
+            kernel: UmlKernel {
+                choice: crate::setup::UmlKernelChoice::System,
+                linux: "/usr/bin/linux.uml".into(),
+                release: "6.1.176".into(),
+                modules: "/usr/lib/uml/modules/6.1.176".into(),
+            },
             initrd: "/c/uml.cpio".into(),
             mem_mib: 512,
             scenario: Scenario::checksum(8),

@@ -1,4 +1,4 @@
-//! User-Mode Linux 6.1 on hosts with a large XSAVE area (AVX-512, AMX): the workaround.
+//! User-Mode Linux 6.x on hosts with a large XSAVE area (AVX-512, AMX): the workaround.
 //!
 //! UML keeps a guest process's FPU state in a fixed buffer sized for x87, SSE and AVX (the
 //! 832-byte XSAVE layout) and moves it with `ptrace(PTRACE_GETREGSET / PTRACE_SETREGSET,
@@ -23,8 +23,10 @@
 //!    line: UML hands unknown `KEY=VALUE` arguments to init's environment). Our own guest
 //!    programs are built for the x86-64 baseline, without AVX.
 //!
-//! A UML kernel that sizes its xstate buffer from the host (upstream reworked this after 6.1)
-//! needs none of it; this module goes away when the harness moves to one.
+//! A UML kernel that sizes its xstate buffer from the host needs none of it: Debian's 7.2.7
+//! (`UmlKernelChoice::Linux7`) boots and runs the guest workload on the same AMX host without
+//! it (measured 2026-11-30), so [`needed`] applies it to 6.x kernels only. This module goes
+//! away when the harness drops 6.x.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -33,6 +35,8 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
+
+use crate::setup::UmlKernel;
 
 /// The XSAVE area UML 6.1 can move through `NT_X86_XSTATE`: legacy 512 + header 64 + AVX 256.
 pub const UML_XSTATE_BYTES: u32 = 832;
@@ -64,10 +68,10 @@ pub fn host_xstate_bytes() -> Option<u32> {
     None
 }
 
-/// Whether UML 6.1 needs the workaround on this host: an XSAVE area larger than the one it
-/// can write back.
-pub fn needed() -> bool {
-    host_xstate_bytes().is_some_and(|bytes| bytes > UML_XSTATE_BYTES)
+/// Whether `kernel` needs the workaround on this host: a 6.x kernel (the fixed 832-byte buffer)
+/// on a host whose XSAVE area is larger than that.
+pub fn needed(kernel: &UmlKernel) -> bool {
+    kernel.version().0 < 7 && host_xstate_bytes().is_some_and(|bytes| bytes > UML_XSTATE_BYTES)
 }
 
 /// The seccomp program of step 1: `ptrace(PTRACE_GETREGSET, _, NT_X86_XSTATE, _)` fails with

@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 
 use prezero_balloon::features;
 use prezero_linux_harness::console::{Event, Meminfo};
-use prezero_linux_harness::procs::{is_alive, MemoryProbe};
 use prezero_linux_harness::setup::{is_root, which};
 use prezero_linux_harness::uml::Uml;
-use prezero_linux_harness::vm::RunOutcome;
-use prezero_linux_harness::{Harness, Initramfs, Scenario, SetupOptions};
+use prezero_linux_harness::{Scenario, SetupOptions, UmlKernelChoice};
 use prezero_vhost::{control_request, ControlRequest};
 use serde_json::Value;
 
@@ -38,11 +36,12 @@ use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
 use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
-
-struct Env {
-    h: Harness,
-    initrd: Initramfs,
-}
+#[path = "support/uml.rs"]
+mod uml;
+use uml::{
+    assert_gone, assert_meminfo_follows_the_balloon, assert_reported_in_pageblocks, boot, finish,
+    mem_file_mib, meminfo_after, now_s, prezero_linux, reporting_scenario, Env, FileWatch,
+};
 
 /// The harness (tools checked or installed, workload and initramfs built), once per process.
 fn env() -> Option<&'static Env> {
@@ -55,99 +54,9 @@ fn env() -> Option<&'static Env> {
             );
             return None;
         }
-        let h = Harness::new(&SetupOptions::default()).expect("setting up the UML harness");
-        let initrd = h.uml_initramfs().expect("building the UML initramfs");
-        Some(Env { h, initrd })
+        Some(Env::new(&SetupOptions::default(), UmlKernelChoice::System))
     })
     .as_ref()
-}
-
-fn boot(e: &Env, mem_mib: u64, scenario: Scenario, d: Option<&Daemon>) -> Uml {
-    let mut cfg = e.h.uml(&e.initrd).mem_mib(mem_mib).scenario(scenario);
-    if let Some(d) = d {
-        cfg = cfg.balloon_socket(d.socket());
-    }
-    cfg.boot().expect("booting User-Mode Linux")
-}
-
-/// Runs the guest to its end, then checks that every UML process it ever had is gone.
-fn finish(vm: &mut Uml) -> RunOutcome {
-    let out = vm.run_to_exit(GUARD).unwrap();
-    assert_gone(vm);
-    out
-}
-
-/// Shuts the VM down (SIGKILL of everything left) and checks that no recorded process survives.
-fn assert_gone(vm: &mut Uml) {
-    let pids = vm.pids();
-    assert!(!pids.is_empty());
-    let left = vm.shutdown();
-    assert!(left.is_empty(), "UML processes survived: {left:?}");
-    for id in pids {
-        assert!(!is_alive(id), "UML process {} still alive", id.pid);
-    }
-}
-
-/// The first guest `meminfo` event after host time `t_s` (console clock).
-fn meminfo_after(vm: &mut Uml, t_s: f64) -> (f64, Meminfo) {
-    loop {
-        let e = vm.console().wait_event("meminfo", GUARD).unwrap();
-        if e.t_s > t_s {
-            return (e.t_s, e.meminfo().unwrap());
-        }
-    }
-}
-
-fn now_s(vm: &Uml) -> f64 {
-    vm.t0().elapsed().as_secs_f64()
-}
-
-fn mem_file_mib(vm: &Uml) -> f64 {
-    vm.memory_probe().read_mib().unwrap()
-}
-
-/// The UML memory file's allocated MiB, sampled every 50 ms from boot on the console's clock,
-/// so a value "at" a guest event does not depend on when the test thread gets to read it.
-struct FileWatch(prezero_linux_harness::measure::Sampler);
-
-impl FileWatch {
-    fn start(vm: &Uml) -> FileWatch {
-        FileWatch(prezero_linux_harness::measure::Sampler::start(
-            vm.t0(),
-            Duration::from_millis(50),
-            Box::new(vm.memory_probe()),
-            Box::new(prezero_linux_harness::procs::NoCpu),
-        ))
-    }
-
-    /// The last sample taken at or before `t_s`.
-    fn at(&self, t_s: f64) -> f64 {
-        self.0
-            .snapshot()
-            .iter()
-            .rev()
-            .find(|s| s.t_s <= t_s)
-            .map_or(0.0, |s| s.mib)
-    }
-
-    /// Waits (hang guard only) until the file is at least `mib` below its size at `t_s` (the
-    /// guest's free): the freed memory was reported and punched out. Returns (at `t_s`, then).
-    fn wait_drop(&self, d: &Daemon, t_s: f64, mib: f64) -> (f64, f64) {
-        let before = self.at(t_s);
-        let deadline = Instant::now() + GUARD;
-        loop {
-            let now = self.0.snapshot().last().map_or(before, |s| s.mib);
-            if now <= before - mib {
-                return (before, now);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the memory file stayed at {now:.1} MiB ({before:.1} at the free); device {}",
-                d.device()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 /// Feature bits, as masks.
@@ -302,12 +211,7 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
     let Some(e) = env() else { return };
     let d = Daemon::start(&e.h.tools.cache_dir, "report", &[]);
     let mib = 64;
-    let scenario = Scenario::alloc_free(mib)
-        .param("idle", 1)
-        .hold(0.3)
-        .wait(90.0)
-        .interval(1.0)
-        .until_inflated(256);
+    let scenario = reporting_scenario(mib).until_inflated(256);
     let mut vm = boot(e, 256, scenario, Some(&d));
     let sampler = Sampler::start(
         vm.t0(),
@@ -355,25 +259,9 @@ fn freed_guest_memory_is_reported_and_punched_out_of_the_uml_memory_file() {
     let out = finish(&mut vm);
     assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(40));
 
-    let m = d.device();
+    let (m, reported) = assert_reported_in_pageblocks(&d, reported_before, 48 * MIB);
     let n = |k: &str| m[k].as_u64().unwrap();
-    let reported = n("reported_bytes") - reported_before;
     let discarded = n("discarded_bytes") - discarded_before;
-    assert!(reported >= 48 * MIB, "reported {reported}: {m}");
-    // The chains the stock driver sends: one device-writable buffer per reported block, each
-    // a whole pageblock (4 MiB, order 10, in UML), at most 32 per chain; a chain of several
-    // goes through an indirect table (INDIRECT_DESC is negotiated).
-    assert_eq!(n("reported_bytes"), n("reporting_buffers") * 4 * MIB, "{m}");
-    assert!(
-        n("reporting_buffers") <= 32 * n("reporting_requests"),
-        "{m}"
-    );
-    if n("reporting_buffers") > n("reporting_requests") {
-        assert!(n("indirect_chains") >= 1, "{m}");
-    }
-    assert!(n("indirect_chains") <= n("reporting_requests"), "{m}");
-    // Everything reported was discarded (totals: the counters move while the test reads them).
-    assert!(n("discarded_bytes") >= n("reported_bytes"), "{m}");
     assert!(at_free - after >= 0.75 * mib as f64, "{at_free} -> {after}");
     assert_eq!(d.errors(), 0, "{m}");
     eprintln!(
@@ -418,30 +306,13 @@ fn inflate_and_deflate_through_the_control_socket_move_the_guest_view() {
         let out = finish(&mut vm);
         assert_eq!(out.guest_rc(), Some(0), "{}", vm.console().tail(40));
 
+        assert_meminfo_follows_the_balloon(
+            name,
+            [&before, &inflated, &deflated],
+            48 * 1024,
+            name == "doo",
+        );
         let kib = |m: &Meminfo, k: &str| m.kib(k).unwrap() as i64;
-        let balloon_kib = 48 * 1024;
-        let free_drop = kib(&before, "MemFree") - kib(&inflated, "MemFree");
-        let total_drop = kib(&before, "MemTotal") - kib(&inflated, "MemTotal");
-        assert!(
-            (free_drop - balloon_kib).abs() <= 4096,
-            "{name}: MemFree dropped {free_drop} kB for a {balloon_kib} kB balloon"
-        );
-        if name == "doo" {
-            assert_eq!(total_drop, 0, "{name}: MemTotal moved with deflate-on-OOM");
-        } else {
-            assert_eq!(total_drop, balloon_kib, "{name}: MemTotal drop");
-        }
-        assert_eq!(
-            kib(&deflated, "MemTotal"),
-            kib(&before, "MemTotal"),
-            "{name}"
-        );
-        assert!(
-            (kib(&deflated, "MemFree") - kib(&before, "MemFree")).abs() <= 4096,
-            "{name}: MemFree {} before, {} after deflating",
-            kib(&before, "MemFree"),
-            kib(&deflated, "MemFree")
-        );
         let m = d.device();
         assert_eq!(m["inflated_pages"], 12288, "{m}");
         assert_eq!(m["deflated_pages"], 12288, "{m}");
@@ -780,24 +651,6 @@ fn guest_killed_mid_request_leaves_the_daemon_serving() {
     );
 }
 
-/// Runs `prezero linux ARGS` with the tests' cache; returns its status, stdout and stderr.
-fn prezero_linux(
-    e: &Env,
-    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
-) -> (std::process::ExitStatus, String, String) {
-    let out = prezero()
-        .arg("linux")
-        .args(args)
-        .env("PREZERO_LINUX_CACHE", &e.h.tools.cache_dir)
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `prezero linux`: starts its own daemon, boots UML, prints the console and a summary of the
 /// negotiation and the device's work; bad input is a clear error.
 #[test]
@@ -1027,6 +880,7 @@ fn bench_linux_compares_the_peers_in_one_invocation() {
     let Some(e) = env() else { return };
     let peer = check(&SetupOptions {
         peer: true,
+        uml7: false,
         install: false,
         cache_dir: e.h.tools.cache_dir.clone(),
     })

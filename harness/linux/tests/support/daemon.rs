@@ -38,7 +38,13 @@ impl Daemon {
     pub fn start_on(cache_dir: &Path, name: &str, flags: &[&str], socket: Option<&Path>) -> Daemon {
         let dir = ScratchDir::for_sockets(cache_dir, "t").unwrap();
         let control = dir.join("c.sock");
-        let args: Vec<&str> = ["--log", "info"].iter().chain(flags).copied().collect();
+        // `--log info` unless the caller chose a filter.
+        let log: &[&str] = if flags.contains(&"--log") {
+            &[]
+        } else {
+            &["--log", "info"]
+        };
+        let args: Vec<&str> = log.iter().chain(flags).copied().collect();
         let socket = socket.map_or_else(|| dir.join("b.sock"), Path::to_path_buf);
         let proc = BackendProcess::serve(
             Path::new(env!("CARGO_BIN_EXE_prezero")),
