@@ -6,12 +6,12 @@ use core::time::Duration;
 use prezero_driver::{BalloonDriver, DriverOptions};
 
 use crate::mem::with_zone;
-use crate::physmem::PhysMemory;
 use crate::virtio_pci::VirtioPci;
 use crate::{clock, println};
+use prezero_driver::IdentityMemory;
 
 /// The driver as this kernel instantiates it.
-pub type Driver = BalloonDriver<VirtioPci, PhysMemory, fn() -> Duration>;
+pub type Driver = BalloonDriver<VirtioPci, IdentityMemory, fn() -> Duration>;
 
 /// The driver's clock: the calibrated TSC.
 pub fn now() -> Duration {
@@ -21,7 +21,7 @@ pub fn now() -> Duration {
 /// Finds the balloon on PCI (QEMU's own, transitional 1af4:1002, or a modern 1af4:1045),
 /// starts the driver on it with `opts`, and prints the `negotiated` event: the features and
 /// what the zone believes of the device's "zeroed" answers.
-pub fn start(memory: PhysMemory, opts: DriverOptions) -> Result<Driver, &'static str> {
+pub fn start(memory: IdentityMemory, opts: DriverOptions) -> Result<Driver, &'static str> {
     let dev = VirtioPci::find(5, 0x1002)
         .map_err(|e| {
             println!("prezero-kernel: virtio-pci: {e}");

@@ -21,7 +21,6 @@
 //! | `power.rs` | ACPI power-off (success) or `isa-debug-exit` (failure code) |
 //! | `pci.rs` | configuration space (0xCF8/0xCFC), bus-0 scan, capabilities, BARs |
 //! | `virtio_pci.rs` | the virtio-pci modern transport: `prezero-driver`'s `VirtioTransport` |
-//! | `physmem.rs` | identity-mapped RAM as `prezero-virtq`'s `QueueMemory` |
 //! | `balloon.rs` | the shared driver started over the transport |
 //! | `run.rs`, `seed.rs` | the scenarios: the balloon run, the seed measurement |
 //! | `cmdline.rs` | `prezero.KEY=VALUE` words of the command line |
@@ -51,7 +50,6 @@ mod libc;
 mod mem;
 mod paging;
 mod pci;
-mod physmem;
 mod port;
 mod power;
 mod pvh;
@@ -109,9 +107,9 @@ extern "C" fn kmain(start_info: u32) -> ! {
         "PREZERO event=boot kmain_us={}",
         clock::tsc_to_us(t0 - boot_tsc)
     );
-    let memory = physmem::PhysMemory {
-        end: layout.ram_end,
-    };
+    // SAFETY: RAM up to `ram_end` is identity mapped (paging.rs) for the kernel's life; the
+    // driver touches only what the zone gives it and its rings.
+    let memory = unsafe { prezero_driver::IdentityMemory::new(0, layout.ram_end) };
     let result = match cmdline::get(cmdline, "scenario").unwrap_or("balloon") {
         "boot" => Ok(()),
         "balloon" => run::run(cmdline, memory),

@@ -30,13 +30,13 @@ use prezero_mm::{
 use crate::balloon::{self, now, Driver};
 use crate::cmdline;
 use crate::mem::{self, with_zone, Phys};
-use crate::physmem::PhysMemory;
 use crate::{clock, println};
+use prezero_driver::IdentityMemory;
 
 const BLOCK: u64 = FRAME_SIZE << PAGEBLOCK_ORDER;
 
 /// Runs the scenario the command line names; `Err` is the failure line.
-pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
+pub fn run(cmdline: &str, memory: IdentityMemory) -> Result<(), &'static str> {
     let mib = cmdline::number(cmdline, "mib", 64).map_err(|_| "prezero.mib is not a number")?;
     let wait = cmdline::number(cmdline, "wait", 0).map_err(|_| "prezero.wait is not a number")?;
     let cycles =

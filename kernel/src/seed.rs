@@ -24,8 +24,8 @@ use prezero_mm::{AllocFlags, FreeHint, Pfn, FRAME_SIZE, HUGE_PAGE_ORDER, MAX_ORD
 
 use crate::balloon::{self, Driver};
 use crate::mem::{self, with_zone, Phys};
-use crate::physmem::PhysMemory;
 use crate::{clock, cmdline, println};
+use prezero_driver::IdentityMemory;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -43,7 +43,7 @@ impl Source {
 }
 
 /// Runs the measurement the command line names.
-pub fn run(cmdline: &str, memory: PhysMemory) -> Result<(), &'static str> {
+pub fn run(cmdline: &str, memory: IdentityMemory) -> Result<(), &'static str> {
     let alloc_mib = cmdline::number(cmdline, "alloc_mib", 256)
         .map_err(|_| "prezero.alloc_mib is not a number")?;
     let repeats =

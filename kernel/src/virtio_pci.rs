@@ -28,7 +28,7 @@ use prezero_driver::{Events, RingLayout, VirtioTransport};
 
 use crate::clock;
 use crate::pci::Address;
-use crate::physmem::PhysMemory;
+use prezero_driver::IdentityMemory;
 
 /// The virtio PCI vendor id.
 pub const VENDOR: u16 = 0x1af4;
@@ -303,7 +303,7 @@ impl VirtioPci {
 /// The balloon driver's view of the device.
 impl VirtioTransport for VirtioPci {
     type Error = PciError;
-    type Memory = PhysMemory;
+    type Memory = IdentityMemory;
 
     /// Every feature bit the device offers.
     fn device_features(&self) -> u64 {
@@ -450,7 +450,7 @@ impl VirtioTransport for VirtioPci {
         Ok(())
     }
 
-    fn set_memory(&mut self, _memory: &PhysMemory) -> Result<(), Self::Error> {
+    fn set_memory(&mut self, _memory: &IdentityMemory) -> Result<(), Self::Error> {
         Ok(()) // the device addresses guest-physical memory itself
     }
 
