@@ -6,6 +6,7 @@ pub mod chart;
 pub mod linux;
 pub mod report;
 pub mod seed_table;
+pub mod seed_vm;
 
 use anyhow::Result;
 use clap::Subcommand;

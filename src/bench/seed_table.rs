@@ -10,9 +10,13 @@
 //!
 //! Two granularities: 2 MiB blocks (the THP analogue) and 4 KiB pages; and, as upstream's
 //! hugetlb measurement, 2 MiB pages of the guest's huge page pool (the hugetlbfs analogue).
+//!
+//! `--vm`: the same measurement inside a real VM, prezero's kernel under QEMU against `prezero
+//! serve` (`seed_vm.rs`); the result names the accelerator.
 
 use super::chart::{bar_chart, Bar};
 use super::median;
+use super::seed_vm::{self, Runs, VmOptions};
 use crate::in_process::InProcess;
 use crate::output::Progress;
 use anyhow::{bail, Context, Result};
@@ -46,6 +50,15 @@ pub struct SeedTableArgs {
     /// Where to write the SVG bar chart.
     #[arg(long, default_value = "seed-table.svg")]
     svg: PathBuf,
+    /// Measure inside a VM: prezero's kernel (kernel/) under QEMU >= 10.2
+    /// (scripts/qemu-setup.sh) against `prezero serve`, one VM per mode, timed by the guest's
+    /// TSC. KVM when it works, else TCG (software emulation, where the guest's own stores are
+    /// emulated: the ratios then differ from a KVM guest's).
+    #[arg(long, conflicts_with = "hugetlb")]
+    vm: bool,
+    /// With --vm: the kernel image (default: built by scripts/kernel-build.sh).
+    #[arg(long, requires = "vm")]
+    kernel: Option<PathBuf>,
 }
 
 /// Median, min and max of a series, in ms.
@@ -130,6 +143,9 @@ pub struct SeedTable {
     pub hugetlb: bool,
     /// The upstream ratio, for comparison.
     pub upstream_optimized_over_baseline: f64,
+    /// Where the guest ran: `in-process` (a host process guest), or the VM's accelerator,
+    /// `kvm` or `tcg` (`--vm`).
+    pub accelerator: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,10 +160,7 @@ enum Mode {
 struct Subject {
     sys: InProcess,
     flags: AllocFlags,
-    total: Vec<f64>,
-    alloc: Vec<f64>,
-    hits: u64,
-    blocks: u64,
+    runs: Runs,
 }
 
 impl Subject {
@@ -179,10 +192,7 @@ impl Subject {
         Ok(Subject {
             sys,
             flags,
-            total: Vec::new(),
-            alloc: Vec::new(),
-            hits: 0,
-            blocks: 0,
+            runs: Runs::default(),
         })
     }
 
@@ -191,10 +201,10 @@ impl Subject {
     fn run_once(&mut self, bytes: u64, source: Source) -> Result<()> {
         let g = &mut self.sys.guest;
         let run = alloc_and_touch(g, bytes, source, self.flags)?;
-        self.total.push(run.total().as_secs_f64() * 1e3);
-        self.alloc.push(run.alloc.as_secs_f64() * 1e3);
-        self.hits += run.known_zero;
-        self.blocks += run.blocks.len() as u64;
+        self.runs.total_ms.push(run.total().as_secs_f64() * 1e3);
+        self.runs.alloc_ms.push(run.alloc.as_secs_f64() * 1e3);
+        self.runs.hits += run.known_zero;
+        self.runs.blocks += run.blocks.len() as u64;
         free_run(g, &run)?;
         let pass = g.report_now();
         if pass.pages_failed > 0 {
@@ -241,15 +251,20 @@ fn granularity(
     let Ok([base, opt, floor]) = <[Subject; 3]>::try_from(subjects) else {
         unreachable!("three modes")
     };
+    Ok(summarize(&base.runs, &opt.runs, &floor.runs))
+}
+
+/// One granularity's figures from each mode's runs.
+fn summarize(base: &Runs, opt: &Runs, floor: &Runs) -> Granularity {
     let s = Spreads {
-        baseline: Spread::of(&base.total),
-        optimized: Spread::of(&opt.total),
-        floor: Spread::of(&floor.total),
-        alloc_baseline: Spread::of(&base.alloc),
-        alloc_optimized: Spread::of(&opt.alloc),
-        alloc_floor: Spread::of(&floor.alloc),
+        baseline: Spread::of(&base.total_ms),
+        optimized: Spread::of(&opt.total_ms),
+        floor: Spread::of(&floor.total_ms),
+        alloc_baseline: Spread::of(&base.alloc_ms),
+        alloc_optimized: Spread::of(&opt.alloc_ms),
+        alloc_floor: Spread::of(&floor.alloc_ms),
     };
-    Ok(Granularity {
+    Granularity {
         baseline_ms: s.baseline.median,
         optimized_ms: s.optimized.median,
         floor_ms: s.floor.median,
@@ -260,7 +275,7 @@ fn granularity(
         optimized_over_floor: s.optimized.median / s.floor.median,
         alloc_optimized_over_baseline: s.alloc_optimized.median / s.alloc_baseline.median,
         spread: s,
-    })
+    }
 }
 
 /// Reserves 2 MiB huge pages for the run and gives the previous setting back on drop (and
@@ -322,6 +337,9 @@ pub fn run(a: &SeedTableArgs) -> Result<()> {
             a.alloc_mib * 2
         );
     }
+    if a.vm {
+        return run_vm(a);
+    }
     let _huge = a
         .hugetlb
         .then(|| HugePages::reserve(3 * (a.mem_mib / 2) + 8))
@@ -336,8 +354,39 @@ pub fn run(a: &SeedTableArgs) -> Result<()> {
         repeats: a.repeats,
         hugetlb: a.hugetlb,
         upstream_optimized_over_baseline: 0.22,
+        accelerator: "in-process".into(),
     };
     drop(progress);
+    write_chart(&t, &a.svg)?;
+    super::print(a.json, &t, |t| table(t, a))
+}
+
+/// `--vm`: the three modes in three VMs, the same table from the kernel's runs.
+fn run_vm(a: &SeedTableArgs) -> Result<()> {
+    let o = VmOptions {
+        mem_mib: a.mem_mib,
+        alloc_mib: a.alloc_mib,
+        repeats: a.repeats,
+        kernel: a.kernel.clone(),
+    };
+    let mut progress = Progress::new("seed-table --vm", 1 + seed_vm::MODES.len() as u64);
+    let vm = seed_vm::measure(&o, &mut progress)?;
+    drop(progress);
+    let g = |name: &str| {
+        let [base, opt, floor] = seed_vm::MODES.map(|m| vm.get(name, m));
+        summarize(&base, &opt, &floor)
+    };
+    let t = SeedTable {
+        block_2m: g("block_2m"),
+        page_4k: g("page_4k"),
+        huge_pool: g("huge_pool"),
+        mem_mib: a.mem_mib,
+        alloc_mib: a.alloc_mib,
+        repeats: a.repeats,
+        hugetlb: false,
+        upstream_optimized_over_baseline: 0.22,
+        accelerator: vm.accelerator.into(),
+    };
     write_chart(&t, &a.svg)?;
     super::print(a.json, &t, |t| table(t, a))
 }
@@ -358,11 +407,19 @@ fn verdict(met: bool, a: Spread, b: Spread) -> &'static str {
 fn table(t: &SeedTable, a: &SeedTableArgs) -> String {
     let mut out = format!(
         "seed table: {} MiB guest, allocate {} MiB with ZERO after reporting and touch every 4 KiB page\n\
-         host backing: {}; median of {} runs (min-max)\n\n",
+         host backing: {}; median of {} runs (min-max)\n{}\n",
         t.mem_mib,
         t.alloc_mib,
         if t.hugetlb { "memfd on 2 MiB huge pages (MFD_HUGETLB)" } else { "memfd on 4 KiB pages" },
-        t.repeats
+        t.repeats,
+        match t.accelerator.as_str() {
+            "in-process" => "guest: a host process (prezero's Rust guest)\n".to_owned(),
+            "tcg" => "guest: prezero's kernel in a QEMU VM under TCG (software emulation): the guest's own \
+                      stores, its zeroing included, are emulated, so the ratios differ from a KVM guest's; \
+                      with KVM the same command gives the real figure\n"
+                .to_owned(),
+            accel => format!("guest: prezero's kernel in a QEMU VM ({accel})\n"),
+        }
     );
     for (name, g) in [
         ("2 MiB blocks (THP analogue)", &t.block_2m),

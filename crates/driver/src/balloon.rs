@@ -63,7 +63,8 @@ use prezero_virtq::{Buffer, QueueMemory, SplitQueue};
 pub const PFNS_PER_REQUEST: usize = 256;
 /// Pages given back per deflate-on-OOM event (Linux `OOM_VBALLOON_DEFAULT_PAGES`).
 pub const OOM_PAGES: usize = 256;
-/// Queue size of every balloon queue.
+/// Queue size of every balloon queue, or the device's maximum for a queue when it is smaller
+/// (the largest power of two it allows: QEMU's own balloon takes 32 for reporting).
 pub const QUEUE_SIZE: u16 = 128;
 /// How long a request may stay with a live device before the driver gives up on the device.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,7 +108,7 @@ pub struct DriverOptions {
 /// `page_reporting_dev_info.capacity`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReportCapacity {
-    /// The reporting ring's size ([`QUEUE_SIZE`]), as the upstream driver since
+    /// The reporting ring's size ([`QUEUE_SIZE`], or the device's smaller maximum), as the upstream driver since
     /// `page_reporting: allow driver to set batch capacity`: one chain per block fills it.
     #[default]
     RingSize,
@@ -289,7 +290,6 @@ where
                 .map_err(|_| BalloonError::NoMemory)?;
             Ok(a.pfn.addr())
         };
-        let ring = SplitQueue::<usize, M>::memory_requirement(QUEUE_SIZE)?;
         let event_idx = acked.has(features::RING_EVENT_IDX);
         let mut queues: Vec<Option<SplitQueue<usize, M>>> =
             (0..roles.count()).map(|_| None).collect();
@@ -297,8 +297,17 @@ where
             if role == QueueRole::FreePageHint {
                 continue;
             }
+            let size = match transport
+                .max_queue_size(index as u16)
+                .map_err(BalloonError::Transport)?
+            {
+                Some(0) => return Err(BalloonError::Protocol(role.name())),
+                Some(max) => QUEUE_SIZE.min(1 << max.ilog2()),
+                None => QUEUE_SIZE,
+            };
+            let ring = SplitQueue::<usize, M>::memory_requirement(size)?;
             let gpa = page(zone, ring.bytes)?;
-            let q = SplitQueue::new(memory.clone(), QUEUE_SIZE, gpa, event_idx)?;
+            let q = SplitQueue::new(memory.clone(), size, gpa, event_idx)?;
             transport
                 .setup_queue(index as u16, &q.layout())
                 .map_err(BalloonError::Transport)?;
@@ -311,6 +320,10 @@ where
             on_inflate: acked.init_on_inflate(),
         });
         transport.driver_ok().map_err(BalloonError::Transport)?;
+        let reporting_ring = roles
+            .index(QueueRole::Reporting)
+            .and_then(|i| queues[i].as_ref())
+            .map_or(QUEUE_SIZE, |q| q.size());
         let mut driver = BalloonDriver {
             transport,
             memory,
@@ -326,8 +339,8 @@ where
             dead: false,
             stats: DriverStats::default(),
             report_capacity: match opts.report_capacity {
-                ReportCapacity::RingSize => usize::from(QUEUE_SIZE),
-                ReportCapacity::Fixed(n) => n.clamp(1, usize::from(QUEUE_SIZE)),
+                ReportCapacity::RingSize => usize::from(reporting_ring),
+                ReportCapacity::Fixed(n) => n.clamp(1, usize::from(reporting_ring)),
             },
         };
         if acked.has(features::STATS_VQ) {

@@ -142,6 +142,15 @@ pub trait VirtioTransport {
     /// any queue.
     fn set_memory(&mut self, memory: &Self::Memory) -> Result<(), Self::Error>;
 
+    /// The largest ring queue `index` takes, when the device says (virtio-pci's `queue_size`
+    /// before the driver writes it, 4.1.4.3; QEMU's own balloon: 128 for inflate, deflate
+    /// and stats, 32 for reporting). `None`: no limit the transport knows of (vhost-user,
+    /// where the VMM sized the rings). After [`negotiate`](Self::negotiate).
+    fn max_queue_size(&mut self, index: u16) -> Result<Option<u16>, Self::Error> {
+        let _ = index;
+        Ok(None)
+    }
+
     /// Tells the device where queue `index`'s rings are and starts it.
     fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), Self::Error>;
 

@@ -9,7 +9,7 @@ mod in_process;
 use std::sync::Arc;
 use std::time::Duration;
 
-use in_process::{device, Host, InProcess};
+use in_process::{device_with_max_sizes, Host, InProcess};
 use prezero_balloon::features::RING_INDIRECT_DESC;
 use prezero_balloon::features::{
     Features, DEFLATE_ON_OOM, DEVICE_INIT_ON_INFLATE, DEVICE_INIT_REPORTED, MUST_TELL_HOST,
@@ -47,6 +47,11 @@ fn rig(balloon_features: Features, confidential: bool) -> Rig {
 
 /// [`rig`] with any driver options.
 fn rig_with(balloon_features: Features, opts: DriverOptions) -> Rig {
+    rig_sized(balloon_features, opts, &[])
+}
+
+/// [`rig_with`] on a device whose queues take rings of at most `max_sizes` entries.
+fn rig_sized(balloon_features: Features, opts: DriverOptions, max_sizes: &[u16]) -> Rig {
     let confidential = opts.confidential;
     let ram = Arc::new(GuestRam::new(RAM).unwrap());
     let frames = RAM / FRAME_SIZE;
@@ -57,10 +62,13 @@ fn rig_with(balloon_features: Features, opts: DriverOptions) -> Rig {
     let meta = vec![FrameMeta::EMPTY; frames as usize].into_boxed_slice();
     let mut zone = Zone::new(meta, Pfn(0), cfg);
     zone.add_memory(Pfn(0), frames, false).unwrap();
-    let (transport, host) = device(DeviceOptions {
-        balloon_features,
-        ..DeviceOptions::default()
-    });
+    let (transport, host) = device_with_max_sizes(
+        DeviceOptions {
+            balloon_features,
+            ..DeviceOptions::default()
+        },
+        max_sizes,
+    );
     let driver =
         BalloonDriver::new(transport, ram.clone(), InstantClock::new(), &mut zone, opts).unwrap();
     Rig {
@@ -225,6 +233,29 @@ fn reports_one_chain_per_block_up_to_the_ring_size() {
         r.host.with_device(|d| d.metrics()).reporting_drains,
         pass.requests
     );
+}
+
+/// A device whose queues take smaller rings than the driver's 128 (QEMU's own balloon over
+/// virtio-pci: 32 for reporting): the driver sizes each ring to the device's maximum (the
+/// largest power of two in it), and a reporting request carries at most that many blocks.
+#[test]
+fn rings_and_report_batches_fit_the_devices_queue_sizes() {
+    for (max, per_request) in [(8, 8), (12, 8), (4, 4)] {
+        let mut r = rig_sized(offered(), DriverOptions::default(), &[64, 100, 128, max]);
+        let pass = r.zone.report_flush(&mut r.driver);
+        let m = r.host.with_device(|d| d.metrics());
+        assert!(
+            m.reporting_buffers > per_request,
+            "{} blocks",
+            m.reporting_buffers
+        );
+        assert_eq!(pass.requests, m.reporting_buffers.div_ceil(per_request));
+        assert_eq!(pass.pages_zeroed, pass.pages_reported);
+        // Inflate and deflate still work on the smaller rings.
+        r.host.set_target_pages(300);
+        r.driver.poll(&mut r.zone, POLL).unwrap();
+        assert_eq!(r.driver.balloon_pages(), 300);
+    }
 }
 
 #[test]

@@ -154,6 +154,7 @@ pub mod cpio;
 pub mod elf;
 mod error;
 pub mod initramfs;
+pub mod kernel_vm;
 pub mod measure;
 pub mod modules;
 pub mod procs;

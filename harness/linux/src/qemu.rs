@@ -307,10 +307,7 @@ impl QemuConfig {
             format!("memory-backend-memfd,id=mem,size={mem},share=on"),
         ]);
         if let Some(m) = &self.monitor {
-            args.extend([
-                "-monitor".into(),
-                format!("unix:{},server=on,wait=off", m.display()),
-            ]);
+            args.extend(monitor_args(m));
         }
         args.extend([
             "-kernel".into(),
@@ -373,6 +370,15 @@ impl MemoryProbe for MemfdProbe {
             self.pid
         )
     }
+}
+
+/// QEMU's arguments for a human monitor listening on the Unix socket `socket`
+/// (`-monitor unix:SOCKET,server=on,wait=off`), for [`monitor_command`].
+pub fn monitor_args(socket: &Path) -> [String; 2] {
+    [
+        "-monitor".into(),
+        format!("unix:{},server=on,wait=off", socket.display()),
+    ]
 }
 
 /// Sends one command to a QEMU human monitor on `socket` (`-monitor unix:...`) and returns

@@ -36,6 +36,8 @@ struct State {
     calls: u64,
     config_changed: bool,
     unplugged: bool,
+    /// Per queue, the largest ring it takes, as a virtio-pci device says (empty: no limit).
+    max_sizes: Vec<u16>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -48,7 +50,11 @@ pub struct InProcess(Shared);
 pub struct Host(Shared);
 
 /// A device with `options` and the two ends of its transport.
-pub fn device(options: DeviceOptions) -> (InProcess, Host) {
+///
+/// Queue `i` takes rings of at most `max_sizes[i]` entries (as QEMU's own balloon over
+/// virtio-pci: 32 for reporting), told through `max_queue_size` and enforced at `setup_queue`;
+/// queues past the slice have no limit.
+pub fn device_with_max_sizes(options: DeviceOptions, max_sizes: &[u16]) -> (InProcess, Host) {
     let device = BalloonDevice::new(options, HostDiscard::new()).expect("valid device options");
     let queues = (0..device.max_queues()).map(|_| None).collect();
     let shared = Arc::new((
@@ -59,6 +65,7 @@ pub fn device(options: DeviceOptions) -> (InProcess, Host) {
             calls: 0,
             config_changed: false,
             unplugged: false,
+            max_sizes: max_sizes.to_vec(),
         }),
         Condvar::new(),
     ));
@@ -134,8 +141,20 @@ impl VirtioTransport for InProcess {
         Ok(())
     }
 
+    fn max_queue_size(&mut self, index: u16) -> Result<Option<u16>, InProcessError> {
+        Ok(self.state()?.max_sizes.get(usize::from(index)).copied())
+    }
+
     fn setup_queue(&mut self, index: u16, ring: &RingLayout) -> Result<(), InProcessError> {
         let mut s = self.state()?;
+        if s.max_sizes
+            .get(usize::from(index))
+            .is_some_and(|&m| ring.size > m)
+        {
+            return Err(InProcessError::Sequence(
+                "a ring larger than the queue's maximum",
+            ));
+        }
         if s.mem.is_none() {
             return Err(InProcessError::Sequence("set_memory before setup_queue"));
         }
