@@ -27,8 +27,9 @@ def crate_roots(root):
                 src = os.path.join(base, name, "src")
                 if os.path.isdir(src):
                     yield src
-    if os.path.isdir(os.path.join(root, "src")):
-        yield os.path.join(root, "src")
+    for top in ("src", os.path.join("kernel", "src")):
+        if os.path.isdir(os.path.join(root, top)):
+            yield os.path.join(root, top)
 
 
 def module_of(src, path):
