@@ -56,11 +56,11 @@ pub const VHOST_USER_VQ_SIZE: u16 = 256;
 
 /// The `vq_size` the harness gives QEMU's generic device: 128, the size of QEMU's own
 /// virtio-balloon inflate, deflate and stats queues (`hw/virtio/virtio-balloon.c`), so both
-/// QEMU rows of `prezero bench linux` give the guest the same rings. It matters for the memory
-/// returned, not through the device: measured 2026-11-30 (Debian's 6.1 cloud kernel, 2 GiB,
-/// 256 MiB allocated and freed), with 256 the guest leaves one pageblock unreported that it
-/// reports with 128 or with QEMU's own device (guest-physical 0x2c20000-0x2e00000 stays
-/// resident: 159.7 against 157.8 MiB at the end, every run).
+/// QEMU rows of `prezero bench linux` give the guest the same rings. The ring size moves where
+/// the guest's allocations land, and with them which 2 MiB pageblocks it can report: measured
+/// 2026-11-30 (Debian's 6.1 cloud kernel, 2 GiB, 256 MiB allocated and freed, memfd blocks
+/// 15 s after the free), 256 left guest-physical 0x2c20000-0x2e00000 resident in 3 of 3 runs
+/// (159.7 MiB), 128 in none of 4 (157.8 MiB three times, as QEMU's own device, 163.1 once).
 pub const VHOST_USER_DEFAULT_VQ_SIZE: u16 = 128;
 
 /// Which virtio-balloon the guest gets.

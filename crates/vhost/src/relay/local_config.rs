@@ -62,12 +62,13 @@ pub(crate) fn answer(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// An 8-byte config space (also the relay's tests').
     #[derive(Debug, Default)]
-    struct Space(Mutex<[u8; 8]>);
+    pub(in crate::relay) struct Space(pub(in crate::relay) Mutex<[u8; 8]>);
 
     impl ConfigSpace for Space {
         fn read(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -727,23 +727,9 @@ mod tests {
         }
     }
 
-    #[derive(Debug, Default)]
-    struct Space(Mutex<[u8; 8]>);
-
-    impl ConfigSpace for Space {
-        fn read(&self, offset: u32, size: u32) -> Vec<u8> {
-            let c = self.0.lock().unwrap();
-            let (o, n) = (offset as usize, size as usize);
-            c.get(o..o + n).map(<[u8]>::to_vec).unwrap_or_default()
-        }
-        fn write(&self, offset: u32, data: &[u8]) {
-            let o = offset as usize;
-            self.0.lock().unwrap()[o..o + data.len()].copy_from_slice(data);
-        }
-    }
-
     #[test]
     fn config_reads_are_answered_here_only_once_the_daemon_handled_everything_before() {
+        use super::local_config::tests::Space;
         const GET_CONFIG: u32 = 24;
         let (frontend, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, daemon) = UnixStream::pair().unwrap();
