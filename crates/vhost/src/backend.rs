@@ -10,6 +10,8 @@
 //! but `SET_FEATURES`, `SET_CONFIG` and a reset: features, queue counts and the config space
 //! it reads are immutable or mirrored outside the lock, so `GET_CONFIG` is answered even while
 //! a large discard is in progress (User-Mode Linux waits for replies with interrupts off).
+//! The relay answers most `GET_CONFIG`/`SET_CONFIG` itself through [`ConfigSpace`] (the same
+//! two calls), which spares the frontend two thread hops per access.
 //! Lock order where both are taken: device, then vring.
 
 use std::io;
@@ -32,7 +34,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit_pipe::{self, LeakedConsumer};
-use crate::relay::RingHooks;
+use crate::relay::{ConfigSpace, RingHooks};
 
 /// The device type the daemon serves.
 pub(crate) type Device = BalloonDevice<HostDiscard<()>>;
@@ -149,6 +151,27 @@ impl SharedDevice {
         }
     }
 
+    /// A `SET_CONFIG`: the driver-writable bytes are applied, the rest ignored (as a
+    /// virtio-pci device ignores writes to read-only config fields) and counted by the device.
+    /// QEMU's generic device sends the whole space on every write, `num_pages` included.
+    pub(crate) fn write_config(&self, offset: u32, buf: &[u8]) {
+        let (outcome, actual) = self.with_device(|d| {
+            let outcome = d.write_config(u64::from(offset), buf);
+            (outcome, d.actual_pages())
+        });
+        if outcome.actual_changed {
+            tracing::debug!(actual, "guest updated the balloon size");
+        }
+        if outcome.ignored_anything() {
+            tracing::debug!(
+                offset,
+                len = buf.len(),
+                ?outcome,
+                "part of a guest config write ignored"
+            );
+        }
+    }
+
     /// A driver re-initialised the device without a reset message (see [`Incarnations`]):
     /// its guest-visible state (config fields the driver writes, the held stats buffer) is a
     /// fresh device's, the features it acked for this incarnation stay, counters stay.
@@ -261,6 +284,18 @@ impl RingHooks for Incarnations {
         tracing::info!("RESET_OWNER: the device is reset");
         self.shared.with_device(|d| d.reset());
         self.forget();
+    }
+}
+
+/// The relay answers config accesses from here (`GET_CONFIG` and `SET_CONFIG` exactly as the
+/// backend's own handlers below).
+impl ConfigSpace for SharedDevice {
+    fn read(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.read_config(offset, size)
+    }
+
+    fn write(&self, offset: u32, data: &[u8]) {
+        self.write_config(offset, data);
     }
 }
 
@@ -442,26 +477,9 @@ impl VhostUserBackend for BalloonBackend {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // The driver-writable bytes are applied, the rest ignored (as a virtio-pci device
-        // ignores writes to read-only config fields) and counted by the device. QEMU's generic
-        // device sends the whole space on every write, `num_pages` included. Never an error:
-        // vhost-user-backend 0.24 ends the whole connection when SET_CONFIG fails, which would
-        // take the balloon away from a guest over one stray write.
-        let outcome = self
-            .shared
-            .with_device(|d| d.write_config(u64::from(offset), buf));
-        if outcome.actual_changed {
-            let actual = self.shared.with_device_queues(|d| d.actual_pages());
-            tracing::debug!(actual, "guest updated the balloon size");
-        }
-        if outcome.ignored_anything() {
-            tracing::debug!(
-                offset,
-                len = buf.len(),
-                ?outcome,
-                "part of a guest config write ignored"
-            );
-        }
+        // Never an error: vhost-user-backend 0.24 ends the whole connection when SET_CONFIG
+        // fails, which would take the balloon away from a guest over one stray write.
+        self.shared.write_config(offset, buf);
         Ok(())
     }
 

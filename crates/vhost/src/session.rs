@@ -90,7 +90,8 @@ fn serve_connection(
             .map_err(|e| Error::Daemon(e.to_string()))?;
 
         let hooks: Arc<dyn relay::RingHooks> = backend.incarnations();
-        let relay = Relay::start_with(front, back, Some(hooks))
+        let config: Arc<dyn relay::ConfigSpace> = shared.device.clone();
+        let relay = Relay::start_with(front, back, Some(hooks), Some(config))
             .map_err(Error::io("starting the relay threads"))?;
         let cutter = relay
             .cutter()

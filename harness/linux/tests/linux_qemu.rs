@@ -280,7 +280,8 @@ fn prezero_linux_command_boots_qemu_on_its_own_daemon() {
 /// finishes its workload and powers off cleanly (unlike UML, whose device removal waits for a
 /// deflate the dead daemon cannot answer). What does not: the device. QEMU's generic
 /// vhost-user device never reconnects a client chardev, so the restarted daemon serves no one
-/// (and `reconnect-ms` cannot be set at all: the next test).
+/// (and `reconnect-ms` cannot be set at all: the next test; with `server=on` a reconnecting
+/// backend aborts QEMU: `docs/upstream/qemu-generic-device-reconnect.md`).
 #[test]
 fn qemu_and_its_guest_survive_the_daemon_killed_but_the_device_is_not_reconnected() {
     let Some(e) = env() else { return };
@@ -317,7 +318,9 @@ fn qemu_and_its_guest_survive_the_daemon_killed_but_the_device_is_not_reconnecte
 /// connecting, cannot carry file descriptors ("Failed to set msg fds", then "Protocol error").
 /// `vhost-user-blk` waits for the connection at realize and reconnects; the generic device
 /// (`hw/virtio/vhost-user-base.c`) does not, like `vhost-user-scsi` (spdk/spdk#2840). A canary:
-/// when a QEMU fixes it, this fails and the restart test above should reconnect.
+/// when a QEMU fixes it, this fails; the restart test above should then reconnect, provided
+/// that QEMU also re-initialises the device on the new connection (11.1's `vub_connect` does
+/// not, and aborts: `docs/upstream/qemu-generic-device-reconnect.md`).
 #[test]
 fn qemu_refuses_reconnect_ms_on_the_generic_vhost_user_device() {
     use prezero_linux_harness::qemu::QemuBalloon;

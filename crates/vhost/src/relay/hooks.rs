@@ -25,3 +25,16 @@ pub trait RingHooks: Debug + Send + Sync {
     /// `RESET_OWNER`: the frontend gave up the device (a reset).
     fn reset_owner(&self);
 }
+
+/// The device's config space, read and written by the relay itself (see `local_config.rs`):
+/// a `GET_CONFIG` or `SET_CONFIG` then costs the frontend one hop instead of three (relay,
+/// daemon, relay), and QEMU's generic device sends one of each per balloon request, with the
+/// guest's vCPU stopped until the answer.
+pub trait ConfigSpace: Debug + Send + Sync {
+    /// `GET_CONFIG`: exactly `size` bytes at `offset`, or empty when the read is refused.
+    fn read(&self, offset: u32, size: u32) -> Vec<u8>;
+
+    /// `SET_CONFIG`: applies what the driver may write; never fails (a stray write is ignored
+    /// and counted, as the daemon's own handler does).
+    fn write(&self, offset: u32, data: &[u8]);
+}

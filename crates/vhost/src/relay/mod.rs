@@ -34,8 +34,9 @@
 //!
 //! Two threads, one per direction, copy whole messages (`message.rs`); the descriptors the
 //! sender attached are forwarded with the same message, and the relay's own copies closed
-//! once forwarded. Nothing is reordered; the relay answers only config accesses vhost would
-//! refuse (`config_access.rs`), and adds only `GET_VRING_BASE` / `SET_VRING_CALL` requests
+//! once forwarded. Nothing is reordered; the relay answers config accesses itself (those vhost
+//! would refuse, `config_access.rs`, and once the daemon is settled all of them, below), and
+//! adds only `GET_VRING_BASE` / `SET_VRING_CALL` requests
 //! that stop rings the library would keep running (`rings.rs`; the replies to those are not
 //! forwarded). It looks at two frontend requests on the way:
 //! - `SET_PROTOCOL_FEATURES` (16): whether `REPLY_ACK` is in use (the config-change message
@@ -44,6 +45,12 @@
 //!
 //! and changes one, for compatibility: a padded `SET_MEM_TABLE` (5) is trimmed
 //! (`mem_table.rs`).
+//!
+//! Given the device's [`ConfigSpace`] ([`Relay::start_with`]), it answers `GET_CONFIG` and
+//! `SET_CONFIG` itself whenever the daemon has replied to everything forwarded before them
+//! (`settled.rs`, `local_config.rs`): the answer is the daemon's, and the frontend, which
+//! waits for it with the guest's vCPU stopped (QEMU's generic device: one read and one write
+//! per balloon request), is spared two thread hops.
 //!
 //! When either side closes (or breaks the framing), both connections are shut down, so each
 //! end sees the other go away exactly as without the relay.
@@ -68,9 +75,11 @@
 pub mod channel;
 mod config_access;
 pub mod hooks;
+mod local_config;
 mod mem_table;
 mod message;
 mod rings;
+mod settled;
 
 use std::io;
 use std::net::Shutdown;
@@ -86,7 +95,7 @@ use crate::notifier::ConfigNotifier;
 use vmm_sys_util::tempdir::TempDir;
 
 pub use channel::BackendChannel;
-pub use hooks::RingHooks;
+pub use hooks::{ConfigSpace, RingHooks};
 pub use message::MAX_PAYLOAD;
 
 use config_access::{screen, Screened};
@@ -94,6 +103,7 @@ use mem_table::trim_padded_mem_table;
 pub(crate) use message::read_message;
 use message::{write_message, Message};
 use rings::{is_ring_base_reply, ring_base_requests, RingEvent, Rings, MAX_RINGS};
+use settled::Settled;
 
 /// Which way a relay thread copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +149,12 @@ pub struct Relay {
 struct Inbound {
     channel: Arc<BackendChannel>,
     hooks: Option<Arc<dyn RingHooks>>,
+    /// Config accesses are answered from here once the daemon is settled.
+    config: Option<Arc<dyn ConfigSpace>>,
+    /// The frontend negotiated the `CONFIG` protocol feature (without it the daemon refuses
+    /// config requests, and so must see them).
+    config_negotiated: bool,
+    settled: Arc<Settled>,
     rings: Rings,
     /// Serialises writes to the frontend with the outbound thread (the relay answers some
     /// config requests itself).
@@ -155,20 +171,23 @@ impl Relay {
     ///
     /// Errors: duplicating the sockets or spawning a thread failed (nothing keeps running).
     pub fn start(front: UnixStream, back: UnixStream) -> io::Result<Relay> {
-        Self::start_with(front, back, None)
+        Self::start_with(front, back, None, None)
     }
 
     /// [`start`](Self::start), telling `hooks` about the ring messages the device behind the
-    /// daemon must see ([`RingHooks`]).
+    /// daemon must see ([`RingHooks`]), and answering config accesses from `config` itself
+    /// whenever the daemon has handled everything before them ([`ConfigSpace`]).
     pub fn start_with(
         front: UnixStream,
         back: UnixStream,
         hooks: Option<Arc<dyn RingHooks>>,
+        config: Option<Arc<dyn ConfigSpace>>,
     ) -> io::Result<Relay> {
         let channel = Arc::new(BackendChannel::default());
         let counters = Arc::new(Counters::default());
         let senders = Arc::new(Mutex::new(Vec::new()));
         let front_lock = Arc::new(Mutex::new(()));
+        let settled = Arc::new(Settled::default());
         let keep = (front.try_clone()?, back.try_clone()?);
         let (front2, back2) = (front.try_clone()?, back.try_clone()?);
         let own_replies = Arc::new(AtomicU32::new(0));
@@ -177,6 +196,9 @@ impl Relay {
         let mut inbound_state = Inbound {
             channel: channel.clone(),
             hooks,
+            config,
+            config_negotiated: false,
+            settled: settled.clone(),
             rings: Rings::new(limit),
             front_lock: front_lock.clone(),
             senders: senders.clone(),
@@ -195,6 +217,8 @@ impl Relay {
             .name("vhost-relay-out".into())
             .spawn(move || {
                 pump(&back2, &front2, Direction::ToFrontend, &c2, |msg, _, to| {
+                    // Every reply settles what the daemon handled, the relay's own included.
+                    settled.replied(msg.request());
                     let ours = is_ring_base_reply(&msg)
                         && dropped
                             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -363,7 +387,16 @@ impl Inbound {
             }
             Screened::Drop => return Ok(0),
         }
-        observe(&msg, &self.channel);
+        if let Some(handled) = self.answer_config(&msg) {
+            if let Some(reply) = handled {
+                let _serial = self.front_lock.lock().unwrap_or_else(|p| p.into_inner());
+                write_message(front, &reply)?;
+            }
+            return Ok(0);
+        }
+        if let Some(bits) = observe(&msg, &self.channel) {
+            self.config_negotiated = bits & VhostUserProtocolFeatures::CONFIG.bits() != 0;
+        }
         let mut ahead = Vec::new();
         match self.rings.before(&msg) {
             Some(RingEvent::Base {
@@ -395,6 +428,7 @@ impl Inbound {
         self.running_changed();
         trim_padded_mem_table(&mut msg);
         let mut sent = self.send_own(back, ahead)?;
+        self.settled.forwarded(msg.request());
         write_message(back, &msg)?;
         sent += 1;
         let after = self.rings.after(&msg);
@@ -409,9 +443,20 @@ impl Inbound {
         self.own_replies
             .fetch_add(ring_base_requests(&msgs), Ordering::AcqRel);
         for m in &msgs {
+            self.settled.forwarded(m.request());
             write_message(back, m)?;
         }
         Ok(msgs.len() as u64)
+    }
+
+    /// A config access answered from the device's config space (see `local_config.rs`):
+    /// `Some(reply to send, if any)`, or `None` to forward it.
+    fn answer_config(&self, msg: &Message) -> Option<Option<Message>> {
+        let space = self.config.as_deref()?;
+        if msg.is_reply() || !self.config_negotiated || !self.settled.all_handled() {
+            return None;
+        }
+        local_config::answer(msg, space, self.channel.reply_ack())
     }
 
     /// Tells the channel whether the frontend runs the device; sends a held-back config
@@ -439,9 +484,10 @@ impl Inbound {
 }
 
 /// Looks at a frontend request on its way to the daemon.
-fn observe(msg: &Message, channel: &BackendChannel) {
+/// Returns the protocol features of a `SET_PROTOCOL_FEATURES`.
+fn observe(msg: &Message, channel: &BackendChannel) -> Option<u64> {
     if msg.is_reply() {
-        return;
+        return None;
     }
     match FrontendReq::try_from(msg.request()) {
         Ok(FrontendReq::SET_PROTOCOL_FEATURES) if msg.payload.len() == 8 => {
@@ -453,6 +499,7 @@ fn observe(msg: &Message, channel: &BackendChannel) {
                 "frontend set protocol features"
             );
             channel.set_reply_ack(reply_ack);
+            return Some(bits);
         }
         Ok(FrontendReq::SET_BACKEND_REQ_FD) if msg.fds.len() == 1 => {
             let kept = msg.fds[0]
@@ -469,6 +516,7 @@ fn observe(msg: &Message, channel: &BackendChannel) {
         }
         _ => {}
     }
+    None
 }
 
 /// A connected pair through a listener nobody else can reach: the daemon's end is accepted
@@ -716,6 +764,59 @@ mod tests {
                 "{regions} regions in {len}"
             );
         }
+    }
+
+    #[test]
+    fn config_reads_are_answered_here_only_once_the_daemon_handled_everything_before() {
+        use super::local_config::tests::Space;
+        const GET_CONFIG: u32 = 24;
+        let (frontend, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, daemon) = UnixStream::pair().unwrap();
+        let space = Arc::new(Space(Mutex::new([1, 0, 0, 0, 2, 0, 0, 0])));
+        let relay = Relay::start_with(relay_front, relay_back, None, Some(space.clone())).unwrap();
+        for s in [&frontend, &daemon] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let get = {
+            let mut p = Vec::new();
+            for w in [0u32, 8, 0] {
+                p.extend_from_slice(&w.to_le_bytes());
+            }
+            p.resize(20, 0);
+            p
+        };
+        let config = VhostUserProtocolFeatures::CONFIG.bits();
+        send(
+            &frontend,
+            header(SET_PROTOCOL_FEATURES, 0x1, 8),
+            &config.to_le_bytes(),
+            &[],
+        );
+        assert_eq!(recv(&daemon).request(), SET_PROTOCOL_FEATURES);
+        // SET_PROTOCOL_FEATURES gets no reply: the daemon may not have handled it yet, so the
+        // read goes to the daemon, whose reply then settles both.
+        send(&frontend, header(GET_CONFIG, 0x1, 20), &get, &[]);
+        assert_eq!(recv(&daemon).request(), GET_CONFIG);
+        send(&daemon, header(GET_CONFIG, 0x5, 12), &get[..12], &[]);
+        assert_eq!(recv(&frontend).payload.len(), 12);
+        // Now the relay answers from the config space; the daemon sees nothing.
+        send(&frontend, header(GET_CONFIG, 0x1, 20), &get, &[]);
+        let reply = recv(&frontend);
+        assert!(reply.is_reply());
+        assert_eq!(&reply.payload[12..], &[1, 0, 0, 0, 2, 0, 0, 0]);
+        // A request without a reply unsettles it again.
+        send(
+            &frontend,
+            header(SET_VRING_KICK, 0x1, 8),
+            &0u64.to_le_bytes(),
+            &[],
+        );
+        assert_eq!(recv(&daemon).request(), SET_VRING_KICK);
+        send(&frontend, header(GET_CONFIG, 0x1, 20), &get, &[]);
+        assert_eq!(recv(&daemon).request(), GET_CONFIG);
+        relay.cut();
+        let counts = relay.join();
+        assert_eq!((counts.to_backend, counts.to_frontend), (4, 1));
     }
 
     #[test]
