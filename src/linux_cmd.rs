@@ -208,7 +208,8 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     let t = Instant::now();
     if args.vmm == Vmm::Qemu && args.kernel != UmlKernelArg::Six {
         bail!(
-            "--kernel chooses the User-Mode Linux kernel; QEMU boots Debian's cloud kernel              (leave out --kernel, or use --vmm uml)"
+            "--kernel chooses the User-Mode Linux kernel; QEMU boots Debian's cloud \
+             kernel (leave out --kernel, or use --vmm uml)"
         );
     }
     let h = Harness::new(&SetupOptions {
