@@ -86,7 +86,8 @@ pub struct LinuxArgs {
     /// Print only the workload's `PREZERO event=...` lines, not the kernel's messages.
     #[arg(long)]
     events_only: bool,
-    /// Only check for UML, busybox and cpio; do not install them.
+    /// Only check for what the run needs (UML, busybox and cpio; with `--vmm qemu` also a
+    /// QEMU >= 10.2 and Debian's cloud kernel); install and fetch nothing.
     #[arg(long)]
     no_install: bool,
     /// Scenario parameters as KEY=VALUE (e.g. `mib=64 hold=5 until_deflated=16384`), checked
