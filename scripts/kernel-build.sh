@@ -15,7 +15,7 @@ profile=release
 case "${1:-}" in
     "") ;;
     --debug) profile=debug ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "kernel-build: unknown argument '$1' (use --debug)" >&2; exit 2 ;;
 esac
 

@@ -74,7 +74,16 @@ pub fn run(cmd: &BalloonCommand) -> Result<()> {
         BalloonCommand::Status { control } => (control, ControlRequest::Status),
         BalloonCommand::Metrics { control } => (control, ControlRequest::Metrics),
     };
-    let answer = control_request(control, &request)?;
+    let answer = control_request(control, &request).map_err(|e| match e {
+        // The vhost-user socket accepts the connection and then closes it on an HTTP request:
+        // the likeliest mistake is giving `--socket`'s path where `--control`'s belongs.
+        prezero_vhost::Error::ControlProtocol(why) => anyhow::anyhow!(
+            "{} did not answer as a control socket ({why}): is it the daemon's vhost-user \
+             socket? Give the path of `prezero serve --control PATH`, not of `--socket`",
+            control.display()
+        ),
+        other => other.into(),
+    })?;
     if let Some(warning) = answer.get("warning").and_then(|w| w.as_str()) {
         eprintln!("warning: {warning}");
     }

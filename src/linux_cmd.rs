@@ -86,7 +86,8 @@ pub struct LinuxArgs {
     /// Print only the workload's `PREZERO event=...` lines, not the kernel's messages.
     #[arg(long)]
     events_only: bool,
-    /// Only check for UML, busybox and cpio; do not install them.
+    /// Only check for what the run needs (UML, busybox and cpio; with `--vmm qemu` also a
+    /// QEMU >= 10.2 and Debian's cloud kernel); install and fetch nothing.
     #[arg(long)]
     no_install: bool,
     /// Scenario parameters as KEY=VALUE (e.g. `mib=64 hold=5 until_deflated=16384`), checked
@@ -208,7 +209,8 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     let t = Instant::now();
     if args.vmm == Vmm::Qemu && args.kernel != UmlKernelArg::Six {
         bail!(
-            "--kernel chooses the User-Mode Linux kernel; QEMU boots Debian's cloud kernel              (leave out --kernel, or use --vmm uml)"
+            "--kernel chooses the User-Mode Linux kernel; QEMU boots Debian's cloud \
+             kernel (leave out --kernel, or use --vmm uml)"
         );
     }
     let h = Harness::new(&SetupOptions {
@@ -493,11 +495,29 @@ pub fn run(args: &LinuxArgs) -> Result<()> {
     }
     match guest_rc {
         Some(0) => Ok(()),
-        Some(2) => bail!("the guest workload refused its parameters (exit status 2): see its messages above"),
-        Some(rc) => bail!("the guest workload failed a check (exit status {rc}): see its messages above"),
+        Some(2) => bail!(
+            "the guest workload refused its parameters (exit status 2): see its messages above"
+        ),
+        Some(rc) => {
+            bail!("the guest workload failed a check (exit status {rc}): see its messages above")
+        }
         None if exit_code.is_some() => bail!(
-            "User-Mode Linux exited (status {}) before the workload finished: see its messages above",
-            exit_code.unwrap_or_default()
+            "{} exited (status {}) before the workload finished: see its messages above{}",
+            match args.vmm {
+                Vmm::Uml => "User-Mode Linux",
+                Vmm::Qemu => "QEMU",
+            },
+            exit_code.unwrap_or_default(),
+            // Measured: QEMU with Debian's cloud kernel and our initramfs ends silently right
+            // after SeaBIOS at -m 64M and boots at 96M.
+            if args.mem < 128 {
+                format!(
+                    " (a guest of {} MiB may be too small to boot: try --mem 128)",
+                    args.mem
+                )
+            } else {
+                String::new()
+            }
         ),
         None => bail!("the guest did not finish its workload"),
     }

@@ -38,8 +38,8 @@ enum Command {
     /// Run a benchmark (prints a table; --json for machines).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Boot User-Mode Linux (the stock virtio_balloon driver) attached to `prezero serve` and
-    /// run a guest scenario, printing its console.
+    /// Boot the stock Linux virtio_balloon driver in User-Mode Linux (default) or a QEMU VM
+    /// (`--vmm qemu`) attached to `prezero serve` and run a guest scenario, printing its console.
     Linux(linux_cmd::LinuxArgs),
 }
 

@@ -103,6 +103,12 @@ fn socket_problems_are_clear_errors() {
     let _first = Daemon::start(&sock, &[]);
     let e = stderr_of(&["serve", "--socket", sock.to_str().unwrap()]);
     assert!(e.contains("in use") || e.contains("already"), "{e}");
+    // The vhost-user socket where the control socket belongs: it accepts and then closes.
+    let e = stderr_of(&["balloon", "status", "--control", sock.to_str().unwrap()]);
+    assert!(
+        e.contains("vhost-user socket") && e.contains("prezero serve --control PATH"),
+        "{e}"
+    );
 
     let e = stderr_of(&[
         "balloon",
@@ -663,6 +669,22 @@ fn error_messages_name_the_cause_and_the_fix() {
     ]);
     assert!(
         e.contains("--alloc-mib 400") && e.contains("--mem-mib 800 or more"),
+        "{e}"
+    );
+    let e = failure(&["linux", "--no-install", "--vmm", "qemu", "--kernel", "7"]);
+    assert!(
+        e.contains("QEMU boots Debian's cloud kernel (leave out --kernel"),
+        "{e}"
+    );
+    let e = failure(&[
+        "bench",
+        "seed-table",
+        "--vm",
+        "--kernel",
+        "/nonexistent/vmlinux",
+    ]);
+    assert!(
+        e.contains("--kernel /nonexistent/vmlinux: no such file") && !e.contains("QEMU exit"),
         "{e}"
     );
     let e = failure(&["demo", "--alloc-mib", "4096"]);

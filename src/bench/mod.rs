@@ -45,8 +45,9 @@ pub enum BenchCommand {
     /// The upstream measurement on our system: allocate 256 MiB zeroed in a 2 GiB guest after
     /// reporting; baseline (guest zeroes), optimized (skips), floor (touch only).
     SeedTable(seed_table::SeedTableArgs),
-    /// The peer comparison with the stock Linux driver: QEMU's own virtio-balloon against User-Mode
-    /// Linux on `prezero serve`, allocating, freeing and reporting 256 MiB; plus an SVG chart.
+    /// The same-VMM peer comparison with the stock Linux driver: QEMU with its own
+    /// virtio-balloon, the same QEMU on `prezero serve`, and User-Mode Linux on `prezero serve`,
+    /// allocating, freeing and reporting 256 MiB and setting a 512 MiB balloon; plus an SVG chart.
     Linux(linux::LinuxBenchArgs),
 }
 

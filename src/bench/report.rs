@@ -212,7 +212,8 @@ impl ReportBenchResult {
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "report bench: {} MiB per backing, contiguous, {} pass(es); floor: one discard per contiguous range\n",
+            "report bench: {} MiB per backing, contiguous, {} pass(es); floor: one discard per \
+             contiguous range; t/floor: device time over floor time (1.0: no overhead)\n",
             self.region_bytes >> 20,
             self.passes
         );
@@ -223,7 +224,7 @@ impl ReportBenchResult {
             "backing",
             "device GiB/s",
             "floor GiB/s",
-            "ratio",
+            "t/floor",
             "syscalls/GiB",
             "floor sc/GiB",
             "zeroed"

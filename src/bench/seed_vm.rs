@@ -75,9 +75,21 @@ impl VmRuns {
 
 /// Boots the kernel once per mode and gathers its runs.
 pub fn measure(o: &VmOptions, progress: &mut Progress) -> Result<VmRuns> {
+    if let Some(k) = o.kernel.as_ref().filter(|k| !k.is_file()) {
+        bail!(
+            "--kernel {}: no such file (the image scripts/kernel-build.sh prints as `kernel=PATH`, \
+             or leave out --kernel to build it)",
+            k.display()
+        );
+    }
     let cache = default_cache_dir();
-    let qemu = find_qemu(&cache)
-        .context("no QEMU >= 10.2 with vhost-user-test-device-pci: run scripts/qemu-setup.sh")?;
+    let qemu = find_qemu(&cache).with_context(|| {
+        format!(
+            "no QEMU >= 10.2 with vhost-user-test-device-pci (Debian 12 ships 7.2): run \
+             `scripts/qemu-setup.sh --cache {}` from the clone (no root needed)",
+            cache.display()
+        )
+    })?;
     progress.step("building the kernel (scripts/kernel-build.sh)");
     let kernel = match &o.kernel {
         Some(k) => k.clone(),
