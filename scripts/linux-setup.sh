@@ -27,6 +27,8 @@
 # The Rust harness (prezero_linux_harness::setup) runs this same script, embedded, when root.
 # QEMU itself (>= 10.2, for the generic vhost-user device) comes from scripts/qemu-setup.sh.
 set -euo pipefail
+# The private-apt fetch (debian-prefix.sh): defined already when the harness runs this text.
+declare -F debian_prefix >/dev/null || . "$(dirname "$0")/debian-prefix.sh"
 
 peer=0
 uml7=0
@@ -127,32 +129,10 @@ if [ "$uml7" = 1 ]; then
         && "$linux" --version >/dev/null 2>&1; }; then
         echo "linux-setup: fetching user-mode-linux from Debian $uml7_suite into $prefix" >&2
         rm -rf "$root"
-        apt_dir="$root/apt"
-        mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" \
-            "$apt_dir/etc/sources.list.d" "$apt_dir/etc/preferences.d" \
-            "$apt_dir/etc/trusted.gpg.d" "$prefix"
-        : >"$apt_dir/status"
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
-            "http://deb.debian.org/debian $uml7_suite main" >"$apt_dir/etc/sources.list"
-        apt_private=(
-            -o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists"
-            -o "Dir::State::status=$apt_dir/status" -o "Dir::Cache=$apt_dir"
-            -o "Dir::Cache::Archives=$apt_dir/archives"
-            -o "Dir::Etc::SourceList=$apt_dir/etc/sources.list"
-            -o "Dir::Etc::SourceParts=$apt_dir/etc/sources.list.d"
-            -o "Dir::Etc::Preferences=$apt_dir/etc/preferences"
-            -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
-            -o "Dir::Etc::TrustedParts=$apt_dir/etc/trusted.gpg.d"
-            -o "APT::Architecture=amd64" -o "APT::Architectures=amd64"
-            -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root"
-        )
-        apt-get -q "${apt_private[@]}" update >&2
         # The closure from an empty status: user-mode-linux, libc6, libgcc-s1 and their bases.
-        apt-get -q -y "${apt_private[@]}" --no-install-recommends -d install user-mode-linux >&2
-        for deb in "$apt_dir"/archives/*.deb; do
-            dpkg-deb -x "$deb" "$prefix"
-        done
-        rm -rf "$apt_dir"
+        debian_prefix "$root/apt" "$prefix" \
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $uml7_suite main" \
+            install user-mode-linux
         [ -x "$lib/ld-linux-x86-64.so.2" ] && [ -f "$linux" ] || {
             echo "linux-setup: the unpacked prefix lacks its loader or linux.uml; fix: rm -rf $root and retry" >&2
             exit 1

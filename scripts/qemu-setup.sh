@@ -17,6 +17,8 @@
 # <repo>/target/prezero-linux. Needs no root. The last line of output is `qemu=PATH`.
 # Measured facts behind this recipe: QEMU-NOTES.md of the project's shared notes.
 set -euo pipefail
+# The private-apt fetch (debian-prefix.sh): defined already when the harness runs this text.
+declare -F debian_prefix >/dev/null || . "$(dirname "$0")/debian-prefix.sh"
 
 cache=""
 suite="trixie-backports"
@@ -71,34 +73,12 @@ fi
 
 echo "qemu-setup: fetching QEMU from Debian $suite into $prefix" >&2
 rm -rf "$root"
-apt_dir="$root/apt"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/etc/sources.list.d" \
-    "$apt_dir/etc/preferences.d" "$apt_dir/etc/trusted.gpg.d" "$prefix" "$root/bin"
-: >"$apt_dir/status"
+mkdir -p "$root/bin"
 base="${suite%%-*}"
-cat >"$apt_dir/etc/sources.list" <<EOF
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $base main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main
-EOF
-apt_private=(
-    -o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::State::status=$apt_dir/status" -o "Dir::Cache=$apt_dir"
-    -o "Dir::Cache::Archives=$apt_dir/archives"
-    -o "Dir::Etc::SourceList=$apt_dir/etc/sources.list"
-    -o "Dir::Etc::SourceParts=$apt_dir/etc/sources.list.d"
-    -o "Dir::Etc::Preferences=$apt_dir/etc/preferences"
-    -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
-    -o "Dir::Etc::TrustedParts=$apt_dir/etc/trusted.gpg.d"
-    -o "APT::Architecture=amd64" -o "APT::Architectures=amd64"
-    -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root"
-)
-apt-get -q "${apt_private[@]}" update >&2
-apt-get -q -y "${apt_private[@]}" --no-install-recommends -d -t "$suite" \
-    install qemu-system-x86 qemu-system-common qemu-system-data >&2
-for deb in "$apt_dir"/archives/*.deb; do
-    dpkg-deb -x "$deb" "$prefix"
-done
-rm -rf "$apt_dir"
+debian_prefix "$root/apt" "$prefix" \
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $base main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+    -t "$suite" install qemu-system-x86 qemu-system-common qemu-system-data
 
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 [ -x "$lib/ld-linux-x86-64.so.2" ] && [ -x "$prefix/usr/bin/qemu-system-x86_64" ] || {

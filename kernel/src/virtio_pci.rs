@@ -9,10 +9,13 @@
 //! - Initialization (3.1.1) checks that `FEATURES_OK` sticks after the feature write: a device
 //!   that refuses the driver's features is an error, not a half-working device.
 //! - No interrupts: MSI-X stays off, so the device raises INTx and sets the ISR bits (4.1.4.5),
-//!   which `VirtioPci::poll_events` reads (reading clears them). The config generation
-//!   (4.1.4.3) also flags a config change, and `read_config` retries until it
-//!   reads the same generation before and after: with a vhost-user device every config read is
-//!   a round trip to the daemon (`GET_CONFIG`), so the driver reads config only on a change.
+//!   which `VirtioPci::poll_events` reads (reading clears them). A config change is a new
+//!   config generation (4.1.4.3), not the ISR config bit: QEMU sets the bit *before* it bumps
+//!   the generation (`virtio_notify_config`), so a poll between the two saw one notification
+//!   as two changes (measured: the kernel then re-inflated after deflate-on-OOM, 1 run in 4 of
+//!   `kernel_qemu`). `read_config` retries until it reads the same generation before and
+//!   after: with a vhost-user device every config read is a round trip to the daemon
+//!   (`GET_CONFIG`), so the driver reads config only on a change.
 //!
 //! Why not `virtio-drivers` (rcore-os): its `PciTransport` implements that crate's own
 //! `Transport` trait for its own `VirtQueue` and `Hal` (DMA allocation and address
@@ -113,7 +116,7 @@ pub enum PciError {
 pub struct Polled {
     /// Bit `i`: queue `i` may have used chains (ISR queue bit: any of them).
     pub calls: u64,
-    /// The config changed (ISR config bit, or a new config generation).
+    /// The config changed (a new config generation).
     pub config_changed: bool,
 }
 
@@ -250,7 +253,8 @@ impl VirtioPci {
         if status & 0x40 != 0 || (self.enabled != 0 && status & DRIVER_OK == 0) {
             return Err(PciError::DeviceStopped(status));
         }
-        let config_changed = isr & 2 != 0 || generation != self.generation.get();
+        // Not `isr & 2`: see the module doc (the bit comes before the generation).
+        let config_changed = generation != self.generation.get();
         self.generation.set(generation);
         Ok(Polled {
             calls: if isr & 1 != 0 { self.enabled } else { 0 },

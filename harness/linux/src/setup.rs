@@ -29,6 +29,15 @@ pub const SETUP_SCRIPT: &str = include_str!("../../../scripts/linux-setup.sh");
 /// `scripts/qemu-setup.sh`: a QEMU >= 10.2 (no root needed).
 pub const QEMU_SETUP_SCRIPT: &str = include_str!("../../../scripts/qemu-setup.sh");
 
+/// `scripts/debian-prefix.sh`, which both scripts source from their own directory; run from
+/// this embedded text they find it defined already (`embedded` puts it in front).
+pub const DEBIAN_PREFIX_SCRIPT: &str = include_str!("../../../scripts/debian-prefix.sh");
+
+/// A setup script's text as `bash -c` runs it: the shared function first.
+fn embedded(script: &str) -> String {
+    format!("{DEBIAN_PREFIX_SCRIPT}\n{script}")
+}
+
 /// Where downloads and build products live (never committed):
 ///
 /// 1. `$PREZERO_LINUX_CACHE`, if set;
@@ -508,7 +517,7 @@ pub fn run_setup_script(opts: &SetupOptions) -> Result<()> {
     tracing::info!(?args, "running scripts/linux-setup.sh");
     let status = Command::new("bash")
         .arg("-c")
-        .arg(SETUP_SCRIPT)
+        .arg(embedded(SETUP_SCRIPT))
         .arg("linux-setup.sh")
         .args(&args)
         .stdin(Stdio::null())
@@ -532,7 +541,7 @@ pub fn run_qemu_setup_script(cache_dir: &Path) -> Result<()> {
     tracing::info!(%cache, "running scripts/qemu-setup.sh");
     let status = Command::new("bash")
         .arg("-c")
-        .arg(QEMU_SETUP_SCRIPT)
+        .arg(embedded(QEMU_SETUP_SCRIPT))
         .args(["qemu-setup.sh", "--cache", &cache])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -630,6 +639,29 @@ mod tests {
         assert!(SETUP_SCRIPT.starts_with("#!/usr/bin/env bash"));
         assert!(SETUP_SCRIPT.contains("dpkg-deb -x"));
         assert!(QEMU_SETUP_SCRIPT.contains("vhost-user-test-device-pci"));
+        assert!(DEBIAN_PREFIX_SCRIPT.contains("debian_prefix()"));
+    }
+
+    /// Run from the embedded text (no scripts/ directory beside `$0`), both scripts get past
+    /// sourcing debian-prefix.sh: an unknown argument is then their own usage error (exit 2),
+    /// not a failed `.` (exit 1).
+    #[test]
+    fn embedded_scripts_find_the_shared_fetch_defined() {
+        for (name, script) in [
+            ("linux-setup.sh", SETUP_SCRIPT),
+            ("qemu-setup.sh", QEMU_SETUP_SCRIPT),
+        ] {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(embedded(script))
+                .args([name, "--no-such-option"])
+                .current_dir(std::env::temp_dir())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+            assert!(stderr.contains("unknown"), "{name}: {stderr}");
+        }
     }
 
     #[test]
