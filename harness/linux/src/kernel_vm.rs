@@ -213,7 +213,7 @@ mod tests {
             "-M pc,memory-backend=mem -accel tcg -m 512M -smp 1 -nographic -no-reboot -nic none \
              -object memory-backend-memfd,id=mem,size=512M,share=on -device isa-debug-exit,iobase=0xf4,iosize=4 \
              -kernel /k -append prezero.check=1 prezero.wait=30 -chardev socket,id=balloon,path=/b.sock \
-             -device vhost-user-test-device-pci,chardev=balloon,virtio-id=5,num_vqs=5,vq_size=256,config_size=16"
+             -device vhost-user-test-device-pci,chardev=balloon,virtio-id=5,num_vqs=5,vq_size=128,config_size=16"
         );
     }
 }
