@@ -100,9 +100,13 @@ fn qemu_negotiates_and_reporting_punches_the_memfd_then_the_next_vm_is_served() 
     vm.console().wait_event("freed", GUARD).unwrap();
     let reported_before = d.counter("reported_bytes");
     let deadline = Instant::now() + GUARD;
+    // Half the freed region, not all of it: Linux 6.1 keeps freed THP-order blocks on its
+    // per-CPU lists, which free page reporting never sees (the hole issue 12 closes in
+    // prezero-mm). Measured in a run that missed a 3/4 threshold: the guest's pcp_pages went
+    // from 2,926 to 12,168 (36 MiB of the 128) at the free and stayed there to the end.
     let low = loop {
         let now = probe.read_mib().unwrap();
-        if now <= peak - 0.75 * mib as f64 {
+        if now <= peak - 0.5 * mib as f64 {
             break now;
         }
         assert!(

@@ -83,7 +83,9 @@ fn qemu_guest_reboots_twice_and_each_boot_reports_and_meets_the_target() {
         let deadline = Instant::now() + GUARD;
         let low = loop {
             let now = probe.read_mib().unwrap();
-            if now <= peak - 0.75 * mib as f64 {
+            // Half, not 3/4: Linux keeps freed THP-order blocks on its per-CPU lists, unseen
+            // by reporting (see the same check in linux_qemu.rs).
+            if now <= peak - 0.5 * mib as f64 {
                 break now;
             }
             assert!(
