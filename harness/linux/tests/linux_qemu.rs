@@ -6,7 +6,6 @@
 //! QEMU or the cloud kernel is not set up. TCG here: each boot is ~4-8 s.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
 use prezero_linux_harness::qemu::Qemu;
@@ -18,7 +17,9 @@ mod checksum;
 use checksum::wait_verified;
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{assert_stats_match_meminfo, guest_features, names, prezero, Daemon, GUARD};
+use daemon::{
+    assert_stats_match_meminfo, guest_features, names, prezero, wait_punched, Daemon, GUARD,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -99,23 +100,7 @@ fn qemu_negotiates_and_reporting_punches_the_memfd_then_the_next_vm_is_served() 
     let peak = probe.read_mib().unwrap();
     vm.console().wait_event("freed", GUARD).unwrap();
     let reported_before = d.counter("reported_bytes");
-    let deadline = Instant::now() + GUARD;
-    // Half the freed region, not all of it: Linux 6.1 keeps freed THP-order blocks on its
-    // per-CPU lists, which free page reporting never sees (the hole issue 12 closes in
-    // prezero-mm). Measured in a run that missed a 3/4 threshold: the guest's pcp_pages went
-    // from 2,926 to 12,168 (36 MiB of the 128) at the free and stayed there to the end.
-    let low = loop {
-        let now = probe.read_mib().unwrap();
-        if now <= peak - 0.5 * mib as f64 {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the memfd stayed at {now:.1} MiB (peak {peak:.1}); device {}",
-            d.device()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let low = wait_punched(&mut probe, &d, peak, mib, "");
     assert!(d.counter("reported_bytes") > reported_before);
     eprintln!("memfd: {peak:.1} MiB at the free, {low:.1} MiB after reporting");
     // The guest's own view of the negotiation, printed by the `idle`-style `virtio` event at

@@ -8,14 +8,12 @@
 //! A root-package test for `CARGO_BIN_EXE_prezero`; skipped with the reason when QEMU or the
 //! cloud kernel is not set up. Three boots under TCG take about a minute here.
 
-use std::time::{Duration, Instant};
-
 use prezero_linux_harness::procs::{is_alive, MemoryProbe};
 use prezero_linux_harness::{Harness, Scenario};
 
 #[path = "support/daemon.rs"]
 mod daemon;
-use daemon::{Daemon, GUARD};
+use daemon::{wait_punched, Daemon, GUARD};
 
 const MIB: u64 = 1 << 20;
 /// The first boot and two reboots.
@@ -80,21 +78,7 @@ fn qemu_guest_reboots_twice_and_each_boot_reports_and_meets_the_target() {
         vm.console().wait_event("alloc-done", GUARD).unwrap();
         let peak = probe.read_mib().unwrap();
         vm.console().wait_event("freed", GUARD).unwrap();
-        let deadline = Instant::now() + GUARD;
-        let low = loop {
-            let now = probe.read_mib().unwrap();
-            // Half, not 3/4: Linux keeps freed THP-order blocks on its per-CPU lists, unseen
-            // by reporting (see the same check in linux_qemu.rs).
-            if now <= peak - 0.5 * mib as f64 {
-                break now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "boot {boot}: the memfd stayed at {now:.1} MiB (peak {peak:.1}); device {}",
-                d.device()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let low = wait_punched(&mut probe, &d, peak, mib, &format!("boot {boot}: "));
 
         // The target is met, by this boot's driver inflating from nothing.
         d.set("32M");
