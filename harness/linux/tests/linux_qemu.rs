@@ -352,12 +352,7 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     let d = Daemon::start(cache(e), "qemu-checksum", &[]);
     let cycles = 2u64;
     let balloon_pages = 96 * 256;
-    let scenario = Scenario::checksum(48)
-        .churn(96)
-        .param("verify_every", 1)
-        .interval(0.5)
-        .hold(180.0)
-        .until_deflated(cycles * balloon_pages);
+    let scenario = checksum::cycles_scenario(96, cycles, balloon_pages);
     let mut vm = boot(e, 512, scenario, &d, |_| {});
     vm.console().wait_event("checksum-filled", GUARD).unwrap();
     vm.console().wait_event("churn-freed", GUARD).unwrap();
@@ -385,24 +380,11 @@ fn qemu_statistics_match_meminfo_and_a_checksum_survives_reporting_and_balloon_c
     });
     let out = vm.run_to_exit(GUARD).unwrap();
     let tail = vm.console().tail(40);
-    assert_eq!(out.guest_rc(), Some(0), "{tail}");
-    assert_eq!(
-        out.event("hold-end").and_then(|e| e.get("reason")),
-        Some("until"),
-        "{tail}"
-    );
-    let sum = out.event("checksum").unwrap();
-    assert_eq!(sum.get("status"), Some("ok"), "{sum:?}");
-    assert_eq!(sum.get("bad_pages"), Some("0"));
-    let m = d.device();
-    let n = |k: &str| m[k].as_u64().unwrap();
-    assert_eq!(n("inflated_pages"), cycles * balloon_pages, "{m}");
-    assert_eq!(n("deflated_pages"), cycles * balloon_pages, "{m}");
-    assert_eq!(d.errors(), 0, "{m}");
+    let m = checksum::assert_cycles_intact(&out, &tail, &d, cycles, balloon_pages);
     eprintln!(
         "QEMU: checksum intact over {} verifications, {cycles} cycles of 96 MiB, {:.1} MiB reported",
         out.events_named("checksum-verify").count(),
-        n("reported_bytes") as f64 / MIB as f64
+        m["reported_bytes"].as_u64().unwrap() as f64 / MIB as f64
     );
     assert_gone(&mut vm);
 }

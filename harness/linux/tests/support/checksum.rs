@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use prezero_linux_harness::vm::GuestProcess;
+use prezero_linux_harness::vm::{GuestProcess, RunOutcome};
+use prezero_linux_harness::Scenario;
 
 /// Waits (up to `guard`) for the guest's next `checksum-verify` lines until one was taken with
 /// the balloon counters `inflated` / `deflated` (4 KiB pages, the guest's vmstat), asserting
@@ -66,4 +67,43 @@ pub fn balloon_cycles_verified<V: std::ops::DerefMut<Target = GuestProcess>>(
             );
         }
     }
+}
+
+/// The guest side of the balloon-cycle checksum tests: a 48 MiB pattern verified every round,
+/// `churn_mib` MiB churned and freed for reporting, held until the host deflated `cycles` x
+/// `balloon_pages` pages (4 KiB).
+pub fn cycles_scenario(churn_mib: u64, cycles: u64, balloon_pages: u64) -> Scenario {
+    Scenario::checksum(48)
+        .churn(churn_mib)
+        .param("verify_every", 1)
+        .interval(0.5)
+        .hold(180.0)
+        .until_deflated(cycles * balloon_pages)
+}
+
+/// The end of a [`cycles_scenario`] run: the guest ended its hold on the `until` condition,
+/// the pattern was intact, and the device inflated and deflated every cycle with no error.
+/// Returns the device's metrics for the caller's own checks.
+pub fn assert_cycles_intact(
+    out: &RunOutcome,
+    tail: &str,
+    d: &crate::daemon::Daemon,
+    cycles: u64,
+    balloon_pages: u64,
+) -> serde_json::Value {
+    assert_eq!(out.guest_rc(), Some(0), "{tail}");
+    assert_eq!(
+        out.event("hold-end").and_then(|e| e.get("reason")),
+        Some("until"),
+        "{tail}"
+    );
+    let sum = out.event("checksum").unwrap();
+    assert_eq!(sum.get("status"), Some("ok"), "{sum:?}");
+    assert_eq!(sum.get("bad_pages"), Some("0"));
+    let m = d.device();
+    let n = |k: &str| m[k].as_u64().unwrap();
+    assert_eq!(n("inflated_pages"), cycles * balloon_pages, "{m}");
+    assert_eq!(n("deflated_pages"), cycles * balloon_pages, "{m}");
+    assert_eq!(d.errors(), 0, "{m}");
+    m
 }
